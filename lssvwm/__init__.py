@@ -1,0 +1,6 @@
+"""lssvwm: long-context state-space video world models (Po et al., 2025, arXiv 2505.20171)."""
+from .config import ModelConfig, RunConfig, model_preset
+from .models.world_model import WorldCache, WorldModel
+
+__version__ = "0.1.0"
+__all__ = ["ModelConfig", "RunConfig", "WorldCache", "WorldModel", "model_preset"]

@@ -1,0 +1,204 @@
+"""The ``lssvwm`` command line.
+
+    lssvwm data maze --episodes N --steps T --resolution 64 --out DIR [--workers W] [--seed S]
+    lssvwm data preview DIR [--episode i] [--out preview.mp4]
+    lssvwm model info PRESET [--variant hybrid]
+    lssvwm train [--config run.yaml] [--preset small] [--variant hybrid] [--data DIR] [--out RUN] [--resume]
+                 [--set train.steps=500 ...]
+    lssvwm generate --ckpt RUN --data DIR --context N --frames M --out video.mp4
+    lssvwm demo [--out runs/demo] [--minutes 10]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _data_maze(a):
+    from .data.episodes import generate_dataset
+
+    out = generate_dataset(a.out, a.episodes, a.steps, a.resolution, a.size, a.seed, a.workers)
+    print(f"dataset: {out} ({a.episodes} episodes x {a.steps + 1} frames at {a.resolution}x{a.resolution})")
+
+
+def _data_preview(a):
+    import numpy as np
+
+    from .data.episodes import episode_files, load_episode
+    from .video import side_by_side, top_down_map, upscale, write_video
+
+    files = episode_files(a.dir)
+    if not 0 <= a.episode < len(files):
+        raise SystemExit(f"error: --episode must be in [0, {len(files)}), got {a.episode}")
+    ep = load_episode(files[a.episode])
+    frames = ep["image"][: a.frames]
+    res = frames.shape[1]
+    scale = max(1, 256 // res)
+    view = upscale(frames, scale)
+    panels = [view]
+    if "maze_layout" in ep and "agent_pos" in ep:
+        layout = ep["maze_layout"][0] if ep["maze_layout"].ndim == 3 else ep["maze_layout"]
+        cell = max(4, view.shape[1] // layout.shape[0])
+        panels.append(top_down_map(np.asarray(layout), ep["agent_pos"][: a.frames], cell))
+    out = Path(a.out or Path(a.dir) / f"preview_{a.episode:06d}.mp4")
+    write_video(out, side_by_side(*panels), fps=a.fps)
+    print(f"preview: {out}")
+
+
+def _model_info(a):
+    from .config import model_preset
+    from .models.world_model import WorldModel
+
+    cfg = model_preset(a.preset, a.variant)
+    model = WorldModel(cfg)
+    grid = cfg.frame_size // cfg.patch_size
+    print(f"preset {a.preset} / variant {a.variant}: {model.num_params():,} parameters "
+          f"({model.num_params() / 1e6:.2f}M); frames {cfg.channels}x{cfg.frame_size}x{cfg.frame_size}, "
+          f"patch {cfg.patch_size} -> {grid}x{grid} tokens, d_model {cfg.d_model}")
+    for i, layer in enumerate(cfg.layers):
+        print(f"  layer {i:2d}: ssm block {layer['ssm']!s:>8}  attention window {layer['attn']}")
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    out: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise SystemExit(f"error: --set expects section.field=value (e.g. train.steps=500), got {pair!r}")
+        key, value = pair.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def build_run_config(a):
+    """--config (or defaults), then --preset/--variant (replace the model), then --set, --data, --out."""
+    from .config import config_from_dict, load_config, model_preset
+
+    base = load_config(a.config).to_dict() if a.config else {}
+    if a.preset or a.variant or not a.config:
+        base["model"] = model_preset(a.preset or "small", a.variant or "hybrid").__dict__.copy()
+    for section, values in _parse_sets(a.set).items():
+        base.setdefault(section, {}).update(values)
+    base.setdefault("train", {})
+    if a.data:
+        base["train"]["data"] = a.data
+    if a.out:
+        base["train"]["out"] = a.out
+    return config_from_dict(base)
+
+
+def _train(a):
+    from .train import train
+
+    run = train(build_run_config(a), resume=a.resume, progress=not a.no_progress)
+    print(f"run: {run}")
+
+
+def _generate(a):
+    import torch
+
+    from .checkpoint import load_model
+    from .data.dataset import EpisodeWindows
+    from .generate import comparison_video, episode_rollout, frame_metrics, write_metrics
+    from .video import to_uint8, upscale, write_video
+
+    model, cfg, ckpt = load_model(a.ckpt)
+    ds = EpisodeWindows(a.data, 1, a.split, cfg.train.val_fraction)
+    ep = ds.episode(a.episode)
+    ctx, gt, pred = episode_rollout(model, ep, a.context, a.frames, a.steps or cfg.diffusion.sampling_steps,
+                                    start=a.start, context_noise_level=cfg.diffusion.context_noise_level,
+                                    seed=a.seed, progress=True)
+    if gt.shape[0] == pred.shape[0]:
+        video = comparison_video(ctx, gt, pred)
+        metrics = frame_metrics(gt, pred)
+        write_metrics(Path(a.out).with_suffix(".json"), metrics)
+        print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f} over {a.frames} generated frames")
+    else:
+        video = upscale(to_uint8(torch.cat([ctx, pred])), 4)
+    write_video(a.out, video, fps=a.fps)
+    print(f"video: {a.out} (checkpoint {ckpt})")
+
+
+def _demo(a):
+    from .demo import run_demo
+
+    run_demo(out=a.out, minutes=a.minutes, preset=a.preset)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="lssvwm", description="Long-context state-space video world models")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    data = sub.add_parser("data", help="make or inspect datasets").add_subparsers(dest="data_cmd", required=True)
+    m = data.add_parser("maze", help="generate built-in maze episodes")
+    m.add_argument("--episodes", type=int, default=100)
+    m.add_argument("--steps", type=int, default=1000)
+    m.add_argument("--resolution", type=int, default=64)
+    m.add_argument("--size", type=int, default=9, help="maze grid size (odd)")
+    m.add_argument("--out", required=True)
+    m.add_argument("--workers", type=int, default=1)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(fn=_data_maze)
+    pv = data.add_parser("preview", help="video of an episode beside a top-down map")
+    pv.add_argument("dir")
+    pv.add_argument("--episode", type=int, default=0)
+    pv.add_argument("--frames", type=int, default=300)
+    pv.add_argument("--fps", type=int, default=10)
+    pv.add_argument("--out")
+    pv.set_defaults(fn=_data_preview)
+
+    model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_cmd", required=True)
+    mi = model.add_parser("info", help="parameter count and layer plan of a preset")
+    mi.add_argument("preset")
+    mi.add_argument("--variant", default="hybrid")
+    mi.set_defaults(fn=_model_info)
+
+    t = sub.add_parser("train", help="train a world model (torchrun for several processes)")
+    t.add_argument("--config", help="YAML run config")
+    t.add_argument("--preset")
+    t.add_argument("--variant")
+    t.add_argument("--data")
+    t.add_argument("--out")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=_train)
+
+    g = sub.add_parser("generate", help="roll out a trained model from an episode's context")
+    g.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
+    g.add_argument("--data", required=True)
+    g.add_argument("--split", default="val", choices=["train", "val", "all"])
+    g.add_argument("--episode", type=int, default=0)
+    g.add_argument("--start", type=int, default=0)
+    g.add_argument("--context", type=int, default=16)
+    g.add_argument("--frames", type=int, default=32)
+    g.add_argument("--steps", type=int, default=0, help="sampling steps (0 = the run's setting)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--out", default="rollout.mp4")
+    g.set_defaults(fn=_generate)
+
+    d = sub.add_parser("demo", help="data -> train -> rollout on the built-in maze, on CPU")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    d.add_argument("--preset", default="small")
+    d.set_defaults(fn=_demo)
+
+    a = p.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.episodes import EpisodeFormatError
+
+    try:
+        a.fn(a)
+    except (ConfigError, EpisodeFormatError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Typed configs (dataclasses), named presets, and YAML loading with errors that say what to change.
+
+A run is ``RunConfig(model, diffusion, train)``. Model presets (like DiT's size registry) fix the scale;
+variants fix the layer plan, so every baseline of the paper is a config, not code:
+
+==================== =================================================================================
+variant              layer plan
+==================== =================================================================================
+hybrid               block-wise SSM (full-frame and small blocks alternating) + frame-local attention (k)
+full-transformer     no SSM, causal attention over all frames (quadratic upper bound)
+window-transformer   no SSM, causal attention over the last k frames (sliding-window baseline)
+mamba2               one full-frame SSM scan per layer, no attention
+mamba2-local         one full-frame SSM scan per layer + frame-local attention (no block-wise scan)
+==================== =================================================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VARIANTS = ("hybrid", "full-transformer", "window-transformer", "mamba2", "mamba2-local")
+
+
+class ConfigError(ValueError):
+    """A configuration value is impossible; the message names the field and what to change."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    ssm: Any = None  # None (no SSM), "full" (one scan over the whole frame), or (b_h, b_w)
+    attn: Any = None  # None (no attention), "all" (every past frame), or a window of k frames
+
+
+@dataclass
+class ModelConfig:
+    channels: int = 3
+    frame_size: int = 32
+    patch_size: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    d_state: int = 32
+    expand: int = 2
+    ssm_headdim: int = 32
+    ssm_chunk: int = 64
+    attn_chunk: int | None = None  # frames per attention chunk; None = half the window
+    num_actions: int = 6  # discrete action ids (plus -1 = none); ignored when action_dim > 0
+    action_dim: int = 0  # > 0: continuous action vectors of this size
+    layers: list = field(default_factory=list)  # [{"ssm": ..., "attn": ...}, ...]
+    gradient_checkpointing: bool = False
+
+    def layer_specs(self) -> list[LayerSpec]:
+        out = []
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, dict) or set(layer) - {"ssm", "attn"}:
+                raise ConfigError(f"model.layers[{i}] must be a mapping with keys 'ssm' and 'attn', got {layer!r}")
+            ssm, attn = layer.get("ssm"), layer.get("attn")
+            if ssm is not None and ssm != "full":
+                if not (isinstance(ssm, (list, tuple)) and len(ssm) == 2 and all(isinstance(v, int) for v in ssm)):
+                    raise ConfigError(f"model.layers[{i}].ssm must be null, 'full' or [b_h, b_w], got {ssm!r}")
+                ssm = tuple(ssm)
+            if attn is not None and attn != "all" and not (isinstance(attn, int) and attn >= 1):
+                raise ConfigError(f"model.layers[{i}].attn must be null, 'all' or a window >= 1 frame, got {attn!r}")
+            out.append(LayerSpec(ssm, attn))
+        return out
+
+    def validate(self) -> None:
+        if self.frame_size % self.patch_size:
+            raise ConfigError(f"model.frame_size={self.frame_size} must be divisible by model.patch_size="
+                              f"{self.patch_size}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"model.d_model={self.d_model} must split into model.n_heads={self.n_heads} heads "
+                              f"of even size")
+        if (self.expand * self.d_model) % self.ssm_headdim:
+            raise ConfigError(f"model.expand*model.d_model={self.expand * self.d_model} must be divisible by "
+                              f"model.ssm_headdim={self.ssm_headdim}")
+        if not self.layers:
+            raise ConfigError("model.layers is empty: give a layer plan or use a preset/variant")
+        grid = self.frame_size // self.patch_size
+        for i, spec in enumerate(self.layer_specs()):
+            if isinstance(spec.ssm, tuple) and (grid % spec.ssm[0] or grid % spec.ssm[1] or min(spec.ssm) < 1):
+                raise ConfigError(f"model.layers[{i}].ssm block {list(spec.ssm)} must divide the token grid "
+                                  f"{grid}x{grid} (frame_size/patch_size)")
+            if spec.ssm is None and spec.attn is None:
+                pass  # an MLP-only layer is allowed
+
+
+def layer_plan(variant: str, n_layers: int, grid: int, window: int) -> list[dict]:
+    """The per-layer (SSM block, attention window) plan of a model variant; see the module docstring."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    half, quarter = max(1, grid // 2), max(1, grid // 4)
+    blocks = ["full", [half, half], "full", [quarter, quarter]]
+    plan = []
+    for i in range(n_layers):
+        if variant == "hybrid":
+            plan.append({"ssm": blocks[i % len(blocks)], "attn": window})
+        elif variant == "full-transformer":
+            plan.append({"ssm": None, "attn": "all"})
+        elif variant == "window-transformer":
+            plan.append({"ssm": None, "attn": window})
+        elif variant == "mamba2":
+            plan.append({"ssm": "full", "attn": None})
+        else:
+            plan.append({"ssm": "full", "attn": window})
+    return plan
+
+
+# name -> (model fields, n_layers, window)
+MODEL_PRESETS: dict[str, tuple[dict, int, int]] = {
+    "tiny": (dict(frame_size=16, patch_size=4, d_model=32, n_heads=2, d_state=16, ssm_headdim=16, ssm_chunk=16), 2, 3),
+    "small": (dict(frame_size=32, patch_size=4, d_model=128, n_heads=4, d_state=32, ssm_headdim=32), 4, 8),
+    "base": (dict(frame_size=64, patch_size=4, d_model=384, n_heads=6, d_state=64, ssm_headdim=64), 12, 10),
+    "paper": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64, ssm_headdim=64),
+              12, 10),
+    "memory-maze": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64,
+                         ssm_headdim=64, num_actions=6), 12, 10),
+    "minecraft": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64,
+                       ssm_headdim=64, num_actions=4), 12, 10),
+}
+
+
+def model_preset(name: str, variant: str = "hybrid", window: int | None = None, **overrides) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
+    fields_, n_layers, default_window = MODEL_PRESETS[name]
+    cfg = ModelConfig(**{**fields_, **overrides})
+    if window is not None and window < 1:
+        raise ConfigError(f"attention window must be >= 1 frame, got {window}")
+    cfg.layers = layer_plan(variant, n_layers, cfg.frame_size // cfg.patch_size, window or default_window)
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class DiffusionConfig:
+    # v-prediction, cosine schedule alpha=cos(pi t/2), sigma=sin(pi t/2), min-SNR-5 weighting: see diffusion.py
+    min_snr_gamma: float = 5.0
+    sampling_steps: int = 8
+    long_context_prob: float = 0.5  # the paper's long-context training: P(clean prefix)
+    min_clean_prefix: int = 1
+    context_noise_level: float = 0.0  # stabilization (DF/Oasis): label committed frames with this level
+    # Extras from secondary sources, NOT in the paper; off by default.
+    state_penalty: float = 0.0
+    curriculum_steps: int = 0  # > 0: clip length grows linearly from clip_len/4 to clip_len over these steps
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/maze"
+    out: str = "runs/demo"
+    clip_len: int = 16
+    batch_size: int = 8
+    steps: int = 1000
+    max_minutes: float = 0.0  # > 0: stop after this wall-clock time (checkpoint written)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    val_fraction: float = 0.1
+    autocast: str = "auto"  # auto: bf16 on CUDA and CPU; none: fp32
+    log_every: int = 10
+    ckpt_every: int = 200
+    sample_every: int = 0  # > 0: write a rollout video every N steps
+    nan_policy: str = "stop"  # stop | skip
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=lambda: model_preset("small"))
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if cls is not RunConfig else None
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name} must be true/false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{name} must be a number, got {value!r}")
+            value = type(default)(value) if isinstance(default, float) else value
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{where}.{name} must be a string, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping with sections model/diffusion/train, got {type(data).__name__}")
+    unknown = set(data) - {"model", "diffusion", "train", "preset", "variant"}
+    if unknown:
+        raise ConfigError(f"config: unknown section(s) {sorted(unknown)}; known: model, diffusion, train, preset, "
+                          f"variant")
+    model_data = dict(data.get("model") or {})
+    if "preset" in data or "variant" in data or not model_data:  # preset (default small), then overrides
+        base = model_preset(data.get("preset", "small"), data.get("variant", "hybrid"))
+        model = dataclasses.replace(base, **{k: v for k, v in _build(ModelConfig, model_data, "model").__dict__.items()
+                                             if k in model_data})
+    else:
+        model = _build(ModelConfig, model_data, "model")
+    model.validate()
+    return RunConfig(model=model, diffusion=_build(DiffusionConfig, data.get("diffusion") or {}, "diffusion"),
+                     train=_build(TrainConfig, data.get("train") or {}, "train"))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

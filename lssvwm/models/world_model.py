@@ -1,0 +1,197 @@
+"""The world-model backbone: patch embedding, adaLN-Zero blocks (block-wise SSM -> frame-local attention ->
+MLP), conditioned per frame on (noise level + action), with a parallel and a cached per-frame path.
+
+``model(x, levels, actions)`` runs a whole clip (training). ``model(..., cache=c)`` continues from a cache
+and returns the cache after the given frames, so ``model.step(frame, level, action, cache)`` is the same
+code with T = 1. Caches are immutable: running several noise levels of one frame against the same cache
+leaves it untouched; the caller commits a frame by keeping the returned cache.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import LayerSpec, ModelConfig
+from .attention import FrameLocalAttention, KVCache
+from .ssm import BlockwiseSSM, SSMState, resolve_block
+
+
+class LayerCache(NamedTuple):
+    ssm: SSMState | None
+    kv: KVCache | None
+
+
+class WorldCache(NamedTuple):
+    """Everything inference keeps: per-layer SSM states and KV caches, and the number of frames seen."""
+
+    layers: tuple[LayerCache, ...]
+    frames: int
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers for part in layer if part is not None
+                   for t in part)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def timestep_embedding(level: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of a noise level in [0, 1] (scaled to [0, 1000]); level: (...,) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=level.device, dtype=torch.float32) / half)
+    args = level.float()[..., None] * 1000.0 * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Conditioning(nn.Module):
+    """Per-frame condition = noise-level embedding + action embedding (discrete ids or continuous vectors)."""
+
+    def __init__(self, d_model: int, num_actions: int, action_dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.level_mlp = nn.Sequential(nn.Linear(freq_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.num_actions, self.action_dim = num_actions, action_dim
+        if action_dim > 0:
+            self.action = nn.Sequential(nn.Linear(action_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        else:  # one extra row: id -1 = "no action" (the dummy first step of an episode)
+            self.action = nn.Embedding(num_actions + 1, d_model)
+
+    def forward(self, levels: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        c = self.level_mlp(timestep_embedding(levels, self.freq_dim).to(self.level_mlp[0].weight.dtype))  # (B,T,D)
+        if self.action_dim > 0:
+            return c + self.action(actions.to(c.dtype))
+        if actions.min() < -1 or actions.max() >= self.num_actions:
+            raise ValueError(f"action ids must be in [-1, {self.num_actions}) (-1 = no action), got "
+                             f"[{int(actions.min())}, {int(actions.max())}]")
+        return c + self.action(torch.where(actions < 0, self.num_actions, actions))
+
+
+class Mlp(nn.Module):
+    def __init__(self, d_model: int, ratio: float):
+        super().__init__()
+        hidden = int(d_model * ratio)
+        self.fc1, self.fc2 = nn.Linear(d_model, hidden), nn.Linear(hidden, d_model)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """adaLN-Zero(cond) -> [block-wise SSM] -> adaLN -> [frame-local attention] -> adaLN -> MLP, residuals."""
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec):
+        super().__init__()
+        d = cfg.d_model
+        self.ssm = None if spec.ssm is None else BlockwiseSSM(
+            d, block=spec.ssm, d_state=cfg.d_state, expand=cfg.expand, headdim=cfg.ssm_headdim,
+            chunk_size=cfg.ssm_chunk)
+        self.attn = None if spec.attn is None else FrameLocalAttention(
+            d, cfg.n_heads, window=None if spec.attn == "all" else int(spec.attn), chunk=cfg.attn_chunk)
+        self.mixers = [m for m in ("ssm", "attn") if getattr(self, m) is not None] + ["mlp"]
+        self.norms = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=False, eps=1e-6) for _ in self.mixers)
+        self.mlp = Mlp(d, cfg.mlp_ratio)
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 3 * len(self.mixers) * d))
+        nn.init.zeros_(self.adaLN[1].weight)
+        nn.init.zeros_(self.adaLN[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, t0: int, cache: LayerCache | None):
+        """x: (B, T, H, W, D); c: (B, T, D). Returns x and the layer cache after these frames."""
+        b, t, hh, ww, d = x.shape
+        mods = self.adaLN(c)[:, :, None, None, :].chunk(3 * len(self.mixers), dim=-1)
+        ssm_state, kv = (None, None) if cache is None else cache
+        for i, name in enumerate(self.mixers):
+            shift, scale, gate = mods[3 * i:3 * i + 3]
+            h = modulate(self.norms[i](x), shift, scale)
+            if name == "ssm":
+                h, ssm_state = self.ssm(h, ssm_state)
+            elif name == "attn":
+                h, kv = self.attn(h.reshape(b, t, hh * ww, d), t0, kv)
+                h = h.reshape(b, t, hh, ww, d)
+            else:
+                h = self.mlp(h)
+            x = x + gate * h
+        return x, LayerCache(ssm_state, kv)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        p, d = cfg.patch_size, cfg.d_model
+        self.grid = (cfg.frame_size // p, cfg.frame_size // p)
+        for spec in cfg.layer_specs():
+            if spec.ssm is not None:
+                resolve_block(spec.ssm, *self.grid)
+        self.patch = nn.Conv2d(cfg.channels, d, p, stride=p)
+        self.pos = nn.Parameter(torch.randn(1, 1, *self.grid, d) * 0.02)  # learned 2D position embedding
+        self.cond = Conditioning(d, cfg.num_actions, cfg.action_dim)
+        self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.layer_specs())
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.out = nn.Linear(d, p * p * cfg.channels)
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():  # DiT: xavier linears; zero adaLN and output (the model starts as zero)
+            if isinstance(m, nn.Linear) and not any(m is blk.ssm.mamba.in_proj or m is blk.ssm.mamba.out_proj
+                                                    for blk in self.blocks if blk.ssm is not None):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN[1].weight)
+            nn.init.zeros_(blk.adaLN[1].bias)
+        for m in (self.final_adaLN[1], self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        nn.init.normal_(self.cond.level_mlp[0].weight, std=0.02)
+        nn.init.normal_(self.cond.level_mlp[2].weight, std=0.02)
+
+    def empty_cache(self) -> WorldCache:
+        return WorldCache(tuple(LayerCache(None, None) for _ in self.blocks), 0)
+
+    def forward(self, x: torch.Tensor, levels: torch.Tensor, actions: torch.Tensor,
+                cache: WorldCache | None = None) -> tuple[torch.Tensor, WorldCache]:
+        """x: (B, T, C, H, W) noisy frames; levels: (B, T) in [0, 1]; actions: (B, T) ids or (B, T, A).
+
+        Returns the prediction (B, T, C, H, W) and the cache after these T frames.
+        """
+        b, t, ch, hgt, wid = x.shape
+        if (ch, hgt, wid) != (self.cfg.channels, self.cfg.frame_size, self.cfg.frame_size):
+            raise ValueError(f"frames must be (B, T, {self.cfg.channels}, {self.cfg.frame_size}, "
+                             f"{self.cfg.frame_size}) for this model, got {tuple(x.shape)}")
+        cache = cache or self.empty_cache()
+        tokens = self.patch(x.flatten(0, 1))  # (B*T, D, h, w)
+        tokens = rearrange(tokens, "(b t) d h w -> b t h w d", b=b) + self.pos  # (B, T, h, w, D)
+        c = self.cond(levels, actions)  # (B, T, D)
+        new_layers = []
+        for blk, layer_cache in zip(self.blocks, cache.layers):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                tokens, lc = checkpoint(blk, tokens, c, cache.frames, layer_cache, use_reentrant=False)
+            else:
+                tokens, lc = blk(tokens, c, cache.frames, layer_cache)
+            new_layers.append(lc)
+        shift, scale = self.final_adaLN(c)[:, :, None, None, :].chunk(2, dim=-1)
+        out = self.out(modulate(self.final_norm(tokens), shift, scale))  # (B, T, h, w, p*p*C)
+        p = self.cfg.patch_size
+        out = rearrange(out, "b t h w (p q c) -> b t c (h p) (w q)", p=p, q=p, c=ch)
+        return out, WorldCache(tuple(new_layers), cache.frames + t)
+
+    def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache: WorldCache
+             ) -> tuple[torch.Tensor, WorldCache]:
+        """One frame: frame (B, C, H, W), level (B,), action (B,) or (B, A). Returns (prediction, cache after
+        committing this frame). Discard the returned cache to leave the state where it was."""
+        pred, cache = self(frame[:, None], level[:, None], action[:, None], cache)
+        return pred[:, 0], cache
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

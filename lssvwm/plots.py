@@ -1,0 +1,56 @@
+"""PNG plots: loss curves from a run's ``log.jsonl``, and metrics against frame index / distance."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(log_path: str | Path, out_png: str | Path) -> Path:
+    recs = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    steps = np.array([r["step"] for r in recs])
+    loss = np.array([r["loss"] for r in recs])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, loss, alpha=0.3, color="C0", label="loss")
+    if len(loss) >= 10:
+        k = max(5, len(loss) // 30)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, color="C0", label=f"moving mean ({k})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("weighted v-MSE")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, out_png: str | Path, title: str = "") -> Path:
+    """``curves``: name -> (x values, y values)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)

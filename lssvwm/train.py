@@ -1,0 +1,188 @@
+"""Training: one loop for 1 CPU, 1 GPU, or N processes under ``torchrun`` (DDP; gloo on CPU, NCCL on GPU).
+
+Every step draws its batch and its noise from generators seeded by (seed, step[, rank]); together with the
+saved optimizer/EMA state this makes ``--resume`` continue exactly: on CPU the loss sequence after a resume
+equals that of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import find_checkpoint, load_state, load_weights, save_checkpoint
+from .config import ConfigError, RunConfig
+from .data.dataset import EpisodeWindows
+from .diffusion import training_loss
+from .models.world_model import WorldModel
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        rank = dist.get_rank()
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def get_lr(step: int, cfg) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+    t = cfg.train
+    if step < t.warmup:
+        return t.lr * (step + 1) / t.warmup
+    progress = min(1.0, (step - t.warmup) / max(1, t.steps - t.warmup))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; never on biases, norms, embeddings' 1-d params, A_log, D, dt_bias."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _seed(*parts: int) -> int:
+    """A stable 56-bit seed from integers (independent of Python's hash randomisation)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+def check_data_matches(cfg: RunConfig, ds: EpisodeWindows) -> None:
+    h, w, c = ds.frame_shape
+    m = cfg.model
+    if (h, w, c) != (m.frame_size, m.frame_size, m.channels):
+        raise ConfigError(f"data frames are {h}x{w}x{c} but model.frame_size={m.frame_size}, "
+                          f"model.channels={m.channels}: set model.frame_size={h} (or regenerate the data)")
+    if m.action_dim == 0 and ds.num_actions != m.num_actions:
+        raise ConfigError(f"data has {ds.num_actions} actions but model.num_actions={m.num_actions}: "
+                          f"set model.num_actions={ds.num_actions}")
+
+
+def autocast_dtype(cfg: RunConfig, device: torch.device):
+    if cfg.train.autocast == "none":
+        return None
+    if cfg.train.autocast in ("auto", "bf16"):
+        return torch.bfloat16
+    raise ConfigError(f"train.autocast must be 'auto', 'bf16' or 'none', got {cfg.train.autocast!r}")
+
+
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Train; returns the run folder. ``stop_after`` ends the process-local loop early (tests: a 'kill')."""
+    from tqdm import tqdm
+
+    rank, world, device = setup_distributed()
+    t = cfg.train
+    run = Path(t.out)
+    ds = EpisodeWindows(t.data, t.clip_len, "train", t.val_fraction)
+    check_data_matches(cfg, ds)
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the number of processes {world}")
+    if t.nan_policy not in ("stop", "skip"):
+        raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
+    amp = autocast_dtype(cfg, device)
+
+    torch.manual_seed(t.seed)
+    model = WorldModel(cfg.model).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.99))
+    start = 0
+    has_ckpt = (run / "checkpoints" / "latest").exists()
+    if resume and has_ckpt:
+        ckpt = find_checkpoint(run)
+        load_weights(model, ckpt / "model.safetensors")
+        load_weights(ema, ckpt / "ema.safetensors")
+        state = load_state(ckpt / "state.pt")
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        torch.set_rng_state(state["rng_torch"])
+    elif has_ckpt and not resume:
+        raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        cfg.save(run / "config.yaml")
+        print(f"lssvwm train: {run} | {model.num_params() / 1e6:.2f}M params | {len(ds)} windows | device {device}"
+              f" x{world} | autocast {amp}\n{cfg.to_yaml()}", flush=True)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    log = open(run / "log.jsonl", "a") if rank == 0 else None
+    per_rank = t.batch_size // world
+    t0 = time.time()
+    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or rank != 0)
+    step = start
+    for step in range(start, t.steps):
+        lr = get_lr(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(len(ds), (t.batch_size,), generator=torch.Generator().manual_seed(_seed(t.seed, step)))
+        items = [ds[int(i)] for i in idx[rank * per_rank:(rank + 1) * per_rank]]
+        frames = torch.stack([it["frames"] for it in items]).to(device)  # (B, T, C, H, W)
+        actions = torch.stack([it["actions"] for it in items]).to(device)  # (B, T)
+        if cfg.diffusion.curriculum_steps > 0:  # not from the paper: grow the clip length
+            frac = min(1.0, 0.25 + 0.75 * step / cfg.diffusion.curriculum_steps)
+            length = max(2, int(round(t.clip_len * frac)))
+            frames, actions = frames[:, :length], actions[:, :length]
+        gen = torch.Generator().manual_seed(_seed(t.seed, step, rank, 1))
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, stats = training_loss(ddp, frames, actions, cfg.diffusion, gen)
+        if not torch.isfinite(loss):
+            if t.nan_policy == "skip":
+                if rank == 0:
+                    print(f"step {step}: non-finite loss {loss.item()}, step skipped (train.nan_policy=skip)")
+                continue
+            raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopped. The last good checkpoint in "
+                                   f"{run / 'checkpoints'} is kept. Lower train.lr or set train.nan_policy=skip.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        decay = min(t.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        elapsed = time.time() - t0
+        out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
+        if world > 1:  # every rank must stop at the same step
+            flag = torch.tensor(float(out_of_time), device=device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag.item())
+        last = step + 1 == t.steps or out_of_time
+        if rank == 0:
+            rec = {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+                   "time": round(elapsed, 3), **stats}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.update()
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.1e}")
+            if (step + 1) % t.ckpt_every == 0 or last:
+                save_checkpoint(run, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})
+            if t.sample_every and (step + 1) % t.sample_every == 0:
+                from .generate import write_sample
+                write_sample(ema, cfg, run / "samples" / f"step_{step + 1:07d}.mp4", device)
+        if world > 1:
+            dist.barrier()
+        if out_of_time or (stop_after is not None and step + 1 - start >= stop_after):
+            break
+    bar.close()
+    if log:
+        log.close()
+    return run

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from lssvwm.data.maze import NUM_ACTIONS, ExplorationPolicy, MazeEnv, bfs_distances, make_layout
+
+
+def rollout(seed, steps, resolution=32, policy=True):
+    env = MazeEnv(resolution=resolution)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    pol = ExplorationPolicy(env, rng)
+    images, poses, cells = [obs["image"]], [obs["agent_pos"]], [env.cell()]
+    for _ in range(steps):
+        a = pol() if policy else int(rng.integers(NUM_ACTIONS))
+        obs, *_ = env.step(a)
+        images.append(obs["image"])
+        poses.append(obs["agent_pos"])
+        cells.append(env.cell())
+    return env, np.stack(images), np.stack(poses), cells
+
+
+def test_deterministic_per_seed():
+    _, im1, p1, _ = rollout(3, 50)
+    _, im2, p2, _ = rollout(3, 50)
+    _, im3, _, _ = rollout(4, 50)
+    assert np.array_equal(im1, im2) and np.array_equal(p1, p2)
+    assert not np.array_equal(im1, im3)
+
+
+@pytest.mark.parametrize("res", [32, 64])
+def test_render_shape_dtype_range(res):
+    env = MazeEnv(resolution=res)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (res, res, 3) and obs["image"].dtype == np.uint8
+    assert obs["image"].std() > 10  # not a blank frame
+    assert env.observation_space.contains(obs)
+    assert obs["maze_layout"].shape == (9, 9)
+    assert np.isclose(np.linalg.norm(obs["agent_dir"]), 1.0)
+
+
+def test_layout_bordered_connected_with_loops():
+    rng = np.random.default_rng(0)
+    loops_seen = 0
+    for _ in range(20):
+        lay = make_layout(9, rng, loop_prob=0.2)
+        assert lay[0].all() and lay[-1].all() and lay[:, 0].all() and lay[:, -1].all()
+        open_cells = np.argwhere(lay == 0)
+        dist = bfs_distances(lay, tuple(open_cells[0]))
+        assert (dist[lay == 0] >= 0).all(), "every open cell is reachable"
+        edges = int(((lay[:, :-1] == 0) & (lay[:, 1:] == 0)).sum() + ((lay[:-1] == 0) & (lay[1:] == 0)).sum())
+        loops_seen += edges > len(open_cells) - 1  # more edges than a tree has -> a cycle exists
+    assert loops_seen >= 15
+
+
+def test_collisions_keep_agent_out_of_walls():
+    env, _, poses, _ = rollout(1, 1500, resolution=8, policy=False)
+    r = env.radius
+    for x, y in poses:
+        for cx in (x - r, x + r):
+            for cy in (y - r, y + r):
+                assert env.layout[int(np.floor(cy)), int(np.floor(cx))] == 0
+
+
+def test_policy_explores_and_revisits():
+    _, _, _, cells = rollout(2, 800, resolution=8)
+    assert len(set(cells)) >= 15
+    # a revisit: the agent comes back to a cell it left earlier
+    revisits = sum(1 for i in range(1, len(cells)) if cells[i] != cells[i - 1] and cells[i] in set(cells[:i - 1]))
+    assert revisits >= 5
+
+
+def test_bad_action_and_no_reset():
+    env = MazeEnv(resolution=8)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        env.step(7)

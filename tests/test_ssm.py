@@ -1,0 +1,171 @@
+"""SSM: chunked == reference, piecewise-with-state == whole, causality, block independence."""
+import pytest
+import torch
+
+from lssvwm.models.ssm import BlockwiseSSM, Mamba2, _fla_available, ssd_chunked, ssd_reference, ssd_scan
+
+
+def inputs(b, L, h, p, n, dtype=torch.float64, seed=0, state=True):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    x, B, C = r(b, L, h, p), r(b, L, n), r(b, L, n)
+    dt = torch.rand(b, L, h, generator=g, dtype=dtype) * 0.3 + 0.01
+    A = -torch.rand(h, generator=g, dtype=dtype) * 4 - 0.5
+    D = r(h)
+    s0 = r(b, h, p, n) if state else None
+    return x, dt, A, B, C, D, s0
+
+
+@pytest.mark.parametrize("L, chunk, state", [(1, 8, True), (7, 8, False), (37, 8, True), (64, 16, True),
+                                             (100, 32, False)])
+def test_chunked_equals_reference_fp64(L, chunk, state):
+    args = inputs(2, L, 3, 4, 5, state=state, seed=L)
+    y1, s1 = ssd_reference(*args)
+    y2, s2 = ssd_chunked(*args, chunk_size=chunk)
+    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(s2, s1, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_equals_reference_fp32_and_gradients():
+    args = [t.float().requires_grad_() if t is not None else None for t in inputs(2, 45, 2, 4, 6, seed=3)]
+    y1, s1 = ssd_reference(*args)
+    g1 = torch.autograd.grad((y1 ** 2).sum() + s1.sum(), [a for a in args if a is not None])
+    y2, s2 = ssd_chunked(*args, chunk_size=16)
+    g2 = torch.autograd.grad((y2 ** 2).sum() + s2.sum(), [a for a in args if a is not None])
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s2, s1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_scan_runs_fp32_under_bf16_autocast():
+    x, dt, A, B, C, D, s0 = (t.float() for t in inputs(1, 40, 2, 4, 4, seed=9))
+    y_ref, _ = ssd_reference(x, dt, A, B, C, D, s0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = ssd_scan(x, dt, A, B, C, D, s0, chunk_size=16)
+    assert y.dtype == torch.float32 and s.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_bf16_close_to_fp32():
+    """Whole layer under bf16 autocast vs fp32: looser, relative error of the output below 3%."""
+    torch.manual_seed(0)
+    m = Mamba2(32, d_state=16, headdim=16, chunk_size=16)
+    u = torch.randn(2, 50, 32)
+    y32, _ = m(u)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, _ = m(u)
+    rel = (y16.float() - y32).norm() / y32.norm()
+    assert rel < 0.03, rel
+
+
+def test_layer_init():
+    m = Mamba2(64, d_state=16, headdim=16)
+    dt = torch.nn.functional.softplus(m.dt_bias)
+    assert ((dt >= 1e-4 - 1e-9) & (dt <= 0.1 + 1e-6)).all()
+    A = torch.exp(m.A_log)
+    assert ((A >= 1) & (A <= 16)).all()
+    assert torch.equal(m.D, torch.ones_like(m.D))
+    assert all(getattr(p, "_no_weight_decay", False) for p in (m.A_log, m.D, m.dt_bias))
+
+
+@pytest.mark.parametrize("cuts", [[21, 22], [1, 2, 3], [10, 30, 49]])
+def test_layer_piecewise_equals_whole(cuts):
+    torch.manual_seed(1)
+    m = Mamba2(32, d_state=8, headdim=8, chunk_size=8).double()
+    u = torch.randn(2, 50, 32, dtype=torch.float64)
+    y, s = m(u)
+    state, ys, prev = None, [], 0
+    for c in cuts + [50]:
+        yi, state = m(u[:, prev:c], state)
+        ys.append(yi)
+        prev = c
+    torch.testing.assert_close(torch.cat(ys, 1), y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state.ssm, s.ssm)
+    torch.testing.assert_close(state.conv, s.conv)
+
+
+def test_state_is_not_mutated():
+    m = Mamba2(16, d_state=8, headdim=8)
+    _, s = m(torch.randn(1, 10, 16))
+    before = [t.clone() for t in s]
+    y1, _ = m(torch.randn(1, 3, 16), s)
+    y2, _ = m(torch.randn(1, 3, 16), s)
+    for a, b in zip(before, s):
+        assert torch.equal(a, b)
+
+
+def test_layer_causal():
+    torch.manual_seed(2)
+    m = Mamba2(16, d_state=8, headdim=8, chunk_size=8).double()
+    u = torch.randn(1, 30, 16, dtype=torch.float64)
+    y, _ = m(u)
+    u2 = u.clone()
+    u2[:, 17] += 1.0
+    y2, _ = m(u2)
+    assert torch.equal(y[:, :17], y2[:, :17])
+    assert (y[:, 17:] - y2[:, 17:]).abs().max() > 1e-3
+
+
+def blockwise(block, seed=3):
+    torch.manual_seed(seed)
+    return BlockwiseSSM(16, block=block, d_state=8, headdim=8, chunk_size=16).double()
+
+
+@pytest.mark.parametrize("block", [None, (2, 2), (1, 4), (4, 4)])
+def test_blockwise_frame_by_frame_equals_whole(block):
+    m = blockwise(block)
+    x = torch.randn(2, 6, 4, 4, 16, dtype=torch.float64)  # (B, T, H, W, D)
+    y, s = m(x)
+    state, ys = None, []
+    for t in range(6):
+        yt, state = m(x[:, t:t + 1], state)
+        ys.append(yt)
+    torch.testing.assert_close(torch.cat(ys, 1), y, rtol=1e-10, atol=1e-10)
+    n_blocks = 1 if block is None else (4 // block[0]) * (4 // block[1])
+    assert state.ssm.shape[0] == 2 * n_blocks  # one state per (batch, block)
+
+
+def test_blockwise_causal_over_frames():
+    m = blockwise((2, 2))
+    x = torch.randn(1, 5, 4, 4, 16, dtype=torch.float64)
+    y, _ = m(x)
+    x2 = x.clone()
+    x2[:, 3] += 1.0
+    y2, _ = m(x2)
+    assert torch.equal(y[:, :3], y2[:, :3])
+    assert (y[:, 3:] - y2[:, 3:]).abs().max() > 1e-3
+
+
+def test_block_independence():
+    """Inside one SSM layer no information crosses spatial blocks."""
+    m = blockwise((2, 2))
+    x = torch.randn(1, 4, 4, 4, 16, dtype=torch.float64)
+    y, _ = m(x)
+    x2 = x.clone()
+    x2[:, 0, 0, 1] += 5.0  # a token in the top-left block (rows 0-1, cols 0-1)
+    y2, _ = m(x2)
+    diff = (y2 - y).abs().amax(dim=(0, 1, 4))  # (H, W): largest change at each position, any time
+    assert diff[:2, :2].max() > 1e-3  # its own block changes
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[:2, :2] = False
+    assert diff[mask].max() == 0  # the other three blocks do not
+
+
+def test_full_frame_scan_mixes_blocks():
+    m = blockwise(None)
+    x = torch.randn(1, 2, 4, 4, 16, dtype=torch.float64)
+    y, _ = m(x)
+    x2 = x.clone()
+    x2[:, 0, 0, 0] += 5.0
+    y2, _ = m(x2)
+    assert (y2 - y)[:, :, 3, 3].abs().max() > 1e-6  # a full-frame scan carries it to the last position
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and _fla_available()), reason="needs CUDA and flash-linear-attention")
+def test_fla_kernel_matches_torch_path():
+    args = [t.float().cuda() for t in inputs(2, 300, 4, 16, 32, seed=4)]
+    y1, s1 = ssd_scan(*args, backend="torch")
+    y2, s2 = ssd_scan(*args, backend="fla")
+    torch.testing.assert_close(y2, y1, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(s2, s1, rtol=2e-3, atol=2e-3)

@@ -1,0 +1,177 @@
+"""Training loop, checkpoints and the CLI end to end, on the tiny preset."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lssvwm.checkpoint import CheckpointError, find_checkpoint, load_model, load_state, load_weights
+from lssvwm.config import (ConfigError, DiffusionConfig, RunConfig, TrainConfig, config_from_dict, load_config,
+                           model_preset)
+from lssvwm.models.world_model import WorldModel
+from lssvwm.train import TrainingDiverged, train
+
+
+def tiny_cfg(data, out, steps=6, **train_kw):
+    return RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(sampling_steps=2),
+                     train=TrainConfig(**{**dict(data=str(data), out=str(out), steps=steps, clip_len=6, batch_size=4,
+                                             warmup=2, ckpt_every=3, autocast="none", val_fraction=0.25),
+                                          **train_kw}))
+
+
+def losses(run):
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("autocast", ["none", "bf16"])
+def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast):
+    full = train(tiny_cfg(tiny_data, tmp_path / "full", autocast=autocast), progress=False)
+    part = tiny_cfg(tiny_data, tmp_path / "part", autocast=autocast)
+    train(part, progress=False, stop_after=3)  # the process "dies" after step 3 (checkpoint at step 3)
+    assert len(losses(tmp_path / "part")) == 3
+    train(part, resume=True, progress=False)
+    assert losses(tmp_path / "part") == losses(full)  # exact, not approximate
+    a = load_file(str(find_checkpoint(full) / "model.safetensors"))
+    b = load_file(str(find_checkpoint(tmp_path / "part") / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume(tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_data, tmp_path / "r", steps=3)
+    train(cfg, progress=False)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train(cfg, progress=False)
+
+
+def test_checkpoint_layout_and_atomicity(tiny_data, tmp_path):
+    run = train(tiny_cfg(tiny_data, tmp_path / "r", steps=6), progress=False)
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step_0000003", "step_0000006"]
+    ck = find_checkpoint(run)
+    assert ck.name == "step_0000006"
+    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "ema.safetensors", "config.yaml", "state.pt"}
+    assert load_state(ck / "state.pt")["step"] == 6
+    # a writer killed mid-way leaves a temp folder; the latest checkpoint still loads
+    (run / "checkpoints" / ".tmp_step_0000009_123").mkdir()
+    (run / "checkpoints" / ".tmp_step_0000009_123" / "model.safetensors").write_bytes(b"half")
+    model, cfg, ck2 = load_model(run)
+    assert ck2 == ck and isinstance(model, WorldModel)
+    assert load_config(run / "config.yaml").model == model_preset("tiny")
+
+
+def test_bad_checkpoints(tmp_path):
+    model = WorldModel(model_preset("tiny"))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    missing = dict(state)
+    missing.pop("pos")
+    save_file(missing, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing tensors \['pos'\]"):
+        load_weights(model, tmp_path / "missing.safetensors")
+    extra = dict(state, bogus=torch.zeros(2))
+    save_file(extra, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected tensors \['bogus'\]"):
+        load_weights(model, tmp_path / "extra.safetensors")
+    wrong = dict(state, pos=torch.zeros(1, 1, 4, 4, 99))
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(CheckpointError, match=r"shape mismatch pos: checkpoint \(1, 1, 4, 4, 99\)"):
+        load_weights(model, tmp_path / "wrong.safetensors")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+        load_weights(model, tmp_path / "corrupt.safetensors")
+    with pytest.raises(CheckpointError, match="no checkpoint here"):
+        find_checkpoint(tmp_path)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_PICKLE",))
+
+
+def test_crafted_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "state.pt", "wb") as f:
+        pickle.dump({"step": 3, "x": Evil()}, f)
+    with pytest.raises(CheckpointError, match="refused: not a weights-only file"):
+        load_state(tmp_path / "state.pt")
+    assert not (tmp_path / "PWNED_BY_PICKLE").exists()
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import lssvwm.train as T
+
+    real = T.training_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        loss, stats = real(*a, **k)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 5 else loss), stats
+
+    monkeypatch.setattr(T, "training_loss", flaky)
+    cfg = tiny_cfg(tiny_data, tmp_path / "r", steps=6)
+    with pytest.raises(TrainingDiverged, match="step 4: loss is nan; stopped"):
+        train(cfg, progress=False)
+    assert find_checkpoint(tmp_path / "r").name == "step_0000003"
+    calls["n"] = 0
+    cfg2 = tiny_cfg(tiny_data, tmp_path / "s", steps=6, nan_policy="skip")
+    train(cfg2, progress=False)
+    assert len(losses(tmp_path / "s")) == 5  # one step skipped
+
+
+def test_data_model_mismatch(tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_data, tmp_path / "r")
+    cfg.model = model_preset("tiny", num_actions=4)
+    with pytest.raises(ConfigError, match="data has 6 actions but model.num_actions=4"):
+        train(cfg, progress=False)
+    cfg.model = model_preset("small")
+    with pytest.raises(ConfigError, match="data frames are 16x16x3 but model.frame_size=32"):
+        train(cfg, progress=False)
+
+
+def test_config_yaml_round_trip_and_errors(tmp_path):
+    cfg = tiny_cfg("d", "o")
+    cfg.save(tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    with pytest.raises(ConfigError, match=r"train: unknown field\(s\) \['stepz'\]"):
+        config_from_dict({"train": {"stepz": 3}})
+    with pytest.raises(ConfigError, match="train.lr must be a number"):
+        config_from_dict({"train": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        config_from_dict({"preset": "gigantic"})
+    (tmp_path / "bad.yaml").write_text("train: [1, 2")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_cli_train_and_generate(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lssvwm", "train", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run),
+           "--no-progress", "--set", "train.steps=4", "train.clip_len=6", "train.batch_size=2",
+           "train.val_fraction=0.25", "diffusion.sampling_steps=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "frame_size: 16" in r.stdout  # the config is printed at the start
+    out = tmp_path / "gen.mp4"
+    r = subprocess.run([sys.executable, "-m", "lssvwm", "generate", "--ckpt", str(run), "--data", str(tiny_data),
+                        "--context", "8", "--frames", "6", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert len(metrics["psnr_per_frame"]) == 6 and out.stat().st_size > 1000
+    r = subprocess.run([sys.executable, "-m", "lssvwm", "generate", "--ckpt", str(tmp_path), "--data",
+                        str(tiny_data)], capture_output=True, text=True)
+    assert r.returncode == 2 and "no checkpoint here" in r.stderr
+
+
+def test_demo_path_end_to_end(tmp_path):
+    """The `make demo` code path on a tiny budget (the real demo trains `small` for ~10 minutes)."""
+    from lssvwm.demo import run_demo
+
+    m = run_demo(out=str(tmp_path / "demo"), minutes=0.05, preset="tiny", episodes=4, steps_per_episode=160,
+                 context=8, frames=8)
+    for name in ("rollout.mp4", "rollout.gif", "loss.png", "metrics.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 500
+    assert len(m["psnr_per_frame"]) == 8 and "baseline_repeat_last_frame" in m

@@ -1,0 +1,181 @@
+"""Backbone: parallel == cached per-frame path for every variant, causality, window, adaLN-Zero, cache size."""
+import pytest
+import torch
+
+from lssvwm.config import VARIANTS, ConfigError, ModelConfig, model_preset
+from lssvwm.models.attention import FrameLocalAttention
+from lssvwm.models.world_model import Block, WorldModel
+
+
+def make(variant, dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    m = WorldModel(model_preset("tiny", variant, **kw)).to(dtype)
+    with torch.no_grad():  # move away from the zero init so every path contributes to the output
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def clip(b=2, t=7, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, t, 3, 16, 16, generator=g, dtype=dtype), torch.rand(b, t, generator=g, dtype=dtype),
+            torch.randint(-1, 6, (b, t), generator=g))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_parallel_equals_step(variant, dtype, tol):
+    m = make(variant, dtype)
+    x, lv, a = clip(dtype=dtype)
+    with torch.no_grad():
+        y, cache_par = m(x, lv, a)
+        cache, ys = m.empty_cache(), []
+        for t in range(x.shape[1]):
+            yt, cache = m.step(x[:, t], lv[:, t], a[:, t], cache)
+            ys.append(yt)
+    assert y.abs().mean() > 1e-2
+    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=tol, atol=tol)
+    assert cache.frames == cache_par.frames == 7 and cache.nbytes() == cache_par.nbytes()
+
+
+@pytest.mark.parametrize("variant", ["hybrid", "full-transformer"])
+def test_prefill_then_parallel_continuation(variant):
+    m = make(variant)
+    x, lv, a = clip(t=9)
+    with torch.no_grad():
+        y, _ = m(x, lv, a)
+        _, cache = m(x[:, :4], lv[:, :4], a[:, :4])
+        y2, _ = m(x[:, 4:], lv[:, 4:], a[:, 4:], cache)
+    torch.testing.assert_close(y2, y[:, 4:], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causal_over_frames(variant):
+    m = make(variant)
+    x, lv, a = clip(t=6)
+    with torch.no_grad():
+        y, _ = m(x, lv, a)
+        x2, a2 = x.clone(), a.clone()
+        x2[:, 4] += 1.0
+        a2[:, 5] = (a2[:, 5] + 1) % 6
+        y2, _ = m(x2, lv, a2)
+    assert torch.equal(y[:, :4], y2[:, :4])
+    assert (y[:, 4:] - y2[:, 4:]).abs().max() > 1e-4
+
+
+def test_attention_window():
+    torch.manual_seed(0)
+    att = FrameLocalAttention(16, 2, window=3, chunk=2).double()
+    x = torch.randn(1, 8, 4, 16, dtype=torch.float64)  # (B, T, N, D)
+    y, _ = att(x)
+    for frame, changes in ((4, False), (5, True)):  # output of frame 7 sees frames 5, 6, 7 only
+        x2 = x.clone()
+        x2[:, frame] += 1.0
+        y2, _ = att(x2)
+        assert ((y2[:, 7] - y[:, 7]).abs().max() > 1e-6) == changes
+    # window 1: per-frame spatial attention
+    att1 = FrameLocalAttention(16, 2, window=1).double()
+    y, _ = att1(x)
+    x2 = x.clone()
+    x2[:, 6] += 1.0
+    y2, _ = att1(x2)
+    assert torch.equal(y[:, 7], y2[:, 7])
+
+
+def test_adaln_zero_block_is_identity():
+    cfg = model_preset("tiny")
+    for spec in cfg.layer_specs():
+        blk = Block(cfg, spec)
+        x = torch.randn(2, 3, 4, 4, cfg.d_model)
+        c = torch.randn(2, 3, cfg.d_model)
+        y, _ = blk(x, c, 0, None)
+        assert torch.equal(y, x)
+    m = WorldModel(cfg)
+    x, lv, a = clip(dtype=torch.float32)
+    y, _ = m(x, lv, a)
+    assert torch.equal(y, torch.zeros_like(y))  # zero-initialised output layer
+
+
+def test_step_does_not_change_cache():
+    m = make("hybrid")
+    x, lv, a = clip(t=5)
+    with torch.no_grad():
+        _, cache = m(x[:, :4], lv[:, :4], a[:, :4])
+        snapshot = [t.clone() for layer in cache.layers for part in layer if part is not None for t in part]
+        p1, _ = m.step(x[:, 4], torch.full((2,), 0.9, dtype=torch.float64), a[:, 4], cache)
+        m.step(x[:, 4] * 2, torch.full((2,), 0.3, dtype=torch.float64), a[:, 4], cache)
+        p3, _ = m.step(x[:, 4], torch.full((2,), 0.9, dtype=torch.float64), a[:, 4], cache)
+    after = [t for layer in cache.layers for part in layer if part is not None for t in part]
+    assert all(torch.equal(s, t) for s, t in zip(snapshot, after))
+    assert torch.equal(p1, p3)
+
+
+@pytest.mark.parametrize("variant, grows", [("hybrid", False), ("window-transformer", False), ("mamba2", False),
+                                            ("mamba2-local", False), ("full-transformer", True)])
+def test_cache_size_constant_except_full_attention(variant, grows):
+    m = make(variant, torch.float32)
+    b = 1
+    x = torch.randn(b, 99, 3, 16, 16)
+    lv, a = torch.zeros(b, 99), torch.zeros(b, 99, dtype=torch.long)
+    with torch.no_grad():
+        _, c10 = m(x[:, :10], lv[:, :10], a[:, :10])
+        cache = m.empty_cache()
+        for _ in range(10):  # 1000 frames, fed 99 at a time through the cached path (+ 10 more)
+            _, cache = m(x, lv, a, cache)
+        _, cache = m(x[:, :10], lv[:, :10], a[:, :10], cache)
+    assert cache.frames == 1000
+    assert (cache.nbytes() > c10.nbytes()) == grows
+    if not grows:
+        assert cache.nbytes() == c10.nbytes()
+
+
+def test_gradient_checkpointing_same_gradients():
+    x, lv, a = clip(dtype=torch.float32)
+    grads = []
+    for ckpt in (False, True):
+        m = make("hybrid", torch.float32)
+        m.gradient_checkpointing = ckpt
+        m.train()
+        y, _ = m(x, lv, a)
+        y.pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(layers=[{"ssm": [3, 3], "attn": 4}]), r"must divide the token grid 4x4"),
+    (dict(layers=[{"ssm": None, "attn": 0}]), r"window >= 1"),
+    (dict(layers=[{"ssm": "half", "attn": 2}]), r"layers\[0\]\.ssm must be null, 'full' or \[b_h, b_w\]"),
+    (dict(layers=[]), r"model.layers is empty"),
+    (dict(frame_size=18, layers=[{"ssm": "full", "attn": 2}]), "divisible by model.patch_size"),
+])
+def test_config_validation(kwargs, pattern):
+    base = dict(model_preset("tiny").__dict__)
+    base.update(kwargs)
+    with pytest.raises(ConfigError, match=pattern):
+        WorldModel(ModelConfig(**base))
+
+
+def test_unknown_preset_and_variant():
+    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+        model_preset("huge")
+    with pytest.raises(ConfigError, match="unknown model variant"):
+        model_preset("tiny", "rnn")
+    with pytest.raises(ValueError, match=r"action ids must be in \[-1, 6\)"):
+        m = WorldModel(model_preset("tiny"))
+        m(torch.zeros(1, 2, 3, 16, 16), torch.zeros(1, 2), torch.tensor([[0, 6]]))
+
+
+def test_continuous_actions():
+    torch.manual_seed(0)
+    m = WorldModel(model_preset("tiny", action_dim=5)).double()
+    for p in m.parameters():
+        p.data += 0.05 * torch.randn_like(p)
+    x, lv, _ = clip()
+    a = torch.randn(2, 7, 5, dtype=torch.float64)
+    y, _ = m(x, lv, a)
+    a2 = a.clone()
+    a2[:, 3] += 1
+    y2, _ = m(x, lv, a2)
+    assert torch.equal(y[:, :3], y2[:, :3]) and (y[:, 3] - y2[:, 3]).abs().max() > 1e-4
