@@ -27,15 +27,8 @@ def plot_loss(log_path: str | Path, out_png: str | Path) -> Path:
         k = max(5, len(loss) // 30)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], smooth, color="C0", label=f"moving mean ({k})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted v-MSE")
     ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
+    return _finish(plt, fig, ax, "step", "weighted v-MSE", out_png)
 
 
 def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, out_png: str | Path, title: str = "") -> Path:
@@ -44,10 +37,14 @@ def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, out_png: str
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     for name, (x, y) in curves.items():
         ax.plot(x, y, marker="o", ms=3, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
+    return _finish(plt, fig, ax, xlabel, ylabel, out_png)
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, out_png) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,0 +1,176 @@
+"""Speed and memory benchmarks: ``make bench`` or ``python -m benchmarks.run [maze] [ssm] [rollout]``.
+
+Each benchmark prints a table and writes ``benchmarks/results/<name>.json`` (and a PNG where useful).
+Memory is the peak resident set size (Linux VmHWM) of a fresh subprocess, minus its size after set-up,
+so every figure comes from its own process and the numbers compared in one table come from one run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _vm(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    widths = [max(len(c), *(len(f"{r[c]}") for r in rows)) for c in cols]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(f"{r[c]}".rjust(w) for c, w in zip(cols, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def _in_subprocess(fn: str, *args) -> dict:
+    """Run ``benchmarks.run.<fn>(*args)`` in a fresh single-threaded Python and return its JSON result."""
+    code = f"import json, benchmarks.run as b; print(json.dumps(b.{fn}(*{args!r})))"
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("BENCH_THREADS", "1"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parent.parent)
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- maze rendering --------------------------------------------------------------------------------------
+def maze_fps(resolution: int, steps: int = 2000) -> dict:
+    import numpy as np
+
+    from lssvwm.data.maze import ExplorationPolicy, MazeEnv
+
+    env = MazeEnv(resolution=resolution, max_steps=steps + 1)
+    env.reset(seed=0)
+    pol = ExplorationPolicy(env, np.random.default_rng(0))
+    t = time.perf_counter()
+    for _ in range(steps):
+        env.step(pol())
+    dt = time.perf_counter() - t
+    return {"resolution": resolution, "frames_per_s": round(steps / dt, 1)}
+
+
+def bench_maze() -> dict:
+    rows = [_in_subprocess("maze_fps", r) for r in (64, 32)]
+    print("maze env + exploration policy, one core (target >= 1000 frames/s at 64x64)")
+    print(_table(rows, ["resolution", "frames_per_s"]))
+    return {"rows": rows, "target_64": 1000}
+
+
+# -- SSM scan --------------------------------------------------------------------------------------------
+def ssm_scan(kind: str, length: int, d_model: int = 256, repeats: int = 3) -> dict:
+    import torch
+
+    from lssvwm.models.ssm import ssd_chunked, ssd_reference
+
+    torch.manual_seed(0)
+    d_inner, headdim, d_state = 2 * d_model, 64, 64
+    h = d_inner // headdim
+    x = torch.randn(1, length, h, headdim)
+    dt = torch.rand(1, length, h) * 0.1
+    A = -torch.rand(h) * 4
+    B, C = torch.randn(1, length, d_state), torch.randn(1, length, d_state)
+    D = torch.ones(h)
+    base = _vm("VmRSS")
+    fn = ssd_reference if kind == "reference" else ssd_chunked
+    with torch.no_grad():
+        times = []
+        for _ in range(repeats if kind == "chunked" else 1):
+            t = time.perf_counter()
+            fn(x, dt, A, B, C, D)
+            times.append(time.perf_counter() - t)
+    sec = min(times)
+    return {"kind": kind, "L": length, "d_model": d_model, "seconds": round(sec, 4),
+            "tokens_per_s": round(length / sec), "peak_mem_MiB": round((_vm("VmHWM") - base) / 2**20, 1)}
+
+
+def bench_ssm() -> dict:
+    rows = [_in_subprocess("ssm_scan", "reference", 4096), _in_subprocess("ssm_scan", "chunked", 4096)]
+    speedup = rows[0]["seconds"] / rows[1]["seconds"]
+    mem_rows = [_in_subprocess("ssm_scan", "chunked", L) for L in (1024, 2048, 4096, 8192)]
+    print(f"SSD scan on CPU, one thread, L = 4096, d_model 256: chunked is {speedup:.1f}x the reference loop "
+          f"(target >= 10x)")
+    print(_table(rows, ["kind", "L", "seconds", "tokens_per_s", "peak_mem_MiB"]))
+    print("chunked scan, peak memory vs length (should be linear)")
+    print(_table(mem_rows, ["L", "seconds", "tokens_per_s", "peak_mem_MiB"]))
+    return {"speed": rows, "speedup_chunked_vs_loop": round(speedup, 2), "memory_vs_length": mem_rows}
+
+
+# -- constant-memory rollout -----------------------------------------------------------------------------
+def rollout_memory(preset: str = "small", frames: int = 4000, steps: int = 2, marks=(64, 100, 1000, 2000, 4000)):
+    import torch
+
+    from lssvwm.config import model_preset
+    from lssvwm.diffusion import prefill, sample_frame
+    from lssvwm.models.world_model import WorldModel
+
+    torch.manual_seed(0)
+    cfg = model_preset(preset)
+    model = WorldModel(cfg).eval()
+    shape = (1, cfg.channels, cfg.frame_size, cfg.frame_size)
+    action = torch.zeros(1, dtype=torch.long)
+    cache = prefill(model, torch.zeros(1, 1, *shape[1:]), torch.zeros(1, 1, dtype=torch.long))
+    base = _vm("VmRSS")
+    rows, times, t_prev = [], [], time.perf_counter()
+    for i in range(2, frames + 1):
+        _, cache = sample_frame(model, cache, action, shape, steps=steps)
+        now = time.perf_counter()
+        times.append(now - t_prev)
+        t_prev = now
+        if i in marks:
+            window = times[-32:]
+            rows.append({"frame": i, "ms_per_frame": round(1000 * sorted(window)[len(window) // 2], 2),
+                         "cache_KiB": round(cache.nbytes() / 1024, 1),
+                         "peak_mem_growth_MiB": round((_vm("VmHWM") - base) / 2**20, 2)})
+    return {"preset": preset, "sampling_steps": steps, "rows": rows}
+
+
+def bench_rollout() -> dict:
+    res = _in_subprocess("rollout_memory")
+    rows = res["rows"]
+    by = {r["frame"]: r for r in rows}
+    ratio_t = by[4000]["ms_per_frame"] / by[64]["ms_per_frame"]
+    print(f"hybrid '{res['preset']}' rollout on CPU, one thread, {res['sampling_steps']} sampling steps/frame: "
+          f"ms/frame at 4000 / at 64 = {ratio_t:.2f}; cache at 4000 vs 100: {by[4000]['cache_KiB']} vs "
+          f"{by[100]['cache_KiB']} KiB; peak RSS growth 100 -> 4000: "
+          f"{by[4000]['peak_mem_growth_MiB'] - by[100]['peak_mem_growth_MiB']:.2f} MiB")
+    print(_table(rows, ["frame", "ms_per_frame", "cache_KiB", "peak_mem_growth_MiB"]))
+    try:
+        from lssvwm.plots import plot_curves
+
+        plot_curves({"ms per frame": ([r["frame"] for r in rows], [r["ms_per_frame"] for r in rows])},
+                    "frame index", "ms per generated frame", RESULTS / "rollout.png", "hybrid rollout cost")
+    except Exception as e:  # plotting is a convenience
+        print(f"(no plot: {e})")
+    return {**res, "ms_ratio_4000_vs_64": round(ratio_t, 3)}
+
+
+BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout}
+
+
+def main(argv=None):
+    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHES)
+    for name in names:
+        if name not in BENCHES:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
+        print(f"\n== {name} ==")
+        path = _save(name, BENCHES[name]())
+        print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
