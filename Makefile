@@ -22,7 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# The slow suite drives the play page in headless Chromium: Debian's chromium + Playwright (no browser download).
 test-slow: $(STAMP)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install -q playwright
 	$(BIN)/python -m pytest -m slow -q
 
 bench: $(STAMP)

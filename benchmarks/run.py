@@ -159,7 +159,48 @@ def bench_rollout() -> dict:
     return {**res, "ms_ratio_4000_vs_64": round(ratio_t, 3)}
 
 
-BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout}
+def bench_play() -> dict:
+    """Interactive play speed: the `small` preset with its default 8 sampling steps, 2 threads, PNG encoding."""
+    import os as _os
+
+    _os.environ["BENCH_THREADS"] = "2"
+    res = _in_subprocess("play_speed")
+    print(f"play speed, '{res['preset']}' preset, {res['sampling_steps']} sampling steps/frame, 2 CPU threads: "
+          f"{res['frames_per_s']} frames/s (model {res['model_ms']} ms + PNG {res['png_ms']} ms per frame)")
+    return res
+
+
+def play_speed(preset: str = "small", frames: int = 120, steps: int = 8) -> dict:
+    import torch
+
+    from lssvwm.config import model_preset
+    from lssvwm.diffusion import prefill, sample_frame
+    from lssvwm.models.world_model import WorldModel
+    from lssvwm.video import to_uint8
+    from lssvwm.web import png_data_url
+
+    torch.manual_seed(0)
+    cfg = model_preset(preset)
+    model = WorldModel(cfg).eval()
+    shape = (1, cfg.channels, cfg.frame_size, cfg.frame_size)
+    cache = prefill(model, torch.zeros(1, 16, *shape[1:]), torch.zeros(1, 16, dtype=torch.long))
+    action = torch.ones(1, dtype=torch.long)
+    t_model = t_png = 0.0
+    for i in range(frames + 10):
+        t0 = time.perf_counter()
+        frame, cache = sample_frame(model, cache, action, shape, steps=steps)
+        t1 = time.perf_counter()
+        png_data_url(to_uint8(frame)[0])
+        t2 = time.perf_counter()
+        if i >= 10:  # warm-up excluded
+            t_model += t1 - t0
+            t_png += t2 - t1
+    per = (t_model + t_png) / frames
+    return {"preset": preset, "sampling_steps": steps, "frames_per_s": round(1 / per, 2),
+            "model_ms": round(1000 * t_model / frames, 2), "png_ms": round(1000 * t_png / frames, 2)}
+
+
+BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout, "play": bench_play}
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@
     lssvwm train [--config run.yaml] [--preset small] [--variant hybrid] [--data DIR] [--out RUN] [--resume]
                  [--set train.steps=500 ...]
     lssvwm generate --ckpt RUN --data DIR --context N --frames M --out video.mp4
+    lssvwm play --ckpt RUN [--port 8765] [--record DIR]
     lssvwm demo [--out runs/demo] [--minutes 10]
 """
 from __future__ import annotations
@@ -74,11 +75,15 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 
 def build_run_config(a):
-    """--config (or defaults), then --preset/--variant (replace the model), then --set, --data, --out."""
+    """--config (or, with --resume, the run's own config.yaml; else defaults), then --preset/--variant
+    (replace the model), then --set, --data, --out."""
     from .config import config_from_dict, load_config, model_preset
 
-    base = load_config(a.config).to_dict() if a.config else {}
-    if a.preset or a.variant or not a.config:
+    config = a.config
+    if not config and getattr(a, "resume", False) and a.out and (Path(a.out) / "config.yaml").exists():
+        config = Path(a.out) / "config.yaml"
+    base = load_config(config).to_dict() if config else {}
+    if a.preset or a.variant or not config:
         base["model"] = model_preset(a.preset or "small", a.variant or "hybrid").__dict__.copy()
     for section, values in _parse_sets(a.set).items():
         base.setdefault(section, {}).update(values)
@@ -87,6 +92,8 @@ def build_run_config(a):
         base["train"]["data"] = a.data
     if a.out:
         base["train"]["out"] = a.out
+    if getattr(a, "skip_bad_files", False):
+        base["train"]["skip_bad_files"] = True
     return config_from_dict(base)
 
 
@@ -122,10 +129,34 @@ def _generate(a):
     print(f"video: {a.out} (checkpoint {ckpt})")
 
 
+def _play(a):
+    import asyncio
+
+    from .web import EnvFactory, serve
+
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not a.allow_remote:
+        raise SystemExit(f"error: --host {a.host} exposes the server beyond this machine; add --allow-remote to "
+                         f"confirm")
+    factory = EnvFactory(a.ckpt, context=a.context, sampling_steps=a.steps or None, device=a.device)
+    try:
+        asyncio.run(serve(factory, a.host, a.port, a.record))
+    except KeyboardInterrupt:
+        pass
+
+
 def _demo(a):
     from .demo import run_demo
 
     run_demo(out=a.out, minutes=a.minutes, preset=a.preset)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
 
 
 def main(argv=None):
@@ -163,8 +194,11 @@ def main(argv=None):
     t.add_argument("--data")
     t.add_argument("--out")
     t.add_argument("--resume", action="store_true")
-    t.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE")
+    t.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override config fields; may be repeated")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--skip-bad-files", action="store_true",
+                   help="skip and count unreadable episode files (default: stop before training)")
     t.set_defaults(fn=_train)
 
     g = sub.add_parser("generate", help="roll out a trained model from an episode's context")
@@ -180,6 +214,17 @@ def main(argv=None):
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--out", default="rollout.mp4")
     g.set_defaults(fn=_generate)
+
+    pl = sub.add_parser("play", help="play a trained model in the browser (WebSocket server)")
+    pl.add_argument("--ckpt", required=True)
+    pl.add_argument("--context", help="dataset folder or episode .npz for the start clip (default: the run's data)")
+    pl.add_argument("--host", default="127.0.0.1")
+    pl.add_argument("--port", type=int, default=8765)
+    pl.add_argument("--allow-remote", action="store_true", help="required for a --host other than loopback")
+    pl.add_argument("--record", metavar="DIR", help="save recordings (episode .npz + .mp4) here")
+    pl.add_argument("--steps", type=int, default=0, help="sampling steps per frame (0 = the run's setting)")
+    pl.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pl.set_defaults(fn=_play)
 
     d = sub.add_parser("demo", help="data -> train -> rollout on the built-in maze, on CPU")
     d.add_argument("--out", default="runs/demo")

@@ -69,6 +69,21 @@ class ModelConfig:
         return out
 
     def validate(self) -> None:
+        for name in ("channels", "frame_size", "patch_size", "d_model", "n_heads", "d_state", "expand", "ssm_headdim",
+                     "ssm_chunk", "num_actions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.action_dim, int) or isinstance(self.action_dim, bool) or self.action_dim < 0:
+            raise ConfigError(f"model.action_dim must be an integer >= 0 (0 = discrete actions), got "
+                              f"{self.action_dim!r}")
+        if self.attn_chunk is not None and (not isinstance(self.attn_chunk, int) or isinstance(self.attn_chunk, bool)
+                                            or self.attn_chunk < 1):
+            raise ConfigError(f"model.attn_chunk must be null or a positive integer, got {self.attn_chunk!r}")
+        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
+            raise ConfigError(f"model.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if not isinstance(self.layers, list):
+            raise ConfigError(f"model.layers must be a list of {{ssm, attn}} mappings, got {self.layers!r}")
         if self.frame_size % self.patch_size:
             raise ConfigError(f"model.frame_size={self.frame_size} must be divisible by model.patch_size="
                               f"{self.patch_size}")
@@ -144,7 +159,8 @@ class DiffusionConfig:
     long_context_prob: float = 0.5  # the paper's long-context training: P(clean prefix)
     min_clean_prefix: int = 1
     context_noise_level: float = 0.0  # stabilization (DF/Oasis): label committed frames with this level
-    # Extras from secondary sources, NOT in the paper; off by default.
+    # Extras NOT in the paper; off by default.
+    clean_frame_prob: float = 0.0  # each frame clean (no loss) with this probability, see diffusion.py
     state_penalty: float = 0.0
     curriculum_steps: int = 0  # > 0: clip length grows linearly from clip_len/4 to clip_len over these steps
 
@@ -170,6 +186,8 @@ class TrainConfig:
     ckpt_every: int = 200
     sample_every: int = 0  # > 0: write a rollout video every N steps
     nan_policy: str = "stop"  # stop | skip
+    num_workers: int = 0  # DataLoader worker processes
+    skip_bad_files: bool = False  # skip (and count) unreadable episode files instead of stopping
 
 
 @dataclass

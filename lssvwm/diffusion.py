@@ -12,6 +12,9 @@ Choices (validated by the anchors, see ../shared/research/anchors.md section 5):
   almost no weight to the noisiest levels.)
 - Long-context training (the paper's): with probability ``long_context_prob`` a random-length prefix of the
   clip is clean (level 0) and carries no loss; otherwise plain Diffusion Forcing (independent levels).
+- ``clean_frame_prob`` (ours, not from the paper, off by default): each frame is also kept clean, without
+  loss, with this probability, so that "clean history, noisy current frame" (the regime of sampling) is
+  common in training rather than a ~10% accident of independent levels.
 - Sampling: each new frame starts from pure noise and takes ``steps`` deterministic DDIM steps against a
   fixed cache; the clean result is then committed (optionally labelled with a small stabilization level as
   DF/Oasis do, ``context_noise_level``).
@@ -70,21 +73,35 @@ def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: to
         clean = use[:, None] & (torch.arange(frames)[None, :] < prefix[:, None])
         levels = torch.where(clean, 0.0, levels)
         mask = torch.where(clean, 0.0, mask)
+    if cfg.clean_frame_prob > 0:  # not from the paper: clean context frames scattered through the clip
+        clean = torch.rand(batch, frames, generator=generator) < cfg.clean_frame_prob
+        levels = torch.where(clean, 0.0, levels)
+        mask = torch.where(clean, 0.0, mask)
     return levels.to(device), mask.to(device)
 
 
-def training_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: DiffusionConfig,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Weighted v-prediction loss over the frames of a clip, masked by the long-context prefix."""
-    b, t = frames.shape[:2]
-    levels, mask = training_levels(b, t, cfg, generator, frames.device)
-    noise = torch.randn(frames.shape, generator=generator).to(frames.device)
+def training_noise(shape: tuple, cfg: DiffusionConfig, generator: torch.Generator | None = None):
+    """Levels (B, T), loss mask (B, T) and noise (B, T, C, H, W) for a batch of clips of ``shape``.
+
+    Drawn for the whole (global) batch at once, so that processes that each take a slice of the batch
+    train exactly as one process would."""
+    levels, mask = training_levels(shape[0], shape[1], cfg, generator)
+    noise = torch.randn(shape, generator=generator)
+    return levels, mask, noise
+
+
+def diffusion_loss(model, frames: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor,
+                   noise: torch.Tensor, cfg: DiffusionConfig, normalizer: float | None = None
+                   ) -> tuple[torch.Tensor, dict]:
+    """Weighted v-prediction loss, masked by the clean frames. ``normalizer`` (default: this batch's count of
+    loss frames) divides the sum, so that data-parallel ranks can all divide by the global count."""
     xt = add_noise(frames, levels, noise)
     pred, cache = model(xt, levels, actions)
     err = (pred.float() - v_target(frames, noise, levels).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     w = loss_weight(levels, cfg.min_snr_gamma) * mask
-    loss = (err * w).sum() / mask.sum().clamp(min=1)
-    stats = {"mse_v": float((err * mask).sum() / mask.sum().clamp(min=1))}
+    count = mask.sum().clamp(min=1) if normalizer is None else normalizer
+    loss = (err * w).sum() / count
+    stats = {"mse_v": float((err.detach() * mask).sum() / mask.sum().clamp(min=1))}
     if cfg.state_penalty > 0:  # not from the paper: pulls SSM states towards small magnitudes
         states = [lc.ssm.ssm for lc in cache.layers if lc.ssm is not None]
         if states:
@@ -92,6 +109,14 @@ def training_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: Diffu
             loss = loss + cfg.state_penalty * pen
             stats["state_penalty"] = float(pen)
     return loss, stats
+
+
+def training_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: DiffusionConfig,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Draw levels and noise for ``frames`` (B, T, C, H, W), then :func:`diffusion_loss`."""
+    levels, mask, noise = training_noise(tuple(frames.shape), cfg, generator)
+    dev = frames.device
+    return diffusion_loss(model, frames, actions, levels.to(dev), mask.to(dev), noise.to(dev), cfg)
 
 
 @torch.no_grad()

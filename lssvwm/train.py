@@ -20,7 +20,7 @@ import torch.distributed as dist
 from .checkpoint import find_checkpoint, load_state, load_weights, save_checkpoint
 from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
-from .diffusion import training_loss
+from .diffusion import diffusion_loss, training_noise
 from .models.world_model import WorldModel
 
 
@@ -93,7 +93,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     rank, world, device = setup_distributed()
     t = cfg.train
     run = Path(t.out)
-    ds = EpisodeWindows(t.data, t.clip_len, "train", t.val_fraction)
+    ds = EpisodeWindows(t.data, t.clip_len, "train", t.val_fraction, skip_bad=t.skip_bad_files)
+    if ds.bad_files and rank == 0:
+        print(f"skipped {len(ds.bad_files)} unreadable episode file(s) (train.skip_bad_files=true):\n" +
+              "\n".join(f"  {reason}" for _, reason in ds.bad_files), flush=True)
     check_data_matches(cfg, ds)
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the number of processes {world}")
@@ -115,6 +118,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
         torch.set_rng_state(state["rng_torch"])
+        if rank == 0:
+            _truncate_log(run / "log.jsonl", start)
     elif has_ckpt and not resume:
         raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
 
@@ -125,7 +130,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
               f" x{world} | autocast {amp}\n{cfg.to_yaml()}", flush=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     log = open(run / "log.jsonl", "a") if rank == 0 else None
+    tb = _tensorboard(run) if rank == 0 else None
     per_rank = t.batch_size // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), t.batch_size, t.seed, start,
+                                                                            t.steps, rank, world),
+                                         num_workers=t.num_workers, persistent_workers=False)
+    batches = iter(loader)
     t0 = time.time()
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or rank != 0)
     step = start
@@ -133,17 +144,25 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         lr = get_lr(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(len(ds), (t.batch_size,), generator=torch.Generator().manual_seed(_seed(t.seed, step)))
-        items = [ds[int(i)] for i in idx[rank * per_rank:(rank + 1) * per_rank]]
-        frames = torch.stack([it["frames"] for it in items]).to(device)  # (B, T, C, H, W)
-        actions = torch.stack([it["actions"] for it in items]).to(device)  # (B, T)
+        batch = next(batches)  # this rank's slice of global batch `step`
+        frames = batch["frames"].to(device)  # (B, T, C, H, W)
+        actions = batch["actions"].to(device)  # (B, T)
         if cfg.diffusion.curriculum_steps > 0:  # not from the paper: grow the clip length
             frac = min(1.0, 0.25 + 0.75 * step / cfg.diffusion.curriculum_steps)
             length = max(2, int(round(t.clip_len * frac)))
             frames, actions = frames[:, :length], actions[:, :length]
-        gen = torch.Generator().manual_seed(_seed(t.seed, step, rank, 1))
+        gen = torch.Generator().manual_seed(_seed(t.seed, step, 1))
+        levels, mask, noise = training_noise((t.batch_size,) + tuple(frames.shape[1:]), cfg.diffusion, gen)
+        normalizer = float(mask.sum().clamp(min=1)) / world  # DDP averages gradients over ranks
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, stats = training_loss(ddp, frames, actions, cfg.diffusion, gen)
+            loss, stats = diffusion_loss(ddp, frames, actions, levels[mine].to(device), mask[mine].to(device),
+                                         noise[mine].to(device), cfg.diffusion, normalizer)
+        if world > 1:  # the logged loss is the global one
+            logged = loss.detach().clone()
+            dist.all_reduce(logged)
+            logged /= world
+        else:
+            logged = loss.detach()
         if not torch.isfinite(loss):
             if t.nan_policy == "skip":
                 if rank == 0:
@@ -167,10 +186,14 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
             out_of_time = bool(flag.item())
         last = step + 1 == t.steps or out_of_time
         if rank == 0:
-            rec = {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+            rec = {"step": step + 1, "loss": logged.item(), "lr": lr, "grad_norm": float(grad_norm),
                    "time": round(elapsed, 3), **stats}
             log.write(json.dumps(rec) + "\n")
             log.flush()
+            if tb is not None:
+                for key, value in rec.items():
+                    if key != "step":
+                        tb.add_scalar(f"train/{key}", value, step + 1)
             bar.update()
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.1e}")
             if (step + 1) % t.ckpt_every == 0 or last:
@@ -185,4 +208,65 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     bar.close()
     if log:
         log.close()
+    if tb is not None:
+        tb.close()
+    if world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
     return run
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields, for steps ``start .. steps-1``, this rank's slice of each global batch (see batch_indices).
+
+    Batches depend only on (seed, step), so DataLoader workers, any number of ranks and a resume all see
+    exactly the windows an uninterrupted single process would."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, steps: int, rank: int = 0, world: int = 1):
+        self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start, steps
+        self.rank, self.per_rank = rank, batch // world
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            idx = batch_indices(step, self.n, self.batch, self.seed)
+            yield idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor:
+    """Window indices of global batch ``step``: consecutive slices of one random permutation of the ``n``
+    windows per epoch, so within an epoch no window repeats or is skipped, however many ranks share it."""
+    pos = torch.arange(step * batch, (step + 1) * batch)
+    epochs = pos // n
+    out = torch.empty(batch, dtype=torch.long)
+    for e in epochs.unique().tolist():
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, "epoch", e)))
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop log records after the checkpoint we resume from (a killed run may have logged a few more)."""
+    if not log.exists():
+        return
+    keep = []
+    for line in log.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line cut short by the kill
+    tmp = log.with_name(log.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, log)
+
+
+def _tensorboard(run: Path):
+    """A TensorBoard writer when tensorboard is installed; the JSONL log is always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run / "tensorboard"))

@@ -169,3 +169,16 @@ def test_fla_kernel_matches_torch_path():
     y2, s2 = ssd_scan(*args, backend="fla")
     torch.testing.assert_close(y2, y1, rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(s2, s1, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_chunked_equals_reference_long_sequence():
+    """L = 4096 (the benchmark's length): no drift accumulates over many chunks, fp64 and fp32."""
+    args = inputs(1, 4096, 4, 16, 16, seed=11)
+    y1, s1 = ssd_reference(*args)
+    y2, s2 = ssd_chunked(*args, chunk_size=64)
+    torch.testing.assert_close(y2, y1, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(s2, s1, rtol=1e-9, atol=1e-9)
+    f32 = [t.float() for t in args]
+    y3, _ = ssd_chunked(*f32, chunk_size=64)
+    torch.testing.assert_close(y3, y1.float(), rtol=1e-4, atol=1e-4)

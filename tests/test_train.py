@@ -103,7 +103,7 @@ def test_crafted_pickle_is_refused(tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
     import lssvwm.train as T
 
-    real = T.training_loss
+    real = T.diffusion_loss
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -111,7 +111,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 5 else loss), stats
 
-    monkeypatch.setattr(T, "training_loss", flaky)
+    monkeypatch.setattr(T, "diffusion_loss", flaky)
     cfg = tiny_cfg(tiny_data, tmp_path / "r", steps=6)
     with pytest.raises(TrainingDiverged, match="step 4: loss is nan; stopped"):
         train(cfg, progress=False)

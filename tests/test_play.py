@@ -1,0 +1,188 @@
+"""Playing a model: DreamEnv (constant state), recording, the play server's protocol, end to end over loopback."""
+import asyncio
+import base64
+import gc
+import io
+import json
+import threading
+import urllib.request
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from lssvwm.checkpoint import find_checkpoint
+from lssvwm.data.episodes import load_episode
+from lssvwm.dream import DreamEnv
+from lssvwm.web import EnvFactory, PlaySession, serve
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
+    from lssvwm.train import train
+
+    out = tmp_path_factory.mktemp("play") / "run"
+    cfg = RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(sampling_steps=1),
+                    train=TrainConfig(data=str(tiny_data), out=str(out), steps=3, clip_len=6, batch_size=2,
+                                      val_fraction=0.25, autocast="none"))
+    train(cfg, progress=False)
+    return out
+
+
+def _tensors() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_dream_env_state_is_constant(tiny_run):
+    env = DreamEnv(tiny_run, context_frames=8)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (16, 16, 3) and obs.dtype == np.uint8 and env.observation_space.contains(obs)
+    assert info["frames_in_state"] == 8
+    sizes, counts = [], []
+    for t in range(1, 1201):
+        obs, r, term, trunc, info = env.step(t % 6)
+        if t in (200, 1200):
+            gc.collect()
+            sizes.append(env.cache.nbytes())
+            counts.append(_tensors())
+    assert info["frames_in_state"] == 1208 and not term and not trunc
+    assert sizes[0] == sizes[1]  # the state does not grow
+    assert counts[0] == counts[1]  # and nothing else accumulates
+    with pytest.raises(ValueError, match=r"action must be an integer in \[0, 6\)"):
+        env.step(9)
+
+
+def test_dream_env_deterministic_per_seed(tiny_run):
+    a, b = DreamEnv(tiny_run), DreamEnv(tiny_run)
+    fa = [a.reset(seed=3)[0]] + [a.step(1)[0] for _ in range(5)]
+    fb = [b.reset(seed=3)[0]] + [b.step(1)[0] for _ in range(5)]
+    assert all(np.array_equal(x, y) for x, y in zip(fa, fb))
+
+
+def test_recording_round_trip(tiny_run, tmp_path):
+    env = DreamEnv(tiny_run)
+    env.reset(seed=1)
+    env.start_recording()
+    actions = [1, 2, 3, 1, 5]
+    frames = [env.frame] + [env.step(a)[0] for a in actions]
+    npz, mp4 = env.stop_recording(tmp_path / "rec")
+    ep = load_episode(npz)  # the standard episode format: usable as training or evaluation data
+    assert np.array_equal(ep["image"], np.stack(frames))
+    assert not ep["action"][0].any() and ep["action"][1:].argmax(1).tolist() == actions
+    assert mp4.exists() and mp4.stat().st_size > 500
+    with pytest.raises(RuntimeError, match="no recording"):
+        env.stop_recording()
+
+
+def test_session_protocol_and_bad_messages(tiny_run, tmp_path):
+    session = PlaySession(DreamEnv(tiny_run), tmp_path)
+    first = session.reset()
+    assert first["type"] == "frame" and first["frame"] == 0
+    for bad, pattern in [("not json", "must be JSON"), ("[1, 2]", "JSON objects"), ('{"type": "fly"}', "unknown"),
+                         ('{"type": "action", "action": 17}', r"\[0, 6\)"), ('{"type": "action", "action": "1"}',
+                                                                             "integer"),
+                         ('{"type": "record", "on": false}', "not recording"), (b"\xff\xfe", "JSON")]:
+        reply = session.handle(bad)
+        assert reply["type"] == "error", bad
+        import re
+
+        assert re.search(pattern, reply["message"]), (bad, reply)
+    reply = session.handle(json.dumps({"type": "action", "action": 1}))
+    assert reply["frame"] == 1
+    img = imageio.imread(io.BytesIO(base64.b64decode(reply["image"].split(",", 1)[1])))
+    assert img.shape == (16, 16, 3)
+    assert session.handle('{"type": "record", "on": true}')["recording"] is True
+    session.handle('{"type": "action", "action": 2}')
+    saved = session.handle('{"type": "record", "on": false}')
+    assert saved["type"] == "saved" and load_episode(saved["path"])["image"].shape[0] == 2
+
+
+def test_server_end_to_end_over_loopback(tiny_run):
+    from websockets.sync.client import connect
+
+    factory = EnvFactory(tiny_run)
+    port_box, loop_box = [], []
+    stop_holder = {}
+
+    def run():
+        loop = asyncio.new_event_loop()
+        loop_box.append(loop)
+        stop = asyncio.Event()
+        stop_holder["stop"] = stop
+        loop.run_until_complete(serve(factory, "127.0.0.1", 0, on_ready=port_box.append, stop=stop))
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if port_box:
+            break
+        threading.Event().wait(0.05)
+    port = port_box[0]
+    html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+    assert "<canvas" in html and "ArrowUp" in html
+    with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+        first = json.loads(ws.recv(timeout=30))
+        images = {first["image"]}
+        for a in (1, 1, 3, 3):
+            ws.send(json.dumps({"type": "action", "action": a}))
+            msg = json.loads(ws.recv(timeout=30))
+            assert msg["type"] == "frame"
+            images.add(msg["image"])
+        assert msg["frame"] == 4 and len(images) >= 3  # new frames arrive and differ
+        ws.send("{broken")
+        assert json.loads(ws.recv(timeout=30))["type"] == "error"
+        ws.send(json.dumps({"type": "action", "action": 2}))  # still alive after bad input
+        assert json.loads(ws.recv(timeout=30))["frame"] == 5
+    loop_box[0].call_soon_threadsafe(stop_holder["stop"].set)
+    th.join(timeout=10)
+    assert find_checkpoint(tiny_run)
+
+
+@pytest.mark.slow
+def test_browser_play_in_headless_chromium(tiny_run, tmp_path):
+    """Loads the page in headless Chromium, presses keys, checks new frames arrive and differ, screenshots."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: `make test-slow` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    factory = EnvFactory(tiny_run)
+    port_box, loop_box, stop_holder = [], [], {}
+
+    def run():
+        loop = asyncio.new_event_loop()
+        loop_box.append(loop)
+        stop_holder["stop"] = asyncio.Event()
+        loop.run_until_complete(serve(factory, "127.0.0.1", 0, on_ready=port_box.append, stop=stop_holder["stop"]))
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if port_box:
+            break
+        threading.Event().wait(0.05)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=args)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port_box[0]}/")
+        page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=30000)
+        page.wait_for_function("document.getElementById('view').width === 16", timeout=30000)
+        first = page.evaluate("document.getElementById('view').toDataURL()")
+        for key in ["ArrowUp", "ArrowUp", "ArrowRight", "ArrowRight", "w", "d"]:
+            page.keyboard.press(key)
+        page.wait_for_function("document.getElementById('frame').textContent === '6'", timeout=60000)
+        page.wait_for_timeout(200)
+        last = page.evaluate("document.getElementById('view').toDataURL()")
+        assert last != first  # the canvas shows new, different frames
+        shot = tmp_path / "play.png"
+        page.screenshot(path=str(shot))
+        browser.close()
+    assert shot.stat().st_size > 2000
+    loop_box[0].call_soon_threadsafe(stop_holder["stop"].set)
+    th.join(timeout=10)
