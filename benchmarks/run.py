@@ -200,7 +200,180 @@ def play_speed(preset: str = "small", frames: int = 120, steps: int = 8) -> dict
             "model_ms": round(1000 * t_model / frames, 2), "png_ms": round(1000 * t_png / frames, 2)}
 
 
-BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout, "play": bench_play}
+# -- inference vs context length, and training vs clip length (issue: hybrid vs quadratic baselines) -------
+def _cache_with_context(model, frames: int):
+    """A cache that has seen ``frames`` frames. Per-frame cost depends on the cache's size, not its content,
+    so attention caches are filled with random keys/values of the right length (a real prefill of 4096
+    frames through full attention is quadratic: hours on a CPU); SSM states are fixed-size anyway."""
+    import torch
+
+    from lssvwm.models.attention import KVCache
+    from lssvwm.models.world_model import LayerCache, WorldCache
+
+    cfg = model.cfg
+    x = torch.zeros(1, 1, cfg.channels, cfg.frame_size, cfg.frame_size)
+    _, cache = model(x, torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long))
+    layers = []
+    for blk, lc in zip(model.blocks, cache.layers):
+        kv = lc.kv
+        if kv is not None:
+            keep = frames if blk.attn.window is None else min(frames, blk.attn.window - 1)
+            b, h, _, n, d = kv.k.shape
+            kv = KVCache(torch.randn(b, h, keep, n, d), torch.randn(b, h, keep, n, d))
+        layers.append(LayerCache(lc.ssm, kv))
+    return WorldCache(tuple(layers), frames)
+
+
+def infer_cost(method: str, context: int, preset: str = "small", steps: int = 2, frames: int = 4) -> dict:
+    """ms per generated frame after ``context`` frames, and peak memory growth while generating."""
+    import torch
+
+    from lssvwm.config import model_preset
+    from lssvwm.diffusion import alpha_sigma, sample_frame
+    from lssvwm.models.world_model import WorldModel
+
+    torch.manual_seed(0)
+    variant = {"hybrid-cached": "hybrid", "full-cached": "full-transformer", "full-recompute": "full-transformer"}
+    cfg = model_preset(preset, variant[method])
+    model = WorldModel(cfg).eval()
+    shape = (1, cfg.channels, cfg.frame_size, cfg.frame_size)
+    a = torch.zeros(1, dtype=torch.long)
+    base = _vm("VmRSS")
+    times = []
+    with torch.no_grad():
+        if method == "full-recompute":  # DFoT/Oasis: no cache; every denoising step reruns the whole window
+            window = torch.randn(1, context, *shape[1:])
+            acts = torch.zeros(1, context + 1, dtype=torch.long)
+            levels = torch.zeros(1, context + 1)
+            for _ in range(frames):
+                t0 = time.perf_counter()
+                x = torch.randn(shape)
+                for i in range(steps):
+                    levels[:, -1] = 1 - i / steps
+                    v, _ = model(torch.cat([window, x[:, None]], 1), levels, acts)
+                    a_, s_ = alpha_sigma(levels[:, -1])
+                    x = (a_ * x - s_ * v[:, -1]).clamp(-1, 1)
+                times.append(time.perf_counter() - t0)
+        else:
+            cache = _cache_with_context(model, context)
+            for _ in range(frames):
+                t0 = time.perf_counter()
+                _, cache = sample_frame(model, cache, a, shape, steps=steps)
+                times.append(time.perf_counter() - t0)
+    times = sorted(times[1:]) if len(times) > 1 else times
+    return {"method": method, "context": context, "ms_per_frame": round(1000 * times[len(times) // 2], 1),
+            "peak_mem_MiB": round((_vm("VmHWM") - base) / 2**20, 1)}
+
+
+def bench_inference() -> dict:
+    rows = []
+    for method, contexts in (("hybrid-cached", (64, 256, 1024, 4096)), ("full-cached", (64, 256, 1024, 4096)),
+                             ("full-recompute", (64, 256))):
+        for n in contexts:
+            rows.append(_in_subprocess("infer_cost", method, n))
+    by = {(r["method"], r["context"]): r for r in rows}
+    flat = by[("hybrid-cached", 4096)]["ms_per_frame"] / by[("hybrid-cached", 64)]["ms_per_frame"]
+    speedup = by[("full-cached", 4096)]["ms_per_frame"] / by[("hybrid-cached", 4096)]["ms_per_frame"]
+    print("ms per generated frame vs context length, 'small' preset, 2 sampling steps, one CPU thread.\n"
+          "full-recompute (no cache, as DFoT/Oasis) beyond 256 frames: not run (quadratic; minutes per frame).\n"
+          "Attention caches are filled with random keys/values of the right size (cost does not depend on content).")
+    print(_table(rows, ["method", "context", "ms_per_frame", "peak_mem_MiB"]))
+    print(f"hybrid frame-4096 / frame-64 cost = {flat:.2f} (target <= 1.1); full-cached / hybrid at 4096 = "
+          f"{speedup:.1f}x (target >= 10x)")
+    try:
+        from lssvwm.plots import plot_curves
+
+        curves = {m: ([r["context"] for r in rows if r["method"] == m], [r["ms_per_frame"] for r in rows
+                                                                          if r["method"] == m])
+                  for m in ("hybrid-cached", "full-cached", "full-recompute")}
+        plot_curves(curves, "context length (frames)", "ms per generated frame", RESULTS / "inference.png",
+                    "inference cost vs context")
+    except Exception as e:
+        print(f"(no plot: {e})")
+    return {"rows": rows, "hybrid_ratio_4096_vs_64": round(flat, 3), "full_over_hybrid_at_4096": round(speedup, 2)}
+
+
+def train_cost(variant: str, clip: int, preset: str = "small") -> dict:
+    import torch
+
+    from lssvwm.config import DiffusionConfig, model_preset
+    from lssvwm.diffusion import training_loss
+    from lssvwm.models.world_model import WorldModel
+
+    torch.manual_seed(0)
+    cfg = model_preset(preset, variant)
+    model = WorldModel(cfg)
+    x = torch.randn(1, clip, cfg.channels, cfg.frame_size, cfg.frame_size)
+    a = torch.zeros(1, clip, dtype=torch.long)
+    base = _vm("VmRSS")
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = training_loss(model, x, a, DiffusionConfig())
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    tokens = clip * (cfg.frame_size // cfg.patch_size) ** 2
+    return {"variant": variant, "clip_frames": clip, "tokens_per_s": round(tokens / min(times)),
+            "peak_mem_MiB": round((_vm("VmHWM") - base) / 2**20, 1)}
+
+
+def bench_training() -> dict:
+    rows = [_in_subprocess("train_cost", v, c) for v in ("hybrid", "full-transformer") for c in (16, 64, 256)]
+    print("training step (forward + backward, bf16 autocast), 'small' preset, batch 1, one CPU thread")
+    print(_table(rows, ["variant", "clip_frames", "tokens_per_s", "peak_mem_MiB"]))
+    return {"rows": rows}
+
+
+# -- synthetic long-range recall: hybrid vs windowed transformer -------------------------------------------
+def recall_experiment(out: str, steps: int = 1500, length: int = 24, clips: int = 1200, window: int = 3,
+                      distances=(0, 1, 2, 4, 8, 12, 16, 20), variants=("hybrid", "window-transformer"),
+                      seed: int = 0) -> dict:
+    """Train tiny models of each variant on the same recall data, steps and seed; recall PSNR vs D."""
+    from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
+    from lssvwm.checkpoint import load_model
+    from lssvwm.data.recall import NUM_ACTIONS, generate_recall_dataset, recall_psnr
+    from lssvwm.train import train
+
+    out = Path(out)
+    data = generate_recall_dataset(out / "data", clips, length, seed=seed)
+    rows = []
+    for variant in variants:
+        run = out / variant
+        cfg = RunConfig(model=model_preset("tiny", variant, window=window, num_actions=NUM_ACTIONS),
+                        diffusion=DiffusionConfig(),
+                        train=TrainConfig(data=str(data), out=str(run), clip_len=length, batch_size=16, steps=steps,
+                                          lr=2e-3, warmup=50, ckpt_every=steps, seed=seed, val_fraction=0.05))
+        if not (run / "checkpoints" / "latest").exists():
+            train(cfg, progress=False)
+        model, _, _ = load_model(run)
+        for d in distances:
+            rows.append({"variant": variant, "D": d, "D_over_k": round(d / window, 2),
+                         "recall_psnr": round(recall_psnr(model, d, length), 2)})
+    return {"window_k": window, "steps": steps, "clip_length": length, "rows": rows}
+
+
+def bench_recall() -> dict:
+    res = recall_experiment(str(RESULTS / "recall"))
+    print(f"synthetic recall: cue, D distractor frames, recall; tiny models, {res['steps']} steps each, same data "
+          f"and seed; windowed transformer k = {res['window_k']} sees the cue only while D <= k - 2")
+    print(_table(res["rows"], ["variant", "D", "D_over_k", "recall_psnr"]))
+    try:
+        from lssvwm.plots import plot_curves
+
+        curves = {v: ([r["D"] for r in res["rows"] if r["variant"] == v],
+                      [r["recall_psnr"] for r in res["rows"] if r["variant"] == v])
+                  for v in {r["variant"] for r in res["rows"]}}
+        plot_curves(curves, "D (distractor frames between cue and recall)", "recall PSNR (dB)",
+                    RESULTS / "recall.png", f"recall vs distance (window k = {res['window_k']})")
+    except Exception as e:
+        print(f"(no plot: {e})")
+    return res
+
+
+BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout, "play": bench_play,
+           "inference": bench_inference, "training": bench_training, "recall": bench_recall}
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@
     lssvwm train [--config run.yaml] [--preset small] [--variant hybrid] [--data DIR] [--out RUN] [--resume]
                  [--set train.steps=500 ...]
     lssvwm generate --ckpt RUN --data DIR --context N --frames M --out video.mp4
+    lssvwm eval memory --ckpt A [--ckpt B ...] --task retrieval|reasoning --context N --frames M
     lssvwm play --ckpt RUN [--port 8765] [--record DIR]
     lssvwm demo [--out runs/demo] [--minutes 10]
 """
@@ -21,7 +22,7 @@ import yaml
 def _data_maze(a):
     from .data.episodes import generate_dataset
 
-    out = generate_dataset(a.out, a.episodes, a.steps, a.resolution, a.size, a.seed, a.workers)
+    out = generate_dataset(a.out, a.episodes, a.steps, a.resolution, a.size, a.seed, a.workers, mazes=a.mazes)
     print(f"dataset: {out} ({a.episodes} episodes x {a.steps + 1} frames at {a.resolution}x{a.resolution})")
 
 
@@ -144,6 +145,13 @@ def _play(a):
         pass
 
 
+def _eval_memory(a):
+    from .evaluation import evaluate_models
+
+    evaluate_models(a.ckpt, a.task, a.context, a.frames, a.out, a.episodes, a.seed, a.steps or None, a.data,
+                    a.device)
+
+
 def _demo(a):
     from .demo import run_demo
 
@@ -172,6 +180,8 @@ def main(argv=None):
     m.add_argument("--out", required=True)
     m.add_argument("--workers", type=int, default=1)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--mazes", type=int, default=0,
+                   help="0: a new maze per episode; K: episodes cycle through K fixed mazes (new trajectories)")
     m.set_defaults(fn=_data_maze)
     pv = data.add_parser("preview", help="video of an episode beside a top-down map")
     pv.add_argument("dir")
@@ -214,6 +224,20 @@ def main(argv=None):
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--out", default="rollout.mp4")
     g.set_defaults(fn=_generate)
+
+    ev = sub.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_cmd", required=True)
+    em = ev.add_parser("memory", help="spatial retrieval / reasoning on the built-in maze, models side by side")
+    em.add_argument("--ckpt", action="append", required=True, help="run or checkpoint folder; repeat to compare")
+    em.add_argument("--task", choices=["retrieval", "reasoning"], default="retrieval")
+    em.add_argument("--context", type=int, default=64)
+    em.add_argument("--frames", type=int, default=64)
+    em.add_argument("--episodes", type=int, default=4)
+    em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--steps", type=int, default=0, help="sampling steps (0 = each run's setting)")
+    em.add_argument("--data", help="training data folder whose meta.json names the mazes (default: the run's)")
+    em.add_argument("--device", default="cpu")
+    em.add_argument("--out", default="runs/eval")
+    em.set_defaults(fn=_eval_memory)
 
     pl = sub.add_parser("play", help="play a trained model in the browser (WebSocket server)")
     pl.add_argument("--ckpt", required=True)

@@ -182,7 +182,6 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     autocast: str = "auto"  # auto: bf16 on CUDA and CPU; none: fp32
-    log_every: int = 10
     ckpt_every: int = 200
     sample_every: int = 0  # > 0: write a rollout video every N steps
     nan_policy: str = "stop"  # stop | skip

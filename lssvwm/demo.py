@@ -31,7 +31,10 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 
 
 def run_demo(out: str = "runs/demo", minutes: float = 10.0, preset: str = "small", episodes: int = 64,
-             steps_per_episode: int = 400, context: int = 32, frames: int = 48) -> dict:
+             steps_per_episode: int = 400, context: int = 32, frames: int = 48, mazes: int = 4) -> dict:
+    """The demo trains on episodes that cycle through ``mazes`` fixed mazes and rolls out a held-out
+    trajectory in one of them, so the model can use what it learned about those places. Sampling: 4 steps
+    with stabilization level 0.3 (measured best for CPU-trained `small` models; see diffusion.py)."""
     from .data.dataset import EpisodeWindows
     from .data.episodes import generate_dataset
     from .generate import comparison_video, episode_rollout, frame_metrics
@@ -45,10 +48,11 @@ def run_demo(out: str = "runs/demo", minutes: float = 10.0, preset: str = "small
     model_cfg = model_preset(preset)
     res = model_cfg.frame_size
     data = out / "data"
-    print(f"[1/4] generating {episodes} maze episodes of {steps_per_episode} steps at {res}x{res} -> {data}")
-    generate_dataset(data, episodes, steps_per_episode, resolution=res, seed=0, workers=2)
+    print(f"[1/4] generating {episodes} maze episodes of {steps_per_episode} steps at {res}x{res} in {mazes} fixed "
+          f"mazes -> {data}")
+    generate_dataset(data, episodes, steps_per_episode, resolution=res, seed=0, workers=2, mazes=mazes)
 
-    cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(),
+    cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(sampling_steps=4, context_noise_level=0.3),
                     train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16, batch_size=8, lr=1e-3,
                                       warmup=50, ckpt_every=100, max_minutes=minutes, seed=0))
     per_step = _seconds_per_step(cfg)

@@ -139,7 +139,6 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     batches = iter(loader)
     t0 = time.time()
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or rank != 0)
-    step = start
     for step in range(start, t.steps):
         lr = get_lr(step, cfg)
         for g in opt.param_groups:
@@ -163,7 +162,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
             logged /= world
         else:
             logged = loss.detach()
-        if not torch.isfinite(loss):
+        if not torch.isfinite(logged):  # the all-reduced value: every rank takes the same branch
             if t.nan_policy == "skip":
                 if rank == 0:
                     print(f"step {step}: non-finite loss {loss.item()}, step skipped (train.nan_policy=skip)")

@@ -1,5 +1,6 @@
 """Playing a model: DreamEnv (constant state), recording, the play server's protocol, end to end over loopback."""
 import asyncio
+import contextlib
 import base64
 import gc
 import io
@@ -18,17 +19,28 @@ from lssvwm.dream import DreamEnv
 from lssvwm.web import EnvFactory, PlaySession, serve
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data, tmp_path_factory):
-    from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
-    from lssvwm.train import train
+@contextlib.contextmanager
+def running_server(factory):
+    """The play server on a free loopback port, in a background thread; yields the port."""
+    port_box, loop_box, stop_box = [], [], []
 
-    out = tmp_path_factory.mktemp("play") / "run"
-    cfg = RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(sampling_steps=1),
-                    train=TrainConfig(data=str(tiny_data), out=str(out), steps=3, clip_len=6, batch_size=2,
-                                      val_fraction=0.25, autocast="none"))
-    train(cfg, progress=False)
-    return out
+    def run():
+        loop = asyncio.new_event_loop()
+        loop_box.append(loop)
+        stop_box.append(asyncio.Event())
+        loop.run_until_complete(serve(factory, "127.0.0.1", 0, on_ready=port_box.append, stop=stop_box[0]))
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    for _ in range(200):
+        if port_box:
+            break
+        threading.Event().wait(0.05)
+    try:
+        yield port_box[0]
+    finally:
+        loop_box[0].call_soon_threadsafe(stop_box[0].set)
+        th.join(timeout=10)
 
 
 def _tensors() -> int:
@@ -100,26 +112,14 @@ def test_session_protocol_and_bad_messages(tiny_run, tmp_path):
 
 
 def test_server_end_to_end_over_loopback(tiny_run):
+    with running_server(EnvFactory(tiny_run)) as port:
+        _talk_to_server(port)
+    assert find_checkpoint(tiny_run)
+
+
+def _talk_to_server(port):
     from websockets.sync.client import connect
 
-    factory = EnvFactory(tiny_run)
-    port_box, loop_box = [], []
-    stop_holder = {}
-
-    def run():
-        loop = asyncio.new_event_loop()
-        loop_box.append(loop)
-        stop = asyncio.Event()
-        stop_holder["stop"] = stop
-        loop.run_until_complete(serve(factory, "127.0.0.1", 0, on_ready=port_box.append, stop=stop))
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if port_box:
-            break
-        threading.Event().wait(0.05)
-    port = port_box[0]
     html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
     assert "<canvas" in html and "ArrowUp" in html
     with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
@@ -135,9 +135,6 @@ def test_server_end_to_end_over_loopback(tiny_run):
         assert json.loads(ws.recv(timeout=30))["type"] == "error"
         ws.send(json.dumps({"type": "action", "action": 2}))  # still alive after bad input
         assert json.loads(ws.recv(timeout=30))["frame"] == 5
-    loop_box[0].call_soon_threadsafe(stop_holder["stop"].set)
-    th.join(timeout=10)
-    assert find_checkpoint(tiny_run)
 
 
 @pytest.mark.slow
@@ -150,27 +147,12 @@ def test_browser_play_in_headless_chromium(tiny_run, tmp_path):
         pytest.fail("Debian's chromium is not installed: `make test-slow` installs it (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    factory = EnvFactory(tiny_run)
-    port_box, loop_box, stop_holder = [], [], {}
-
-    def run():
-        loop = asyncio.new_event_loop()
-        loop_box.append(loop)
-        stop_holder["stop"] = asyncio.Event()
-        loop.run_until_complete(serve(factory, "127.0.0.1", 0, on_ready=port_box.append, stop=stop_holder["stop"]))
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if port_box:
-            break
-        threading.Event().wait(0.05)
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    with sync_playwright() as p:
+    with running_server(EnvFactory(tiny_run)) as port, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=args)
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port_box[0]}/")
+        page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.getElementById('status').textContent === 'connected'", timeout=30000)
         page.wait_for_function("document.getElementById('view').width === 16", timeout=30000)
         first = page.evaluate("document.getElementById('view').toDataURL()")
@@ -184,5 +166,3 @@ def test_browser_play_in_headless_chromium(tiny_run, tmp_path):
         page.screenshot(path=str(shot))
         browser.close()
     assert shot.stat().st_size > 2000
-    loop_box[0].call_soon_threadsafe(stop_holder["stop"].set)
-    th.join(timeout=10)

@@ -1,0 +1,236 @@
+"""Memory evaluation: spatial retrieval and spatial reasoning tasks on the built-in maze, scored per frame and
+against memory distance.
+
+- **Retrieval**: the agent explores for N steps (the context), then turns around and retraces its moves
+  backwards for M steps; the model gets the context frames and all actions and must regenerate what it saw.
+- **Reasoning**: after the context, the agent goes on exploring with goals drawn from cells it has already
+  visited, so it passes seen places, often from other directions.
+
+The environment renders the ground truth along the executed actions, so it is exact even where a wall
+collision makes a reversed move differ from the original. A task set is stored as a dataset in the
+standard episode format (plus ``context_length`` and ``memory_distance``) with its seed, so every model is
+scored on identical episodes.
+
+**Memory distance** of generated frame i: frames since the agent was last in the same maze cell during the
+context, whatever its heading (``-1`` when the context never visits that cell). Retracing turns the agent
+around, so it sees the same places (side walls, objects) from the other direction.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data.episodes import episode_seed, save_episode
+from .data.maze import NUM_ACTIONS, ExplorationPolicy, MazeEnv
+
+TASKS = ("retrieval", "reasoning")
+# (move, turn) -> action id, Memory Maze's set: noop, forward, left, right, forward+left, forward+right
+_ACTION_OF = {(0, 0): 0, (1, 0): 1, (0, -1): 2, (0, 1): 3, (1, -1): 4, (1, 1): 5}
+_MOVE_TURN = {a: mt for mt, a in _ACTION_OF.items()}
+
+
+def reverse_actions(actions: list[int], turn_steps_180: int) -> list[int]:
+    """Actions that turn around and retrace ``actions`` backwards.
+
+    An action turns first, then moves. Undoing step k (turn d_k, then move) from the turned-around pose is a
+    move back, then the turn -d_k; merged with the next undo this gives (turn -d_{k+1}, move_k).
+    """
+    out = [2] * turn_steps_180  # turn left by 180 degrees
+    mt = [_MOVE_TURN[a] for a in actions]
+    for k in range(len(mt) - 1, -1, -1):
+        turn_next = -mt[k + 1][1] if k + 1 < len(mt) else 0
+        out.append(_ACTION_OF[(mt[k][0], turn_next)])
+    if mt:
+        out.append(_ACTION_OF[(0, -mt[0][1])])
+    return out
+
+
+def memory_distance(positions: np.ndarray, context: int) -> np.ndarray:
+    """For frames ``context..`` of a trajectory: frames since the agent was last in that cell in the context."""
+    cells = [tuple(c) for c in np.floor(positions).astype(int)]
+    last_seen: dict[tuple, int] = {}
+    for j in range(context):
+        last_seen[cells[j]] = j
+    return np.array([i - last_seen[cells[i]] if cells[i] in last_seen else -1
+                     for i in range(context, len(positions))], dtype=np.int64)
+
+
+def build_task_episode(task: str, seed: int, context: int, frames: int, resolution: int, size: int = 9,
+                       maze_seed: int | None = None) -> dict:
+    """One task episode: ``context + frames`` steps (``context + frames + 1`` images incl. the first)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    env = MazeEnv(size=size, resolution=resolution, max_steps=context + frames + 100)
+    obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
+    rng = np.random.default_rng(seed)
+    policy = ExplorationPolicy(env, rng)
+    images, pos, ang, acts = [obs["image"]], [env.pos.copy()], [env.angle], []
+
+    def do(a):
+        o, *_ = env.step(a)
+        images.append(o["image"])
+        pos.append(env.pos.copy())
+        ang.append(env.angle)
+        acts.append(a)
+
+    for _ in range(context):
+        do(policy())
+    if task == "retrieval":
+        plan = reverse_actions(acts, int(round(np.pi / env.turn_step)))
+        plan = (plan + [0] * frames)[:frames]
+        for a in plan:
+            do(a)
+    else:
+        visited = sorted({(int(np.floor(p[1])), int(np.floor(p[0]))) for p in pos})
+        policy.goal = None
+        while len(acts) < context + frames:
+            if policy.goal is None or env.cell() == policy.goal:  # next goal: a cell seen in the context
+                goal = visited[int(rng.integers(len(visited)))]
+                if goal != env.cell():
+                    from .data.maze import bfs_distances
+
+                    policy.goal, policy.dist = goal, bfs_distances(env.layout, goal)
+                    policy.best, policy.since_progress = policy.dist[env.cell()], 0
+            do(policy())
+    onehot = np.zeros((len(images), NUM_ACTIONS), np.float32)
+    onehot[np.arange(1, len(images)), acts] = 1.0
+    positions, angles = np.array(pos), np.array(ang)
+    return {
+        "image": np.stack(images), "action": onehot, "reward": np.zeros(len(images), np.float32),
+        "terminal": np.zeros(len(images), bool), "agent_pos": positions.astype(np.float32),
+        "agent_dir": np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32),
+        "maze_layout": np.repeat(env.layout[None], len(images), 0),
+        "context_length": np.array(context + 1),  # images 0..context are given to the model
+        "memory_distance": memory_distance(positions, context + 1),
+    }
+
+
+def build_task_set(out: str | os.PathLike, task: str, episodes: int, context: int, frames: int, resolution: int,
+                   seed: int = 0, size: int = 9, mazes: int = 0, maze_dataset_seed: int = 0) -> Path:
+    """Write (or reuse) a task set. ``mazes > 0`` draws mazes as ``lssvwm data maze --mazes`` does, so a model
+    trained on K fixed mazes is evaluated in those mazes, on new trajectories."""
+    out = Path(out)
+    meta = {"task": task, "episodes": episodes, "context": context, "frames": frames, "resolution": resolution,
+            "seed": seed, "maze_size": size, "mazes": mazes, "maze_dataset_seed": maze_dataset_seed,
+            "generator": "lssvwm.evaluation"}
+    if (out / "meta.json").exists() and json.loads((out / "meta.json").read_text()) == meta:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(episodes):
+        maze_seed = (int(np.random.SeedSequence([maze_dataset_seed, 1, mazes, i % mazes]).generate_state(1)[0])
+                     if mazes else None)
+        ep = build_task_episode(task, episode_seed(seed + 1_000_003, i), context, frames, resolution, size, maze_seed)
+        save_episode(out / f"ep_{i:06d}.npz", ep)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def lpips_fn():
+    """LPIPS when its network weights are on this machine; never downloads. Returns (fn or None, reason)."""
+    try:
+        import lpips  # noqa: F401
+        import torch
+    except ImportError:
+        return None, "LPIPS unavailable: the 'lpips' package is not installed"
+    alex = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    if not alex.exists():
+        return None, f"LPIPS unavailable: AlexNet weights not found at {alex} (never downloaded at run time)"
+    import lpips
+
+    net = lpips.LPIPS(net="alex", verbose=False).eval()
+    return (lambda a, b: net(a.float(), b.float()).flatten()), "LPIPS (AlexNet)"
+
+
+def distance_curve(distances: np.ndarray, values: np.ndarray, bins=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)):
+    """Mean metric per memory-distance bin (frames never seen in the context are left out)."""
+    xs, ys = [], []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (distances >= lo) & (distances < hi)
+        if sel.any():
+            xs.append(float(np.mean(distances[sel])))
+            ys.append(float(np.mean(values[sel])))
+    return xs, ys
+
+
+def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out: str | os.PathLike,
+                    episodes: int = 4, seed: int = 0, steps: int | None = None, data: str | None = None,
+                    device: str = "cpu", progress: bool = True) -> dict:
+    """Score checkpoints on one task set; writes results.json, metric_vs_distance.png and grid.mp4 to ``out``.
+
+    Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``data``: the training data folder whose
+    ``meta.json`` says which fixed mazes to use (default: the first checkpoint's training data).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import load_model
+    from .data.episodes import action_indices, episode_files, load_episode, read_meta
+    from .diffusion import rollout
+    from .metrics import psnr, ssim
+    from .plots import plot_curves
+    from .video import side_by_side, to_uint8, upscale, write_video
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = []
+    for c in ckpts:
+        model, cfg, ck = load_model(c, device=device)
+        name = Path(c).name if (Path(c) / "checkpoints").exists() else f"{Path(c).parent.parent.name}/{Path(c).name}"
+        models.append((name, model, cfg))
+    res = {cfg.model.frame_size for _, _, cfg in models}
+    if len(res) != 1:
+        raise ValueError(f"checkpoints have different frame sizes {sorted(res)}; compare models of one resolution")
+    resolution = res.pop()
+    meta = read_meta(data or models[0][2].train.data) if (data or Path(models[0][2].train.data).exists()) else {}
+    tasks = build_task_set(out / f"tasks_{task}_c{context}_f{frames}_s{seed}_r{resolution}", task, episodes, context,
+                           frames, resolution, seed, meta.get("maze_size", 9), meta.get("mazes", 0),
+                           meta.get("seed", 0))
+    lp, lp_note = lpips_fn()
+    results = {"task": task, "context": context, "frames": frames, "episodes": episodes, "seed": seed,
+               "task_set": str(tasks), "lpips": lp_note, "models": {}}
+    grid_panels = None
+    files = episode_files(tasks)
+    for name, model, cfg in models:
+        per_frame = {"psnr": [], "ssim": [], "lpips": [], "distance": []}
+        for e, f in enumerate(tqdm(files, desc=f"eval {name}", disable=not progress)):
+            ep = load_episode(f)
+            n = int(ep["context_length"])
+            video = torch.from_numpy(ep["image"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            acts = torch.from_numpy(action_indices(ep["action"]))
+            gen = torch.Generator().manual_seed(seed + e)
+            pred = rollout(model, video[None, :n].to(device), acts[None, :n].to(device),
+                           acts[None, n:n + frames].to(device), steps=steps or cfg.diffusion.sampling_steps,
+                           context_noise_level=cfg.diffusion.context_noise_level, generator=gen)[0]
+            gt = video[n:n + frames]
+            per_frame["psnr"] += psnr(pred, gt).tolist()
+            per_frame["ssim"] += ssim(pred, gt).tolist()
+            if lp is not None:
+                with torch.no_grad():
+                    per_frame["lpips"] += lp(pred, gt).tolist()
+            per_frame["distance"] += ep["memory_distance"][:frames].tolist()
+            if e == 0:
+                scale = max(1, 128 // resolution)
+                if grid_panels is None:
+                    grid_panels = [upscale(to_uint8(gt), scale)]
+                grid_panels.append(upscale(to_uint8(pred), scale))
+        summary = {k: float(np.mean(v)) if v else None for k, v in per_frame.items() if k != "distance"}
+        results["models"][name] = {**summary, "per_frame": per_frame}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    for metric in ("psnr", "ssim"):
+        curves = {name: distance_curve(np.array(r["per_frame"]["distance"]), np.array(r["per_frame"][metric]))
+                  for name, r in results["models"].items()}
+        plot_curves(curves, "memory distance (frames since the place was last seen in the context)",
+                    metric.upper(), out / f"{metric}_vs_distance.png", f"{task}: {metric.upper()} vs memory distance")
+    write_video(out / "grid.mp4", side_by_side(*grid_panels, gap=4), fps=8)
+    header = f"{'model':<24} {'SSIM':>7} {'LPIPS':>7} {'PSNR':>7}"
+    lines = [header] + [f"{n:<24} {r['ssim']:>7.3f} {('%.3f' % r['lpips']) if r['lpips'] is not None else 'n/a':>7} "
+                        f"{r['psnr']:>7.2f}" for n, r in results["models"].items()]
+    results["table"] = "\n".join(lines)
+    print(f"{task}: {episodes} episodes, {context} context frames, {frames} generated ({lp_note})")
+    print(results["table"])
+    print(f"results: {out / 'results.json'}\nplots: {out / 'psnr_vs_distance.png'}, {out / 'ssim_vs_distance.png'}\n"
+          f"video (ground truth | " + " | ".join(results["models"]) + f"): {out / 'grid.mp4'}")
+    return results

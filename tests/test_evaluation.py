@@ -1,0 +1,78 @@
+"""Memory evaluation: task construction, memory distance, and `lssvwm eval memory` end to end."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lssvwm.evaluation import (build_task_episode, build_task_set, distance_curve, lpips_fn, memory_distance,
+                               reverse_actions)
+
+
+def test_retrieval_retraces_the_context_path():
+    ep = build_task_episode("retrieval", seed=5, context=60, frames=72, resolution=16)
+    n, turn = 61, 12  # 60 context steps (+ the first image); a 180-degree turn is 12 steps of 15 degrees
+    pos = ep["agent_pos"]
+    assert ep["image"].shape == (133, 16, 16, 3) and int(ep["context_length"]) == n
+    errs = [np.linalg.norm(pos[n - 1 + turn + k] - pos[n - 1 - k]) for k in range(60)]
+    assert max(errs) < 0.3  # back through the same places (wall sliding makes it inexact, not the ground truth)
+    assert (ep["memory_distance"] > 0).all()
+
+
+def test_reverse_actions_undo_turns():
+    # forward_left = turn left then move; undone after turning around: move, then turn right
+    assert reverse_actions([4], 12) == [2] * 12 + [1, 3]
+    # move, turn right, move -> (turned around) move, turn left, move; a turn-only step merges into a no-op
+    assert reverse_actions([1, 3, 1], 2) == [2, 2, 1, 0, 4, 0]
+
+
+def test_reasoning_revisits_context_places_and_sets_are_deterministic(tmp_path):
+    ep = build_task_episode("reasoning", seed=2, context=80, frames=60, resolution=16)
+    assert (ep["memory_distance"] > 0).mean() > 0.8
+    a = build_task_set(tmp_path / "a", "reasoning", 2, 30, 20, 16, seed=1)
+    b = build_task_set(tmp_path / "b", "reasoning", 2, 30, 20, 16, seed=1)
+    c = build_task_set(tmp_path / "c", "reasoning", 2, 30, 20, 16, seed=2)
+    from lssvwm.data.episodes import load_episode
+
+    ea, eb, ec = (load_episode(d / "ep_000001.npz") for d in (a, b, c))
+    assert all(np.array_equal(ea[k], eb[k]) for k in ea) and not np.array_equal(ea["image"], ec["image"])
+    assert json.loads((a / "meta.json").read_text())["seed"] == 1
+
+
+def test_memory_distance_and_curve():
+    pos = np.array([[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [1.5, 0.5], [0.5, 0.5], [3.5, 0.5]])
+    assert memory_distance(pos, 3).tolist() == [2, 4, -1]
+    xs, ys = distance_curve(np.array([1, 2, 9, 10, -1]), np.array([10.0, 20.0, 30.0, 50.0, 99.0]))
+    assert xs == [1.5, 9.5] and ys == [15.0, 40.0]
+
+
+def test_lpips_says_why_when_unavailable():
+    fn, note = lpips_fn()
+    assert (fn is None) == note.startswith("LPIPS unavailable")
+
+
+def test_eval_memory_cli_side_by_side(tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "-m", "lssvwm", "eval", "memory", "--ckpt", str(tiny_run), "--ckpt",
+                        str(tiny_run / "checkpoints" / "step_0000003"), "--task", "retrieval", "--context", "20",
+                        "--frames", "16", "--episodes", "2", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "SSIM" in r.stdout and "PSNR" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["models"]) == 2
+    for m in res["models"].values():
+        assert len(m["per_frame"]["psnr"]) == 32 and 0 < m["psnr"] < 60 and -1 <= m["ssim"] <= 1
+    for f in ("psnr_vs_distance.png", "ssim_vs_distance.png", "grid.mp4"):
+        assert (out / f).stat().st_size > 1000
+
+
+def test_baselines_script_smoke(tmp_path):
+    """All six models of the comparison train on the same data and are scored side by side."""
+    import benchmarks.memory as memory
+
+    memory.main(["--preset", "smoke", "--out", str(tmp_path / "m")])
+    res = json.loads((tmp_path / "memory_smoke.json").read_text())
+    for task in ("retrieval", "reasoning"):
+        assert set(res["results"][task]) == set(memory.MODELS)
+        assert all(0 < r["psnr"] < 60 for r in res["results"][task].values())
