@@ -1,0 +1,92 @@
+"""A PyTorch dataset of fixed-length windows from episode files.
+
+Item ``i`` is a deterministic (episode, start) pair, so a training run that draws indices from a seeded
+generator visits the same windows after a resume. Episodes are split into train/val by episode (never by
+window), with the last ``val_fraction`` of the sorted files held out.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .episodes import EpisodeFormatError, action_indices, episode_files, load_episode
+
+
+def split_files(files: list[Path], split: str, val_fraction: float) -> list[Path]:
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    if split == "all":
+        return files
+    n_val = max(1, int(round(len(files) * val_fraction))) if len(files) > 1 and val_fraction > 0 else 0
+    return files[len(files) - n_val:] if split == "val" else files[:len(files) - n_val]
+
+
+class EpisodeWindows(Dataset):
+    """Random-access windows of ``length`` frames.
+
+    Returns ``{"frames": (L, C, H, W) float32 in [-1, 1], "actions": (L,) int64}``; ``actions[t]`` is the
+    action that led to ``frames[t]`` (-1 = none, for the first frame of an episode).
+    """
+
+    def __init__(self, root: str | os.PathLike, length: int, split: str = "train", val_fraction: float = 0.1,
+                 stride: int = 1, cache: bool = True, skip_bad: bool = False):
+        if length < 1:
+            raise ValueError(f"window length must be >= 1, got {length}")
+        self.root = Path(root)
+        self.length, self.stride, self.cache = length, stride, cache
+        self._episodes: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        files = split_files(episode_files(root), split, val_fraction)
+        self.bad_files: list[tuple[Path, str]] = []  # (file, reason), when skip_bad
+        self.files = []
+        for f in files:  # every file is checked before training starts
+            try:
+                load_episode(f)
+                self.files.append(f)
+            except EpisodeFormatError as e:
+                if not skip_bad:
+                    raise
+                self.bad_files.append((f, str(e)))
+        if not self.files:
+            raise EpisodeFormatError(f"{root}: split '{split}' has no usable episodes ({len(files)} files, "
+                                     f"{len(self.bad_files)} unreadable)")
+        self.index: list[tuple[int, int]] = []
+        shapes = set()
+        for e, f in enumerate(self.files):
+            image, _, _ = self._load(e)
+            shapes.add(image.shape[1:])
+            n = image.shape[0]
+            if n < length:
+                raise EpisodeFormatError(f"{f}: episode has {n} frames, shorter than the window length {length}")
+            self.index.extend((e, s) for s in range(0, n - length + 1, stride))
+        if len(shapes) > 1:
+            raise EpisodeFormatError(f"{root}: episodes have different frame shapes {sorted(shapes)}")
+        self.frame_shape = shapes.pop()  # (H, W, 3)
+        self.num_actions = int(self._load(0)[2])
+
+    def _load(self, e: int):
+        if e in self._episodes:
+            return self._episodes[e]
+        ep = load_episode(self.files[e])
+        item = (ep["image"], action_indices(ep["action"]), ep["action"].shape[1])
+        if self.cache:
+            self._episodes[e] = item
+        return item
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        e, s = self.index[i]
+        image, actions, _ = self._load(e)
+        frames = torch.from_numpy(image[s:s + self.length]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return {"frames": frames, "actions": torch.from_numpy(actions[s:s + self.length].copy())}
+
+    def episode(self, e: int) -> dict:
+        """A whole episode as tensors (for rollouts and evaluation)."""
+        image, actions, _ = self._load(e)
+        frames = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return {"frames": frames, "actions": torch.from_numpy(actions.copy())}

@@ -1,0 +1,224 @@
+"""Episode files: Memory Maze's offline layout, one ``.npz`` per episode, plus a ``meta.json`` per dataset.
+
+Keys of an episode with T steps (every array has a leading time axis of T + 1):
+
+==============  =====================  ======  ==========================================================
+key             shape                  dtype   meaning
+==============  =====================  ======  ==========================================================
+``image``       (T+1, H, W, 3)         uint8   first-person view; ``image[0]`` precedes the first action
+``action``      (T+1, A)               float   one-hot **last** action: ``action[t]`` led to ``image[t]``;
+                                               ``action[0]`` is an all-zero dummy
+``reward``      (T+1,)                 float   last reward (``reward[0] = 0``)
+``terminal``    (T+1,)                 bool    episode ended at this step
+``agent_pos``   (T+1, 2)               float   (x, y) position (optional for loading)
+``agent_dir``   (T+1, 2)               float   unit heading vector (optional for loading)
+``maze_layout`` (T+1, S, S) or (S, S)  uint8   1 = wall (optional for loading)
+==============  =====================  ======  ==========================================================
+
+The same reader loads files of the official Memory Maze offline dataset. Every problem with a file raises
+:class:`EpisodeFormatError` naming the file, the field and what was expected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .maze import ACTION_NAMES, NUM_ACTIONS, ExplorationPolicy, MazeEnv
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("image", "action")
+
+
+class EpisodeFormatError(ValueError):
+    """An episode file or dataset folder is not in the expected format."""
+
+
+def episode_seed(dataset_seed: int, index: int) -> int:
+    """Seed of episode ``index``: independent of worker count and generation order."""
+    return int(np.random.SeedSequence([dataset_seed, index]).generate_state(1)[0])
+
+
+def generate_episode(seed: int, steps: int, size: int = 9, resolution: int = 64, maze_seed: int | None = None,
+                     **env_kwargs) -> dict:
+    """Run the exploration policy for ``steps`` steps; returns the episode arrays. The maze comes from
+    ``maze_seed`` when given (else from ``seed``), the start pose and the policy's choices from ``seed``."""
+    env = MazeEnv(size=size, resolution=resolution, max_steps=steps, **env_kwargs)
+    obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
+    policy = ExplorationPolicy(env, np.random.default_rng(seed))
+    images, positions, dirs = [obs["image"]], [obs["agent_pos"]], [obs["agent_dir"]]
+    actions = np.zeros((steps + 1, NUM_ACTIONS), dtype=np.float32)
+    rewards = np.zeros(steps + 1, dtype=np.float32)
+    for t in range(1, steps + 1):
+        a = policy()
+        obs, reward, _, _, _ = env.step(a)
+        actions[t, a] = 1.0
+        rewards[t] = reward
+        images.append(obs["image"])
+        positions.append(obs["agent_pos"])
+        dirs.append(obs["agent_dir"])
+    terminal = np.zeros(steps + 1, dtype=bool)
+    return {
+        "image": np.stack(images),
+        "action": actions,
+        "reward": rewards,
+        "terminal": terminal,
+        "agent_pos": np.stack(positions).astype(np.float32),
+        "agent_dir": np.stack(dirs).astype(np.float32),
+        "maze_layout": np.repeat(env.layout[None], steps + 1, axis=0),
+    }
+
+
+def save_episode(path: str | os.PathLike, episode: dict) -> None:
+    """Write an episode atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    validate_episode(episode, path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **episode)
+    os.replace(tmp, path)
+
+
+def load_episode(path: str | os.PathLike) -> dict:
+    """Load and validate one episode ``.npz`` (ours or Memory Maze's)."""
+    path = Path(path)
+    if not path.exists():
+        raise EpisodeFormatError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            episode = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise EpisodeFormatError(f"{path}: not a readable .npz file (truncated or corrupt?): {e}") from e
+    validate_episode(episode, path)
+    return episode
+
+
+def validate_episode(ep: dict, path) -> None:
+    """Raise :class:`EpisodeFormatError` unless ``ep`` follows the layout in this module's docstring."""
+    for key in REQUIRED_KEYS:
+        if key not in ep:
+            raise EpisodeFormatError(f"{path}: missing key '{key}' (found keys: {sorted(ep)})")
+    image, action = ep["image"], ep["action"]
+    if image.dtype != np.uint8:
+        raise EpisodeFormatError(f"{path}: field 'image' must be uint8, got {image.dtype}")
+    if image.ndim != 4 or image.shape[-1] != 3:
+        raise EpisodeFormatError(f"{path}: field 'image' must have shape (T+1, H, W, 3), got {image.shape}")
+    if image.shape[0] < 2:
+        raise EpisodeFormatError(f"{path}: field 'image' needs at least 2 frames, got {image.shape[0]}")
+    if action.ndim != 2 or not (np.issubdtype(action.dtype, np.floating) or np.issubdtype(action.dtype, np.integer)
+                                or action.dtype == bool):
+        raise EpisodeFormatError(
+            f"{path}: field 'action' must be a (T+1, num_actions) one-hot array, got shape {action.shape} "
+            f"dtype {action.dtype}")
+    if action.shape[0] != image.shape[0]:
+        raise EpisodeFormatError(
+            f"{path}: length mismatch: 'image' has {image.shape[0]} frames but 'action' has {action.shape[0]} rows "
+            f"(expected equal: action[t] is the action that led to image[t], action[0] a zero dummy)")
+    row_sums = np.asarray(action, dtype=np.float32).sum(axis=1)
+    if not np.all(row_sums[1:] == 1) or not np.all((action == 0) | (action == 1)):
+        bad = int(np.nonzero((row_sums[1:] != 1))[0][0]) + 1 if np.any(row_sums[1:] != 1) else -1
+        raise EpisodeFormatError(
+            f"{path}: field 'action' must be one-hot (exactly one 1 per row after the dummy row 0); row {bad} is "
+            f"{action[bad] if bad >= 0 else 'not binary'}")
+    for key, trailing in (("agent_pos", (2,)), ("agent_dir", (2,))):
+        if key in ep and ep[key].shape != (image.shape[0],) + trailing:
+            raise EpisodeFormatError(
+                f"{path}: field '{key}' must have shape {(image.shape[0],) + trailing}, got {ep[key].shape}")
+    if "maze_layout" in ep and ep["maze_layout"].ndim not in (2, 3):
+        raise EpisodeFormatError(f"{path}: field 'maze_layout' must be (S, S) or (T+1, S, S), got "
+                                 f"{ep['maze_layout'].shape}")
+
+
+def action_indices(action_onehot: np.ndarray) -> np.ndarray:
+    """One-hot ``(T+1, A)`` -> int64 ``(T+1,)`` indices; the all-zero dummy row becomes -1 ("no action")."""
+    idx = action_onehot.argmax(axis=1).astype(np.int64)
+    idx[action_onehot.sum(axis=1) == 0] = -1
+    return idx
+
+
+def episode_files(root: str | os.PathLike) -> list[Path]:
+    """The sorted episode files of a dataset folder (``*.npz`` at the top level or one level down)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EpisodeFormatError(f"{root}: dataset folder not found")
+    files = sorted(root.glob("*.npz")) or sorted(root.glob("*/*.npz"))
+    if not files:
+        raise EpisodeFormatError(f"{root}: no episode files (*.npz) found in the dataset folder")
+    return files
+
+
+def read_meta(root: str | os.PathLike) -> dict:
+    p = Path(root) / "meta.json"
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise EpisodeFormatError(f"{p}: invalid JSON: {e}") from e
+
+
+def _generate_one(args):
+    path, seed, steps, size, resolution, maze_seed = args
+    save_episode(path, generate_episode(seed, steps, size=size, resolution=resolution, maze_seed=maze_seed))
+    return path
+
+
+def generate_dataset(out: str | os.PathLike, episodes: int, steps: int, resolution: int = 64, size: int = 9,
+                     seed: int = 0, workers: int = 1, progress: bool = True, mazes: int = 0) -> Path:
+    """Generate ``episodes`` maze episodes into ``out``; complete episodes already there are kept.
+
+    ``mazes=0``: every episode in its own maze. ``mazes=K``: episode i runs in maze ``i % K`` (seeded by
+    (seed, K, i % K)), so the dataset revisits K fixed mazes along different trajectories.
+
+    Episodes are written atomically, so an interrupted run leaves only complete files (plus a stale
+    ``.tmp`` that is removed here); re-running the same command finishes the job.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
+    meta = {
+        "generator": "lssvwm.data.maze", "format_version": FORMAT_VERSION, "seed": seed, "episodes": episodes,
+        "steps": steps, "frames_per_episode": steps + 1, "resolution": resolution, "maze_size": size,
+        "image_shape": [steps + 1, resolution, resolution, 3], "action_shape": [steps + 1, NUM_ACTIONS],
+        "action_names": list(ACTION_NAMES), "mazes": mazes,
+    }
+    if meta_path.exists():
+        old = read_meta(out)
+        keys = ("seed", "steps", "resolution", "maze_size", "mazes")
+        if any(old.get(k) != meta[k] for k in keys):
+            raise EpisodeFormatError(
+                f"{meta_path}: folder holds a dataset with different settings "
+                f"({ {k: old.get(k) for k in keys} }); use another --out or delete it")
+    for stale in out.glob("*.tmp"):
+        stale.unlink()
+    todo = []
+    for i in range(episodes):
+        path = out / f"ep_{i:06d}.npz"
+        if path.exists():
+            try:
+                load_episode(path)
+                continue
+            except EpisodeFormatError:
+                path.unlink()
+        maze_seed = int(np.random.SeedSequence([seed, 1, mazes, i % mazes]).generate_state(1)[0]) if mazes else None
+        todo.append((path, episode_seed(seed, i), steps, size, resolution, maze_seed))
+    bar = tqdm(total=episodes, initial=episodes - len(todo), desc="episodes", unit="ep", disable=not progress)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_generate_one, todo):
+                bar.update()
+    else:
+        for job in todo:
+            _generate_one(job)
+            bar.update()
+    bar.close()
+    tmp = meta_path.with_name("meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, meta_path)
+    return out
