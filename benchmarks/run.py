@@ -327,7 +327,7 @@ def bench_training() -> dict:
 
 
 # -- synthetic long-range recall: hybrid vs windowed transformer -------------------------------------------
-def recall_experiment(out: str, steps: int = 1500, length: int = 24, clips: int = 1200, window: int = 3,
+def recall_experiment(out: str, steps: int = 3000, length: int = 24, clips: int = 1200, window: int = 3,
                       distances=(0, 1, 2, 4, 8, 12, 16, 20), variants=("hybrid", "window-transformer"),
                       seed: int = 0) -> dict:
     """Train tiny models of each variant on the same recall data, steps and seed; recall PSNR vs D."""
@@ -337,7 +337,9 @@ def recall_experiment(out: str, steps: int = 1500, length: int = 24, clips: int 
     from lssvwm.train import train
 
     out = Path(out)
-    data = generate_recall_dataset(out / "data", clips, length, seed=seed)
+    data = out / "data"
+    if not (data / f"ep_{clips - 1:06d}.npz").exists():
+        generate_recall_dataset(data, clips, length, seed=seed)
     rows = []
     for variant in variants:
         run = out / variant

@@ -1,8 +1,8 @@
 """A synthetic long-range recall task, small enough to train on 2 CPU cores in minutes.
 
-Each clip: ``cue_frames`` frames of one solid colour (the cue, action 0), then ``D`` distractor frames
-(action 1): a random coloured checkerboard, drawn once per clip, that scrolls by one cell each frame (new
-content every frame, yet predictable, so the loss is not dominated by noise), then one **recall** frame (action 2) that shows the cue colour
+Each clip: ``cue_frames`` frames of one bright solid colour (the cue, action 0), then ``D`` distractor frames
+(action 1), each a random dark solid colour (new content every frame, but cheap to model, so the loss is
+not dominated by hard-to-predict distractors), then one **recall** frame (action 2) that shows the cue colour
 again, then distractors up to the clip length. To render the recall frame a model must remember the cue
 across D frames: a model that sees only the last k frames cannot once D >= k. There is one recall frame per
 clip, so no earlier recall can relay the cue. Clips are written in the standard episode format.
@@ -20,8 +20,7 @@ PALETTE = np.array([[230, 40, 40], [40, 200, 60], [40, 90, 230], [240, 220, 40],
                     [250, 140, 30], [245, 245, 245]], dtype=np.uint8)
 
 
-def recall_clip(rng: np.random.Generator, length: int, distance: int, size: int = 16, cue_frames: int = 2,
-                checker: int = 4) -> dict:
+def recall_clip(rng: np.random.Generator, length: int, distance: int, size: int = 16, cue_frames: int = 2) -> dict:
     """One clip with ``distance`` = D distractor frames between the last cue frame and the recall frame
     (recall at index ``cue_frames + D``). A model attending to the last k frames sees the cue iff D <= k - 2."""
     if cue_frames + distance >= length:
@@ -29,14 +28,12 @@ def recall_clip(rng: np.random.Generator, length: int, distance: int, size: int 
     cue = PALETTE[rng.integers(len(PALETTE))]
     images = np.empty((length, size, size, 3), np.uint8)
     actions = np.full(length, DISTRACTOR)
-    n = size // checker
-    board = rng.integers(0, 256, size=(n, n, 3), dtype=np.uint8).repeat(checker, 0).repeat(checker, 1)
     for t in range(length):
         if t < cue_frames or t == cue_frames + distance:
             images[t] = cue
             actions[t] = CUE if t < cue_frames else RECALL
         else:
-            images[t] = np.roll(board, checker * t, axis=1)
+            images[t] = rng.integers(0, 90, size=3, dtype=np.uint8)  # dark: never a palette colour
     onehot = np.zeros((length, NUM_ACTIONS), np.float32)
     onehot[np.arange(1, length), actions[1:]] = 1.0  # action[0]: the all-zero dummy of the episode format
     return {"image": images, "action": onehot, "recall_index": np.array(cue_frames + distance),
