@@ -108,7 +108,7 @@ def test_recall_psnr_scores_a_model():
 
 @pytest.mark.slow
 def test_hybrid_recalls_beyond_the_window_and_windowed_transformer_cannot(tmp_path):
-    """Tiny hybrid vs tiny windowed transformer (k = 3), same data, steps and seed (about 25 min on 2 cores).
+    """Tiny hybrid vs tiny windowed transformer (k = 3), same data, steps and seed (about 10 min on 2 cores).
 
     Measured when written: hybrid 16.8 dB at every D from 0 to 20; windowed 11.4 dB at D = 0, 8.6-8.7 dB for
     D >= 2 (the cue has left its window)."""
