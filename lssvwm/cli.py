@@ -138,7 +138,8 @@ def _play(a):
     if a.host not in ("127.0.0.1", "localhost", "::1") and not a.allow_remote:
         raise SystemExit(f"error: --host {a.host} exposes the server beyond this machine; add --allow-remote to "
                          f"confirm")
-    factory = EnvFactory(a.ckpt, context=a.context, sampling_steps=a.steps or None, device=a.device)
+    device = a.device or ("cuda" if _cuda() else "cpu")
+    factory = EnvFactory(a.ckpt, context=a.context, sampling_steps=a.steps or None, device=device)
     try:
         asyncio.run(serve(factory, a.host, a.port, a.record))
     except KeyboardInterrupt:
@@ -247,7 +248,7 @@ def main(argv=None):
     pl.add_argument("--allow-remote", action="store_true", help="required for a --host other than loopback")
     pl.add_argument("--record", metavar="DIR", help="save recordings (episode .npz + .mp4) here")
     pl.add_argument("--steps", type=int, default=0, help="sampling steps per frame (0 = the run's setting)")
-    pl.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pl.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     pl.set_defaults(fn=_play)
 
     d = sub.add_parser("demo", help="data -> train -> rollout on the built-in maze, on CPU")

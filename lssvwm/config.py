@@ -29,6 +29,10 @@ class ConfigError(ValueError):
     """A configuration value is impossible; the message names the field and what to change."""
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     ssm: Any = None  # None (no SSM), "full" (one scan over the whole frame), or (b_h, b_w)
@@ -72,13 +76,12 @@ class ModelConfig:
         for name in ("channels", "frame_size", "patch_size", "d_model", "n_heads", "d_state", "expand", "ssm_headdim",
                      "ssm_chunk", "num_actions"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.action_dim, int) or isinstance(self.action_dim, bool) or self.action_dim < 0:
+        if not _is_int(self.action_dim) or self.action_dim < 0:
             raise ConfigError(f"model.action_dim must be an integer >= 0 (0 = discrete actions), got "
                               f"{self.action_dim!r}")
-        if self.attn_chunk is not None and (not isinstance(self.attn_chunk, int) or isinstance(self.attn_chunk, bool)
-                                            or self.attn_chunk < 1):
+        if self.attn_chunk is not None and (not _is_int(self.attn_chunk) or self.attn_chunk < 1):
             raise ConfigError(f"model.attn_chunk must be null or a positive integer, got {self.attn_chunk!r}")
         if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
             raise ConfigError(f"model.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")

@@ -65,18 +65,16 @@ def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: to
     """Noise levels (B, T) and loss mask (B, T): independent levels per frame (Diffusion Forcing), and with
     probability ``long_context_prob`` a clean prefix of random length in [min_clean_prefix, T-1], no loss."""
     levels = torch.rand(batch, frames, generator=generator)
-    mask = torch.ones(batch, frames)
+    clean = torch.zeros(batch, frames, dtype=torch.bool)
     if frames > 1 and cfg.long_context_prob > 0:
         use = torch.rand(batch, generator=generator) < cfg.long_context_prob
         lo = min(max(cfg.min_clean_prefix, 1), frames - 1)
         prefix = torch.randint(lo, frames, (batch,), generator=generator)
-        clean = use[:, None] & (torch.arange(frames)[None, :] < prefix[:, None])
-        levels = torch.where(clean, 0.0, levels)
-        mask = torch.where(clean, 0.0, mask)
+        clean |= use[:, None] & (torch.arange(frames)[None, :] < prefix[:, None])
     if cfg.clean_frame_prob > 0:  # not from the paper: clean context frames scattered through the clip
-        clean = torch.rand(batch, frames, generator=generator) < cfg.clean_frame_prob
-        levels = torch.where(clean, 0.0, levels)
-        mask = torch.where(clean, 0.0, mask)
+        clean |= torch.rand(batch, frames, generator=generator) < cfg.clean_frame_prob
+    levels = torch.where(clean, 0.0, levels)
+    mask = (~clean).float()
     return levels.to(device), mask.to(device)
 
 

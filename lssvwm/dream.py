@@ -90,11 +90,9 @@ class DreamEnv(gym.Env):
 
             ds = EpisodeWindows(path, self.context_frames, "val", self.cfg.train.val_fraction)
             return ds.episode(int(rng.integers(len(ds.files))))
-        from .data.episodes import action_indices, load_episode
+        from .data.episodes import episode_tensors, load_episode
 
-        ep = load_episode(path)
-        return {"frames": torch.from_numpy(ep["image"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0,
-                "actions": torch.from_numpy(action_indices(ep["action"]))}
+        return episode_tensors(load_episode(path))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.episodes import episode_seed, save_episode
+from .data.episodes import episode_seed, fixed_maze_seed, save_episode
 from .data.maze import NUM_ACTIONS, ExplorationPolicy, MazeEnv
 
 TASKS = ("retrieval", "reasoning")
@@ -120,9 +120,8 @@ def build_task_set(out: str | os.PathLike, task: str, episodes: int, context: in
         return out
     out.mkdir(parents=True, exist_ok=True)
     for i in range(episodes):
-        maze_seed = (int(np.random.SeedSequence([maze_dataset_seed, 1, mazes, i % mazes]).generate_state(1)[0])
-                     if mazes else None)
-        ep = build_task_episode(task, episode_seed(seed + 1_000_003, i), context, frames, resolution, size, maze_seed)
+        ep = build_task_episode(task, episode_seed(seed + 1_000_003, i), context, frames, resolution, size,
+                                fixed_maze_seed(maze_dataset_seed, mazes, i))
         save_episode(out / f"ep_{i:06d}.npz", ep)
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
@@ -167,7 +166,7 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     from tqdm import tqdm
 
     from .checkpoint import load_model
-    from .data.episodes import action_indices, episode_files, load_episode, read_meta
+    from .data.episodes import episode_files, episode_tensors, load_episode, read_meta
     from .diffusion import rollout
     from .metrics import psnr, ssim
     from .plots import plot_curves
@@ -198,8 +197,8 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
         for e, f in enumerate(tqdm(files, desc=f"eval {name}", disable=not progress)):
             ep = load_episode(f)
             n = int(ep["context_length"])
-            video = torch.from_numpy(ep["image"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            acts = torch.from_numpy(action_indices(ep["action"]))
+            tensors = episode_tensors(ep)
+            video, acts = tensors["frames"], tensors["actions"]
             gen = torch.Generator().manual_seed(seed + e)
             pred = rollout(model, video[None, :n].to(device), acts[None, :n].to(device),
                            acts[None, n:n + frames].to(device), steps=steps or cfg.diffusion.sampling_steps,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .episodes import EpisodeFormatError, action_indices, episode_files, load_episode
+from .episodes import EpisodeFormatError, action_indices, episode_files, image_to_frames, load_episode
 
 
 def split_files(files: list[Path], split: str, val_fraction: float) -> list[Path]:
@@ -41,31 +41,35 @@ class EpisodeWindows(Dataset):
         self._episodes: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
         files = split_files(episode_files(root), split, val_fraction)
         self.bad_files: list[tuple[Path, str]] = []  # (file, reason), when skip_bad
-        self.files = []
-        for f in files:  # every file is checked before training starts
+        self.files: list[Path] = []
+        self.index: list[tuple[int, int]] = []
+        shapes = set()
+        for f in files:  # every file is read and checked once, before training starts
             try:
-                load_episode(f)
-                self.files.append(f)
+                ep = load_episode(f)
             except EpisodeFormatError as e:
                 if not skip_bad:
                     raise
                 self.bad_files.append((f, str(e)))
+                continue
+            image = ep["image"]
+            if image.shape[0] < length:
+                raise EpisodeFormatError(f"{f}: episode has {image.shape[0]} frames, shorter than the window "
+                                         f"length {length}")
+            e = len(self.files)
+            self.files.append(f)
+            if cache:
+                self._episodes[e] = (image, action_indices(ep["action"]), ep["action"].shape[1])
+            shapes.add(image.shape[1:])
+            if e == 0:
+                self.num_actions = int(ep["action"].shape[1])
+            self.index.extend((e, s) for s in range(0, image.shape[0] - length + 1, stride))
         if not self.files:
             raise EpisodeFormatError(f"{root}: split '{split}' has no usable episodes ({len(files)} files, "
                                      f"{len(self.bad_files)} unreadable)")
-        self.index: list[tuple[int, int]] = []
-        shapes = set()
-        for e, f in enumerate(self.files):
-            image, _, _ = self._load(e)
-            shapes.add(image.shape[1:])
-            n = image.shape[0]
-            if n < length:
-                raise EpisodeFormatError(f"{f}: episode has {n} frames, shorter than the window length {length}")
-            self.index.extend((e, s) for s in range(0, n - length + 1, stride))
         if len(shapes) > 1:
             raise EpisodeFormatError(f"{root}: episodes have different frame shapes {sorted(shapes)}")
         self.frame_shape = shapes.pop()  # (H, W, 3)
-        self.num_actions = int(self._load(0)[2])
 
     def _load(self, e: int):
         if e in self._episodes:
@@ -82,11 +86,10 @@ class EpisodeWindows(Dataset):
     def __getitem__(self, i: int) -> dict:
         e, s = self.index[i]
         image, actions, _ = self._load(e)
-        frames = torch.from_numpy(image[s:s + self.length]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return {"frames": frames, "actions": torch.from_numpy(actions[s:s + self.length].copy())}
+        return {"frames": image_to_frames(image[s:s + self.length]),
+                "actions": torch.from_numpy(actions[s:s + self.length].copy())}
 
     def episode(self, e: int) -> dict:
         """A whole episode as tensors (for rollouts and evaluation)."""
         image, actions, _ = self._load(e)
-        frames = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return {"frames": frames, "actions": torch.from_numpy(actions.copy())}
+        return {"frames": image_to_frames(image), "actions": torch.from_numpy(actions.copy())}

@@ -43,6 +43,14 @@ def episode_seed(dataset_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([dataset_seed, index]).generate_state(1)[0])
 
 
+def fixed_maze_seed(dataset_seed: int, mazes: int, index: int) -> int | None:
+    """Maze seed of episode ``index`` when a dataset cycles through ``mazes`` fixed mazes (None: ``mazes=0``,
+    a new maze per episode). Shared by dataset generation and the evaluation tasks, which must agree."""
+    if not mazes:
+        return None
+    return int(np.random.SeedSequence([dataset_seed, 1, mazes, index % mazes]).generate_state(1)[0])
+
+
 def generate_episode(seed: int, steps: int, size: int = 9, resolution: int = 64, maze_seed: int | None = None,
                      **env_kwargs) -> dict:
     """Run the exploration policy for ``steps`` steps; returns the episode arrays. The maze comes from
@@ -140,6 +148,20 @@ def action_indices(action_onehot: np.ndarray) -> np.ndarray:
     return idx
 
 
+def image_to_frames(image: np.ndarray):
+    """(T, H, W, 3) uint8 -> (T, 3, H, W) float tensor in [-1, 1] (the inverse of ``video.to_uint8``)."""
+    import torch
+
+    return torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def episode_tensors(ep: dict) -> dict:
+    """An episode as the models take it: ``frames`` (T, 3, H, W) in [-1, 1], ``actions`` (T,) ids (-1 = none)."""
+    import torch
+
+    return {"frames": image_to_frames(ep["image"]), "actions": torch.from_numpy(action_indices(ep["action"]))}
+
+
 def episode_files(root: str | os.PathLike) -> list[Path]:
     """The sorted episode files of a dataset folder (``*.npz`` at the top level or one level down)."""
     root = Path(root)
@@ -206,8 +228,7 @@ def generate_dataset(out: str | os.PathLike, episodes: int, steps: int, resoluti
                 continue
             except EpisodeFormatError:
                 path.unlink()
-        maze_seed = int(np.random.SeedSequence([seed, 1, mazes, i % mazes]).generate_state(1)[0]) if mazes else None
-        todo.append((path, episode_seed(seed, i), steps, size, resolution, maze_seed))
+        todo.append((path, episode_seed(seed, i), steps, size, resolution, fixed_maze_seed(seed, mazes, i)))
     bar = tqdm(total=episodes, initial=episodes - len(todo), desc="episodes", unit="ep", disable=not progress)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(workers) as pool:

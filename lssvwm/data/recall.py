@@ -59,7 +59,7 @@ def recall_psnr(model, distance: int, length: int, trials: int = 16, seed: int =
     """Mean PSNR of the model's one-shot prediction (from pure noise) of the recall frame at ``distance``."""
     import torch
 
-    from ..data.episodes import action_indices
+    from ..data.episodes import episode_tensors
     from ..diffusion import prefill, x0_eps_from_v
     from ..metrics import psnr
 
@@ -69,8 +69,8 @@ def recall_psnr(model, distance: int, length: int, trials: int = 16, seed: int =
         for _ in range(trials):
             clip = recall_clip(rng, length, distance, size, cue_frames)
             r = int(clip["recall_index"])
-            frames = torch.from_numpy(clip["image"]).permute(0, 3, 1, 2).float()[None] / 127.5 - 1
-            acts = torch.from_numpy(action_indices(clip["action"]))[None]
+            tensors = episode_tensors(clip)
+            frames, acts = tensors["frames"][None], tensors["actions"][None]
             cache = prefill(model, frames[:, :r], acts[:, :r])
             noise = torch.randn(frames[:, r].shape, generator=torch.Generator().manual_seed(len(scores)))
             t = torch.ones(1)
