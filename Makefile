@@ -22,10 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-# The slow suite drives the play page in headless Chromium: Debian's chromium + Playwright (no browser download).
+# The slow suite drives the play page in headless Chromium (Debian's chromium + Playwright, no browser download)
+# and generates real Memory Maze episodes (the memory-maze extra, rendered on CPU by Debian's OSMesa).
 test-slow: $(STAMP)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	@ls /usr/lib/*/libOSMesa.so.8 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libosmesa6)
 	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install -q playwright
+	@$(BIN)/python -c "import memory_maze" 2>/dev/null || $(BIN)/pip install -q -e ".[dev,memory-maze]"
 	$(BIN)/python -m pytest -m slow -q
 
 bench: $(STAMP)

@@ -221,7 +221,7 @@ def _cache_with_context(model, frames: int):
             b, h, _, n, d = kv.k.shape
             kv = KVCache(torch.randn(b, h, keep, n, d), torch.randn(b, h, keep, n, d))
         layers.append(LayerCache(lc.ssm, kv))
-    return WorldCache(tuple(layers), frames)
+    return WorldCache(tuple(layers), frames, cache.last)
 
 
 def infer_cost(method: str, context: int, preset: str = "small", steps: int = 2, frames: int = 4) -> dict:

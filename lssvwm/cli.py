@@ -1,7 +1,9 @@
 """The ``lssvwm`` command line.
 
     lssvwm data maze --episodes N --steps T --resolution 64 --out DIR [--workers W] [--seed S]
+    lssvwm data memory-maze --maze 9x9 --episodes N --steps T --out DIR [--workers W] [--mazes K]
     lssvwm data preview DIR [--episode i] [--out preview.mp4]
+    lssvwm train-ae --data DIR --out RUN [--preset memory-maze] [--set train.steps=2000 ...] [--resume]
     lssvwm model info PRESET [--variant hybrid]
     lssvwm train [--config run.yaml] [--preset small] [--variant hybrid] [--data DIR] [--out RUN] [--resume]
                  [--set train.steps=500 ...]
@@ -26,6 +28,34 @@ def _data_maze(a):
     print(f"dataset: {out} ({a.episodes} episodes x {a.steps + 1} frames at {a.resolution}x{a.resolution})")
 
 
+def _data_memory_maze(a):
+    from .data.memory_maze import generate_dataset
+
+    out = generate_dataset(a.out, a.episodes, a.steps, a.maze, a.seed, a.workers, a.mazes)
+    print(f"dataset: {out} ({a.episodes} Memory Maze {a.maze} episodes x {a.steps + 1} frames at 64x64)")
+
+
+def _train_ae(a):
+    from .config import ae_config_from_dict, autoencoder_preset, load_ae_config
+    from .train_ae import train_autoencoder
+
+    config = a.config
+    if not config and a.resume and a.out and (Path(a.out) / "config.yaml").exists():
+        config = Path(a.out) / "config.yaml"
+    base = load_ae_config(config).to_dict() if config else {}
+    if a.preset or not config:
+        base["autoencoder"] = autoencoder_preset(a.preset or "memory-maze").__dict__.copy()
+    for section, values in _parse_sets(a.set).items():
+        base.setdefault(section, {}).update(values)
+    base.setdefault("train", {})
+    if a.data:
+        base["train"]["data"] = a.data
+    if a.out:
+        base["train"]["out"] = a.out
+    run = train_autoencoder(ae_config_from_dict(base), resume=a.resume, progress=not a.no_progress)
+    print(f"run: {run}")
+
+
 def _data_preview(a):
     import numpy as np
 
@@ -42,9 +72,14 @@ def _data_preview(a):
     view = upscale(frames, scale)
     panels = [view]
     if "maze_layout" in ep and "agent_pos" in ep:
-        layout = ep["maze_layout"][0] if ep["maze_layout"].ndim == 3 else ep["maze_layout"]
+        layout = np.asarray(ep["maze_layout"][0] if ep["maze_layout"].ndim == 3 else ep["maze_layout"])
+        if "targets_pos" in ep:  # the real Memory Maze's files: 1 = free and no outer walls (see data.memory_maze)
+            layout = np.pad(1 - layout, 1, constant_values=1)
+            positions = ep["agent_pos"][: a.frames] + 1.0
+        else:
+            positions = ep["agent_pos"][: a.frames]
         cell = max(4, view.shape[1] // layout.shape[0])
-        panels.append(top_down_map(np.asarray(layout), ep["agent_pos"][: a.frames], cell))
+        panels.append(top_down_map(layout, positions, cell))
     out = Path(a.out or Path(a.dir) / f"preview_{a.episode:06d}.mp4")
     write_video(out, side_by_side(*panels), fps=a.fps)
     print(f"preview: {out}")
@@ -113,12 +148,14 @@ def _generate(a):
     from .generate import comparison_video, episode_rollout, frame_metrics, write_metrics
     from .video import to_uint8, upscale, write_video
 
+    from .models.autoencoder import frame_codec
+
     model, cfg, ckpt = load_model(a.ckpt)
-    ds = EpisodeWindows(a.data, 1, a.split, cfg.train.val_fraction)
+    ds = EpisodeWindows(a.data, 1, a.split, cfg.train.val_fraction, layout=cfg.train.data_layout)
     ep = ds.episode(a.episode)
     ctx, gt, pred = episode_rollout(model, ep, a.context, a.frames, a.steps or cfg.diffusion.sampling_steps,
                                     start=a.start, context_noise_level=cfg.diffusion.context_noise_level,
-                                    seed=a.seed, progress=True)
+                                    seed=a.seed, progress=True, codec=frame_codec(cfg))
     if gt.shape[0] == pred.shape[0]:
         video = comparison_video(ctx, gt, pred)
         metrics = frame_metrics(gt, pred)
@@ -168,6 +205,15 @@ def _cuda() -> bool:
         return False
 
 
+def _generation_args(p) -> None:
+    """Options shared by the dataset generators."""
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mazes", type=int, default=0,
+                   help="0: a new maze per episode; K: episodes cycle through K fixed mazes (new trajectories)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="lssvwm", description="Long-context state-space video world models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -178,12 +224,14 @@ def main(argv=None):
     m.add_argument("--steps", type=int, default=1000)
     m.add_argument("--resolution", type=int, default=64)
     m.add_argument("--size", type=int, default=9, help="maze grid size (odd)")
-    m.add_argument("--out", required=True)
-    m.add_argument("--workers", type=int, default=1)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--mazes", type=int, default=0,
-                   help="0: a new maze per episode; K: episodes cycle through K fixed mazes (new trajectories)")
+    _generation_args(m)
     m.set_defaults(fn=_data_maze)
+    mm = data.add_parser("memory-maze", help="generate real Memory Maze episodes (extra: lssvwm[memory-maze])")
+    mm.add_argument("--maze", default="9x9", choices=["9x9", "11x11", "13x13", "15x15"])
+    mm.add_argument("--episodes", type=int, default=10)
+    mm.add_argument("--steps", type=int, default=1000, help="at most the time limit: 1000 steps for 9x9")
+    _generation_args(mm)
+    mm.set_defaults(fn=_data_memory_maze)
     pv = data.add_parser("preview", help="video of an episode beside a top-down map")
     pv.add_argument("dir")
     pv.add_argument("--episode", type=int, default=0)
@@ -212,6 +260,16 @@ def main(argv=None):
                    help="skip and count unreadable episode files (default: stop before training)")
     t.set_defaults(fn=_train)
 
+    ae = sub.add_parser("train-ae", help="train the frame autoencoder (for latent world models)")
+    ae.add_argument("--config", help="YAML autoencoder config (sections autoencoder, train)")
+    ae.add_argument("--preset", help="tiny | memory-maze (4x) | minecraft (8x); default memory-maze")
+    ae.add_argument("--data")
+    ae.add_argument("--out")
+    ae.add_argument("--resume", action="store_true")
+    ae.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE")
+    ae.add_argument("--no-progress", action="store_true")
+    ae.set_defaults(fn=_train_ae)
+
     g = sub.add_parser("generate", help="roll out a trained model from an episode's context")
     g.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
     g.add_argument("--data", required=True)
@@ -227,7 +285,8 @@ def main(argv=None):
     g.set_defaults(fn=_generate)
 
     ev = sub.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_cmd", required=True)
-    em = ev.add_parser("memory", help="spatial retrieval / reasoning on the built-in maze, models side by side")
+    em = ev.add_parser("memory", help="spatial retrieval / reasoning, models side by side (built-in maze, or the "
+                                      "real Memory Maze when the training data came from it)")
     em.add_argument("--ckpt", action="append", required=True, help="run or checkpoint folder; repeat to compare")
     em.add_argument("--task", choices=["retrieval", "reasoning"], default="retrieval")
     em.add_argument("--context", type=int, default=64)
@@ -264,7 +323,7 @@ def main(argv=None):
 
     try:
         a.fn(a)
-    except (ConfigError, EpisodeFormatError, CheckpointError) as e:
+    except (ConfigError, EpisodeFormatError, CheckpointError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -56,6 +56,9 @@ class ModelConfig:
     action_dim: int = 0  # > 0: continuous action vectors of this size
     layers: list = field(default_factory=list)  # [{"ssm": ..., "attn": ...}, ...]
     gradient_checkpointing: bool = False
+    # Not from the paper (DIAMOND-style): each frame's tokens also embed the previous input frame's patches at the
+    # same place, a direct path for "copy and shift what was there" that attention otherwise has to learn.
+    prev_frame: bool = False
 
     def layer_specs(self) -> list[LayerSpec]:
         out = []
@@ -138,7 +141,7 @@ MODEL_PRESETS: dict[str, tuple[dict, int, int]] = {
     "memory-maze": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64,
                          ssm_headdim=64, num_actions=6), 12, 10),
     "minecraft": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64,
-                       ssm_headdim=64, num_actions=4), 12, 10),
+                       ssm_headdim=64, num_actions=3), 12, 10),
 }
 
 
@@ -190,13 +193,12 @@ class TrainConfig:
     nan_policy: str = "stop"  # stop | skip
     num_workers: int = 0  # DataLoader worker processes
     skip_bad_files: bool = False  # skip (and count) unreadable episode files instead of stopping
+    data_layout: str = "auto"  # auto | episodes (npz) | teco (Minecraft mp4+npz) | videos (your mp4 + actions)
+    autoencoder: str = ""  # a `lssvwm train-ae` run: the world model trains on its latents (model.channels etc.)
 
 
-@dataclass
-class RunConfig:
-    model: ModelConfig = field(default_factory=lambda: model_preset("small"))
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class _YamlSections:
+    """Whole-run configs: printed at the start of a run and saved as YAML beside every checkpoint."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,6 +208,13 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
+
+
+@dataclass
+class RunConfig(_YamlSections):
+    model: ModelConfig = field(default_factory=lambda: model_preset("small"))
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _plain(x):
@@ -269,4 +278,86 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         return config_from_dict(data)
     except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+@dataclass
+class AutoencoderConfig:
+    """A small convolutional KL autoencoder (:mod:`lssvwm.models.autoencoder`)."""
+    channels: int = 3
+    latent_channels: int = 4
+    downsample: int = 4  # spatial compression: 2, 4 or 8
+    width: int = 64  # channels of the first stage; doubled per downsampling, up to 4x
+    blocks: int = 1  # residual blocks per stage
+    kl_weight: float = 1e-6
+
+    def validate(self) -> None:
+        for name in ("channels", "latent_channels", "width", "blocks"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ConfigError(f"autoencoder.{name} must be a positive integer, got {v!r}")
+        if self.downsample not in (2, 4, 8):
+            raise ConfigError(f"autoencoder.downsample must be 2, 4 or 8, got {self.downsample!r}")
+        if self.kl_weight < 0:
+            raise ConfigError(f"autoencoder.kl_weight must be >= 0, got {self.kl_weight!r}")
+
+
+AUTOENCODER_PRESETS = {
+    "tiny": dict(width=16, downsample=4),
+    "memory-maze": dict(width=64, downsample=4),  # 64x64x3 -> 16x16x4 (the `memory-maze` model preset)
+    "minecraft": dict(width=64, downsample=8),  # 128x128x3 -> 16x16x4 (the `minecraft` model preset)
+}
+
+
+@dataclass
+class AETrainConfig:
+    data: str = "data/maze"
+    out: str = "runs/ae"
+    data_layout: str = "auto"
+    batch_size: int = 32
+    steps: int = 2000
+    max_minutes: float = 0.0
+    lr: float = 1e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    val_fraction: float = 0.1
+    autocast: str = "auto"
+    ckpt_every: int = 500
+
+
+@dataclass
+class AERunConfig(_YamlSections):
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    train: AETrainConfig = field(default_factory=AETrainConfig)
+
+
+def autoencoder_preset(name: str, **overrides) -> AutoencoderConfig:
+    if name not in AUTOENCODER_PRESETS:
+        raise ConfigError(f"unknown autoencoder preset {name!r}; known: {sorted(AUTOENCODER_PRESETS)}")
+    cfg = AutoencoderConfig(**{**AUTOENCODER_PRESETS[name], **overrides})
+    cfg.validate()
+    return cfg
+
+
+def ae_config_from_dict(data: dict) -> AERunConfig:
+    data = data or {}
+    if not isinstance(data, dict) or set(data) - {"autoencoder", "train"}:
+        raise ConfigError(f"autoencoder config must be a mapping with sections autoencoder/train, got "
+                          f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
+    ae = _build(AutoencoderConfig, data.get("autoencoder") or {}, "autoencoder")
+    ae.validate()
+    return AERunConfig(autoencoder=ae, train=_build(AETrainConfig, data.get("train") or {}, "train"))
+
+
+def load_ae_config(path: str | Path) -> AERunConfig:
+    path = Path(path)
+    try:
+        return ae_config_from_dict(yaml.safe_load(path.read_text()))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except (yaml.YAMLError, ConfigError) as e:
         raise ConfigError(f"{path}: {e}") from e

@@ -66,7 +66,10 @@ class DreamEnv(gym.Env):
                  max_steps: int = 0, device: str = "cpu", ema: bool = True):
         from .checkpoint import load_model
 
+        from .models.autoencoder import frame_codec
+
         self.model, self.cfg, self.ckpt = load_model(checkpoint, ema=ema, device=device)
+        self.codec = frame_codec(self.cfg, device)  # latent models: frames are decoded for display
         m = self.cfg.model
         self.device, self.context_frames, self.max_steps = torch.device(device), context_frames, max_steps
         self.sampling_steps = sampling_steps or self.cfg.diffusion.sampling_steps
@@ -76,7 +79,9 @@ class DreamEnv(gym.Env):
             self.action_space = gym.spaces.Box(-np.inf, np.inf, (m.action_dim,), np.float32)
         else:
             self.action_space = gym.spaces.Discrete(m.num_actions)
-        self.observation_space = gym.spaces.Box(0, 255, (m.frame_size, m.frame_size, m.channels), np.uint8)
+        size = m.frame_size * (self.codec.ae.cfg.downsample if hasattr(self.codec, "ae") else 1)
+        channels = self.codec.ae.cfg.channels if hasattr(self.codec, "ae") else m.channels
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, channels), np.uint8)
         self.cache = None
         self.recording: Recording | None = None
 
@@ -88,7 +93,8 @@ class DreamEnv(gym.Env):
         if path.is_dir():
             from .data.dataset import EpisodeWindows
 
-            ds = EpisodeWindows(path, self.context_frames, "val", self.cfg.train.val_fraction)
+            ds = EpisodeWindows(path, self.context_frames, "val", self.cfg.train.val_fraction,
+                                layout=self.cfg.train.data_layout)
             return ds.episode(int(rng.integers(len(ds.files))))
         from .data.episodes import episode_tensors, load_episode
 
@@ -102,7 +108,8 @@ class DreamEnv(gym.Env):
         frames = clip["frames"][start:start + n][None].to(self.device)
         actions = clip["actions"][start:start + n][None].to(self.device)
         self._gen = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
-        self.cache = prefill(self.model, frames, actions, self.cfg.diffusion.context_noise_level, self._gen)
+        self.cache = prefill(self.model, self.codec.encode(frames), actions, self.cfg.diffusion.context_noise_level,
+                             self._gen)
         self.t = 0
         self.frame = to_uint8(frames[0, -1:])[0]
         if self.recording is not None:
@@ -122,7 +129,7 @@ class DreamEnv(gym.Env):
         shape = (1, m.channels, m.frame_size, m.frame_size)
         frame, self.cache = sample_frame(self.model, self.cache, a, shape, self.sampling_steps,
                                          self.cfg.diffusion.context_noise_level, self._gen, self.device)
-        self.frame = to_uint8(frame)[0]
+        self.frame = to_uint8(self.codec.decode(frame))[0]
         self.t += 1
         if self.recording is not None:
             self.recording.add(int(action) if a.dtype == torch.long else 0, self.frame)

@@ -1,5 +1,7 @@
-"""Memory evaluation: spatial retrieval and spatial reasoning tasks on the built-in maze, scored per frame and
-against memory distance.
+"""Memory evaluation: spatial retrieval and spatial reasoning tasks, scored per frame and against memory distance.
+
+Task sets are built in the built-in maze, or in the real Memory Maze (``world="memory-maze-9x9"``, chosen by
+``evaluate_models`` when the training data's ``meta.json`` says it was generated there).
 
 - **Retrieval**: the agent explores for N steps (the context), then turns around and retraces its moves
   backwards for M steps; the model gets the context frames and all actions and must regenerate what it saw.
@@ -58,12 +60,33 @@ def memory_distance(positions: np.ndarray, context: int) -> np.ndarray:
                      for i in range(context, len(positions))], dtype=np.int64)
 
 
+def make_world(world: str, size: int, resolution: int, steps: int):
+    """The environment a task set is built in: ``maze`` (built-in, any resolution) or ``memory-maze-9x9`` etc.
+    (the real Memory Maze, 64x64, needs the ``memory-maze`` extra)."""
+    if world == "maze":
+        return MazeEnv(size=size, resolution=resolution, max_steps=steps)
+    if world.startswith("memory-maze-"):
+        from .data.memory_maze import MAZES, MemoryMazeEnv
+
+        maze = world[len("memory-maze-"):]
+        if resolution != 64:
+            raise ValueError(f"the real Memory Maze renders 64x64 frames, not {resolution}x{resolution}")
+        if steps > MAZES.get(maze, 0):
+            raise ValueError(f"{world}: episodes end after {MAZES.get(maze)} steps, the task needs {steps}")
+        return MemoryMazeEnv(maze)
+    raise ValueError(f"world must be 'maze' or 'memory-maze-<9x9|11x11|13x13|15x15>', got {world!r}")
+
+
 def build_task_episode(task: str, seed: int, context: int, frames: int, resolution: int, size: int = 9,
-                       maze_seed: int | None = None) -> dict:
-    """One task episode: ``context + frames`` steps (``context + frames + 1`` images incl. the first)."""
+                       maze_seed: int | None = None, world: str = "maze") -> dict:
+    """One task episode: ``context + frames`` steps (``context + frames + 1`` images incl. the first).
+
+    In the real Memory Maze (``world="memory-maze-9x9"``), the rolling ball's inertia makes a retrace only
+    approximate; the ground truth is still exact (rendered along the executed actions) and memory distances
+    come from the positions reached."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    env = MazeEnv(size=size, resolution=resolution, max_steps=context + frames + 100)
+    env = make_world(world, size, resolution, context + frames + 1)
     obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
     rng = np.random.default_rng(seed)
     policy = ExplorationPolicy(env, rng)
@@ -102,26 +125,27 @@ def build_task_episode(task: str, seed: int, context: int, frames: int, resoluti
         "image": np.stack(images), "action": onehot, "reward": np.zeros(len(images), np.float32),
         "terminal": np.zeros(len(images), bool), "agent_pos": positions.astype(np.float32),
         "agent_dir": np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32),
-        "maze_layout": np.repeat(env.layout[None], len(images), 0),
+        "maze_layout": np.repeat(env.layout[None], len(images), 0),  # 1 = wall, in ``agent_pos``'s grid
         "context_length": np.array(context + 1),  # images 0..context are given to the model
         "memory_distance": memory_distance(positions, context + 1),
     }
 
 
 def build_task_set(out: str | os.PathLike, task: str, episodes: int, context: int, frames: int, resolution: int,
-                   seed: int = 0, size: int = 9, mazes: int = 0, maze_dataset_seed: int = 0) -> Path:
+                   seed: int = 0, size: int = 9, mazes: int = 0, maze_dataset_seed: int = 0,
+                   world: str = "maze") -> Path:
     """Write (or reuse) a task set. ``mazes > 0`` draws mazes as ``lssvwm data maze --mazes`` does, so a model
     trained on K fixed mazes is evaluated in those mazes, on new trajectories."""
     out = Path(out)
     meta = {"task": task, "episodes": episodes, "context": context, "frames": frames, "resolution": resolution,
             "seed": seed, "maze_size": size, "mazes": mazes, "maze_dataset_seed": maze_dataset_seed,
-            "generator": "lssvwm.evaluation"}
+            "generator": "lssvwm.evaluation", "world": world}
     if (out / "meta.json").exists() and json.loads((out / "meta.json").read_text()) == meta:
         return out
     out.mkdir(parents=True, exist_ok=True)
     for i in range(episodes):
         ep = build_task_episode(task, episode_seed(seed + 1_000_003, i), context, frames, resolution, size,
-                                fixed_maze_seed(maze_dataset_seed, mazes, i))
+                                fixed_maze_seed(maze_dataset_seed, mazes, i), world)
         save_episode(out / f"ep_{i:06d}.npz", ep)
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
@@ -169,6 +193,7 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     from .data.episodes import episode_files, episode_tensors, load_episode, read_meta
     from .diffusion import rollout
     from .metrics import psnr, ssim
+    from .models.autoencoder import frame_codec
     from .plots import plot_curves
     from .video import side_by_side, to_uint8, upscale, write_video
 
@@ -178,21 +203,25 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     for c in ckpts:
         model, cfg, ck = load_model(c, device=device)
         name = Path(c).name if (Path(c) / "checkpoints").exists() else f"{Path(c).parent.parent.name}/{Path(c).name}"
-        models.append((name, model, cfg))
-    res = {cfg.model.frame_size for _, _, cfg in models}
+        codec = frame_codec(cfg, device)
+        models.append((name, model, cfg, codec))
+    # pixel resolution: the model's frame size, times the autoencoder's downsampling for latent models
+    res = {cfg.model.frame_size * (codec.ae.cfg.downsample if hasattr(codec, "ae") else 1)
+           for _, _, cfg, codec in models}
     if len(res) != 1:
         raise ValueError(f"checkpoints have different frame sizes {sorted(res)}; compare models of one resolution")
     resolution = res.pop()
     meta = read_meta(data or models[0][2].train.data) if (data or Path(models[0][2].train.data).exists()) else {}
-    tasks = build_task_set(out / f"tasks_{task}_c{context}_f{frames}_s{seed}_r{resolution}", task, episodes, context,
-                           frames, resolution, seed, meta.get("maze_size", 9), meta.get("mazes", 0),
-                           meta.get("seed", 0))
+    world = f"memory-maze-{meta.get('maze', '9x9')}" if meta.get("generator") == "memory_maze" else "maze"
+    tasks = build_task_set(out / f"tasks_{world}_{task}_c{context}_f{frames}_s{seed}_r{resolution}", task, episodes,
+                           context, frames, resolution, seed, meta.get("maze_size", 9), meta.get("mazes", 0),
+                           meta.get("seed", 0), world)
     lp, lp_note = lpips_fn()
     results = {"task": task, "context": context, "frames": frames, "episodes": episodes, "seed": seed,
                "task_set": str(tasks), "lpips": lp_note, "models": {}}
     grid_panels = None
     files = episode_files(tasks)
-    for name, model, cfg in models:
+    for name, model, cfg, codec in models:
         per_frame = {"psnr": [], "ssim": [], "lpips": [], "distance": []}
         for e, f in enumerate(tqdm(files, desc=f"eval {name}", disable=not progress)):
             ep = load_episode(f)
@@ -200,9 +229,10 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
             tensors = episode_tensors(ep)
             video, acts = tensors["frames"], tensors["actions"]
             gen = torch.Generator().manual_seed(seed + e)
-            pred = rollout(model, video[None, :n].to(device), acts[None, :n].to(device),
+            pred = rollout(model, codec.encode(video[None, :n].to(device)), acts[None, :n].to(device),
                            acts[None, n:n + frames].to(device), steps=steps or cfg.diffusion.sampling_steps,
-                           context_noise_level=cfg.diffusion.context_noise_level, generator=gen)[0]
+                           context_noise_level=cfg.diffusion.context_noise_level, generator=gen)
+            pred = codec.decode(pred)[0].cpu()
             gt = video[n:n + frames]
             per_frame["psnr"] += psnr(pred, gt).tolist()
             per_frame["ssim"] += ssim(pred, gt).tolist()

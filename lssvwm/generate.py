@@ -9,14 +9,17 @@ import torch
 
 from .diffusion import rollout
 from .metrics import psnr, ssim
+from .models.autoencoder import PixelCodec
 from .video import side_by_side, to_uint8, upscale, write_video
 
 
 def episode_rollout(model, episode: dict, context: int, frames: int, steps: int = 8, start: int = 0,
-                    context_noise_level: float = 0.0, seed: int = 0, device="cpu", progress: bool = False):
+                    context_noise_level: float = 0.0, seed: int = 0, device="cpu", progress: bool = False,
+                    codec=None):
     """Context = episode frames [start, start+context); generate the next ``frames`` with the episode's actions.
 
-    Returns (context (N,C,H,W), ground truth (M,C,H,W) or None past the episode end, prediction (M,C,H,W)).
+    ``codec`` (see :func:`lssvwm.models.autoencoder.frame_codec`) maps pixels to what the model works on and back;
+    None = pixels. Returns pixels: (context (N,C,H,W), ground truth (M,C,H,W), prediction (M,C,H,W)).
     """
     video, actions = episode["frames"], episode["actions"]
     total = video.shape[0]
@@ -25,13 +28,14 @@ def episode_rollout(model, episode: dict, context: int, frames: int, steps: int 
     if start + context + frames > total:
         raise ValueError(f"context + frames = {context + frames} from frame {start} exceeds the episode's "
                          f"{total} frames (its actions are needed to generate)")
+    codec = codec or PixelCodec()
     ctx = video[start:start + context]
     gen = torch.Generator().manual_seed(seed)
-    pred = rollout(model, ctx[None].to(device), actions[None, start:start + context].to(device),
+    pred = rollout(model, codec.encode(ctx[None].to(device)), actions[None, start:start + context].to(device),
                    actions[None, start + context:start + context + frames].to(device), steps=steps,
-                   context_noise_level=context_noise_level, generator=gen, progress=progress)[0]
+                   context_noise_level=context_noise_level, generator=gen, progress=progress)
     gt = video[start + context:start + context + frames]
-    return ctx, gt, pred
+    return ctx, gt, codec.decode(pred)[0].cpu()
 
 
 def _border(frames: np.ndarray, color) -> np.ndarray:
@@ -58,18 +62,19 @@ def frame_metrics(gt: torch.Tensor, pred: torch.Tensor) -> dict:
             "ssim_per_frame": [round(float(v), 4) for v in s]}
 
 
-def write_sample(model, cfg, path: Path, device) -> dict:
+def write_sample(model, cfg, path: Path, device, codec=None) -> dict:
     """A short rollout from the first validation episode (used during training)."""
     from .data.dataset import EpisodeWindows
 
-    ds = EpisodeWindows(cfg.train.data, 1, "val", cfg.train.val_fraction)
+    ds = EpisodeWindows(cfg.train.data, 1, "val", cfg.train.val_fraction, layout=cfg.train.data_layout)
     ep = ds.episode(0)
     n = max(1, cfg.train.clip_len // 2)
     m = min(cfg.train.clip_len, ep["frames"].shape[0] - n)
     was_training = model.training
     model.eval()
     ctx, gt, pred = episode_rollout(model, ep, n, m, cfg.diffusion.sampling_steps,
-                                    context_noise_level=cfg.diffusion.context_noise_level, device=device)
+                                    context_noise_level=cfg.diffusion.context_noise_level, device=device,
+                                    codec=codec)
     model.train(was_training)
     write_video(path, comparison_video(ctx, gt, pred), fps=8)
     return frame_metrics(gt, pred)

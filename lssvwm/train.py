@@ -21,6 +21,7 @@ from .checkpoint import find_checkpoint, load_state, load_weights, save_checkpoi
 from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
 from .diffusion import diffusion_loss, training_noise
+from .models.autoencoder import frame_codec
 from .models.world_model import WorldModel
 
 
@@ -67,15 +68,67 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
 
-def check_data_matches(cfg: RunConfig, ds: EpisodeWindows) -> None:
+def check_data_matches(cfg: RunConfig, ds: EpisodeWindows, codec=None) -> None:
+    """The model must take what the data (through the codec) gives: frame size, channels, actions."""
     h, w, c = ds.frame_shape
     m = cfg.model
+    ae = getattr(codec, "ae", None)
+    if ae is not None:
+        f, ac = ae.cfg.downsample, ae.cfg
+        if c != ac.channels or h % f or w % f:
+            raise ConfigError(f"data frames are {h}x{w}x{c} but the autoencoder {cfg.train.autoencoder} takes "
+                              f"{ac.channels} channels and frame sizes divisible by {f}")
+        h, w, c = h // f, w // f, ac.latent_channels
+        what = f"the autoencoder's latents are {h}x{w}x{c}"
+    else:
+        what = f"data frames are {h}x{w}x{c}"
     if (h, w, c) != (m.frame_size, m.frame_size, m.channels):
-        raise ConfigError(f"data frames are {h}x{w}x{c} but model.frame_size={m.frame_size}, "
-                          f"model.channels={m.channels}: set model.frame_size={h} (or regenerate the data)")
-    if m.action_dim == 0 and ds.num_actions != m.num_actions:
+        raise ConfigError(f"{what} but model.frame_size={m.frame_size}, model.channels={m.channels}: set "
+                          f"model.frame_size={h}, model.channels={c} (or regenerate the data)")
+    if ds.action_dim:
+        if m.action_dim != ds.action_dim:
+            raise ConfigError(f"data has continuous {ds.action_dim}-d actions but model.action_dim={m.action_dim}: "
+                              f"set model.action_dim={ds.action_dim}")
+    elif m.action_dim:
+        raise ConfigError(f"data has discrete action ids but model.action_dim={m.action_dim}: set "
+                          f"model.action_dim=0, model.num_actions={ds.num_actions}")
+    elif ds.layout == "videos" and ds.num_actions > m.num_actions:
+        raise ConfigError(f"data uses action ids up to {ds.num_actions - 1} but model.num_actions={m.num_actions}: "
+                          f"set model.num_actions={ds.num_actions}")
+    elif ds.layout != "videos" and ds.num_actions != m.num_actions:
         raise ConfigError(f"data has {ds.num_actions} actions but model.num_actions={m.num_actions}: "
                           f"set model.num_actions={ds.num_actions}")
+
+
+def init_training(model: torch.nn.Module, t, run: Path, resume: bool, truncate_log: bool = True):
+    """EMA copy and AdamW for ``model``; with ``resume``, both (and the model) from the run's latest checkpoint.
+
+    Returns (ema, optimizer, start step, saved state or None). A run folder that already holds a checkpoint is
+    refused without ``resume``, so a finished run is never overwritten by accident."""
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.99))
+    has_ckpt = (run / "checkpoints" / "latest").exists()
+    if has_ckpt and not resume:
+        raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    if not has_ckpt:
+        return ema, opt, 0, None
+    ckpt = find_checkpoint(run)
+    load_weights(model, ckpt / "model.safetensors")
+    load_weights(ema, ckpt / "ema.safetensors")
+    state = load_state(ckpt / "state.pt")
+    opt.load_state_dict(state["optimizer"])
+    start = int(state["step"])
+    if truncate_log:
+        _truncate_log(run / "log.jsonl", start)
+    return ema, opt, start, state
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """EMA of the weights, with a warmup of the decay (``(1 + step) / (10 + step)``) so early EMA tracks."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - d)
 
 
 def autocast_dtype(cfg: RunConfig, device: torch.device):
@@ -93,11 +146,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     rank, world, device = setup_distributed()
     t = cfg.train
     run = Path(t.out)
-    ds = EpisodeWindows(t.data, t.clip_len, "train", t.val_fraction, skip_bad=t.skip_bad_files)
+    ds = EpisodeWindows(t.data, t.clip_len, "train", t.val_fraction, skip_bad=t.skip_bad_files,
+                        layout=t.data_layout)
     if ds.bad_files and rank == 0:
         print(f"skipped {len(ds.bad_files)} unreadable episode file(s) (train.skip_bad_files=true):\n" +
               "\n".join(f"  {reason}" for _, reason in ds.bad_files), flush=True)
-    check_data_matches(cfg, ds)
+    codec = frame_codec(cfg, device)  # pixels, or the latents of a frozen autoencoder
+    check_data_matches(cfg, ds, codec)
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the number of processes {world}")
     if t.nan_policy not in ("stop", "skip"):
@@ -106,22 +161,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
 
     torch.manual_seed(t.seed)
     model = WorldModel(cfg.model).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.99))
-    start = 0
-    has_ckpt = (run / "checkpoints" / "latest").exists()
-    if resume and has_ckpt:
-        ckpt = find_checkpoint(run)
-        load_weights(model, ckpt / "model.safetensors")
-        load_weights(ema, ckpt / "ema.safetensors")
-        state = load_state(ckpt / "state.pt")
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+    ema, opt, start, state = init_training(model, t, run, resume, truncate_log=rank == 0)
+    if state:
         torch.set_rng_state(state["rng_torch"])
-        if rank == 0:
-            _truncate_log(run / "log.jsonl", start)
-    elif has_ckpt and not resume:
-        raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
 
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
@@ -144,7 +186,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(batches)  # this rank's slice of global batch `step`
-        frames = batch["frames"].to(device)  # (B, T, C, H, W)
+        frames = codec.encode(batch["frames"].to(device))  # (B, T, C, H, W): pixels or latents
         actions = batch["actions"].to(device)  # (B, T)
         if cfg.diffusion.curriculum_steps > 0:  # not from the paper: grow the clip length
             frac = min(1.0, 0.25 + 0.75 * step / cfg.diffusion.curriculum_steps)
@@ -173,10 +215,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
-        decay = min(t.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        ema_update(ema, model, step, t.ema_decay)
         elapsed = time.time() - t0
         out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
         if world > 1:  # every rank must stop at the same step
@@ -199,7 +238,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
                 save_checkpoint(run, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})
             if t.sample_every and (step + 1) % t.sample_every == 0:
                 from .generate import write_sample
-                write_sample(ema, cfg, run / "samples" / f"step_{step + 1:07d}.mp4", device)
+                write_sample(ema, cfg, run / "samples" / f"step_{step + 1:07d}.mp4", device, codec)
         if world > 1:
             dist.barrier()
         if out_of_time or (stop_after is not None and step + 1 - start >= stop_after):

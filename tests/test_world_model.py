@@ -179,3 +179,39 @@ def test_continuous_actions():
     a2[:, 3] += 1
     y2, _ = m(x, lv, a2)
     assert torch.equal(y[:, :3], y2[:, :3]) and (y[:, 3] - y2[:, 3]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_prev_frame_input_parallel_equals_step_and_is_causal(dtype, tol):
+    m = make("hybrid", dtype, prev_frame=True)
+    x, lv, a = clip(dtype=dtype)
+    with torch.no_grad():
+        y, _ = m(x, lv, a)
+        cache, ys = m.empty_cache(), []
+        for t in range(x.shape[1]):
+            yt, cache = m.step(x[:, t], lv[:, t], a[:, t], cache)
+            ys.append(yt)
+        torch.testing.assert_close(torch.stack(ys, 1), y, rtol=tol, atol=tol)
+        # prefill + continuation carries the last frame across the cut
+        _, c3 = m(x[:, :3], lv[:, :3], a[:, :3])
+        y2, _ = m(x[:, 3:], lv[:, 3:], a[:, 3:], c3)
+        torch.testing.assert_close(y2, y[:, 3:], rtol=tol, atol=tol)
+        # frame t's input reaches frame t+1 through the prev-frame path even with every mixer cut off
+        x2 = x.clone()
+        x2[:, 4] += 1.0
+        y3, _ = m(x2, lv, a)
+    assert torch.equal(y[:, :4], y3[:, :4]) and (y[:, 5] - y3[:, 5]).abs().max() > 1e-4
+    assert m.prev_patch is not None and cache.last.shape == (2, 3, 16, 16)
+
+
+def test_prev_frame_zero_init_changes_nothing_until_trained():
+    plain = make("hybrid", torch.float64)
+    prev = WorldModel(model_preset("tiny", "hybrid", prev_frame=True)).double().eval()
+    missing, unexpected = prev.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["prev_patch.weight", "prev_patch.bias"] and not unexpected
+    x, lv, a = clip()
+    with torch.no_grad():
+        y = plain(x, lv, a)[0]
+        torch.testing.assert_close(prev(x, lv, a)[0], y, rtol=0, atol=0)
+        prev.prev_patch.weight.add_(0.05 * torch.randn_like(prev.prev_patch.weight))
+        assert (prev(x, lv, a)[0] - y)[:, 1:].abs().max() > 1e-4

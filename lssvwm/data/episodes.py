@@ -195,32 +195,41 @@ def generate_dataset(out: str | os.PathLike, episodes: int, steps: int, resoluti
 
     ``mazes=0``: every episode in its own maze. ``mazes=K``: episode i runs in maze ``i % K`` (seeded by
     (seed, K, i % K)), so the dataset revisits K fixed mazes along different trajectories.
-
-    Episodes are written atomically, so an interrupted run leaves only complete files (plus a stale
-    ``.tmp`` that is removed here); re-running the same command finishes the job.
     """
-    from tqdm import tqdm
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "meta.json"
     meta = {
         "generator": "lssvwm.data.maze", "format_version": FORMAT_VERSION, "seed": seed, "episodes": episodes,
         "steps": steps, "frames_per_episode": steps + 1, "resolution": resolution, "maze_size": size,
         "image_shape": [steps + 1, resolution, resolution, 3], "action_shape": [steps + 1, NUM_ACTIONS],
         "action_names": list(ACTION_NAMES), "mazes": mazes,
     }
+    return write_dataset(out, meta, ("seed", "steps", "resolution", "maze_size", "mazes"), _generate_one,
+                         lambda i: (episode_seed(seed, i), steps, size, resolution, fixed_maze_seed(seed, mazes, i)),
+                         workers, progress, "episodes")
+
+
+def write_dataset(out: str | os.PathLike, meta: dict, same: tuple, worker, job_args, workers: int = 1,
+                  progress: bool = True, desc: str = "episodes") -> Path:
+    """Write ``meta["episodes"]`` files ``ep_<i>.npz`` with ``worker((path, *job_args(i)))``, resumably.
+
+    Complete episodes already there are kept (a folder made with other ``same`` settings is refused), broken
+    ones and stale ``.tmp`` files from a killed run are redone. Episodes are written atomically, so re-running
+    the same command after an interruption finishes the job; ``meta.json`` is written last.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
     if meta_path.exists():
         old = read_meta(out)
-        keys = ("seed", "steps", "resolution", "maze_size", "mazes")
-        if any(old.get(k) != meta[k] for k in keys):
+        if any(old.get(k) != meta[k] for k in same):
             raise EpisodeFormatError(
                 f"{meta_path}: folder holds a dataset with different settings "
-                f"({ {k: old.get(k) for k in keys} }); use another --out or delete it")
+                f"({ {k: old.get(k) for k in same} }); use another --out or delete it")
     for stale in out.glob("*.tmp"):
         stale.unlink()
     todo = []
-    for i in range(episodes):
+    for i in range(meta["episodes"]):
         path = out / f"ep_{i:06d}.npz"
         if path.exists():
             try:
@@ -228,15 +237,16 @@ def generate_dataset(out: str | os.PathLike, episodes: int, steps: int, resoluti
                 continue
             except EpisodeFormatError:
                 path.unlink()
-        todo.append((path, episode_seed(seed, i), steps, size, resolution, fixed_maze_seed(seed, mazes, i)))
-    bar = tqdm(total=episodes, initial=episodes - len(todo), desc="episodes", unit="ep", disable=not progress)
+        todo.append((path, *job_args(i)))
+    bar = tqdm(total=meta["episodes"], initial=meta["episodes"] - len(todo), desc=desc, unit="ep",
+               disable=not progress)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(_generate_one, todo):
+            for _ in pool.map(worker, todo):
                 bar.update()
     else:
         for job in todo:
-            _generate_one(job)
+            worker(job)
             bar.update()
     bar.close()
     tmp = meta_path.with_name("meta.json.tmp")

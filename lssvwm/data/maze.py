@@ -303,6 +303,9 @@ class MazeEnv(gym.Env):
 class ExplorationPolicy:
     """Memory Maze's offline-data policy: go to random goal cells by shortest path, with action noise.
 
+    ``env`` needs ``layout`` (1 = wall, indexed [row=y, col=x]), ``pos`` (x, y), ``angle`` and ``cell()``; an env
+    with ``right_turn_increases_angle = False`` (angles counter-clockwise, y up) gets its turns mirrored.
+
     With probability ``random_prob`` per step a burst of ``random_steps`` uniformly random actions starts.
     A new goal is drawn on arrival or when no progress is made for ``patience`` steps.
     """
@@ -349,8 +352,10 @@ class ExplorationPolicy:
         tx, ty = nxt[1] + 0.5, nxt[0] + 0.5
         err = np.arctan2(ty - env.pos[1], tx - env.pos[0]) - env.angle
         err = (err + np.pi) % (2 * np.pi) - np.pi
+        if not getattr(env, "right_turn_increases_angle", True):  # y-up worlds (the real Memory Maze)
+            err = -err
         if abs(err) > np.deg2rad(50):
-            return 3 if err > 0 else 2  # turn right (angle +) / left (angle -)
+            return 3 if err > 0 else 2  # turn right / left
         if abs(err) > np.deg2rad(10):
             return 5 if err > 0 else 4
         return 1

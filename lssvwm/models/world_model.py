@@ -28,14 +28,17 @@ class LayerCache(NamedTuple):
 
 
 class WorldCache(NamedTuple):
-    """Everything inference keeps: per-layer SSM states and KV caches, and the number of frames seen."""
+    """Everything inference keeps: per-layer SSM states and KV caches, the number of frames seen, and (for
+    ``model.prev_frame``) the last input frame (B, C, H, W)."""
 
     layers: tuple[LayerCache, ...]
     frames: int
+    last: torch.Tensor | None = None
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers for part in layer if part is not None
-                   for t in part)
+        extra = 0 if self.last is None else self.last.numel() * self.last.element_size()
+        return extra + sum(t.numel() * t.element_size() for layer in self.layers for part in layer
+                           if part is not None for t in part)
 
 
 def modulate(x, shift, scale):
@@ -131,6 +134,8 @@ class WorldModel(nn.Module):
             if spec.ssm is not None:
                 resolve_block(spec.ssm, *self.grid)
         self.patch = nn.Conv2d(cfg.channels, d, p, stride=p)
+        # zero-initialised, so a fresh model with prev_frame equals one without
+        self.prev_patch = nn.Conv2d(cfg.channels, d, p, stride=p) if cfg.prev_frame else None
         self.pos = nn.Parameter(torch.randn(1, 1, *self.grid, d) * 0.02)  # learned 2D position embedding
         self.cond = Conditioning(d, cfg.num_actions, cfg.action_dim)
         self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.layer_specs())
@@ -150,7 +155,7 @@ class WorldModel(nn.Module):
         for blk in self.blocks:
             nn.init.zeros_(blk.adaLN[1].weight)
             nn.init.zeros_(blk.adaLN[1].bias)
-        for m in (self.final_adaLN[1], self.out):
+        for m in (self.final_adaLN[1], self.out) + ((self.prev_patch,) if self.prev_patch is not None else ()):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         nn.init.normal_(self.cond.level_mlp[0].weight, std=0.02)
@@ -172,6 +177,10 @@ class WorldModel(nn.Module):
         cache = cache or self.empty_cache()
         tokens = self.patch(x.flatten(0, 1))  # (B*T, D, h, w)
         tokens = rearrange(tokens, "(b t) d h w -> b t h w d", b=b) + self.pos  # (B, T, h, w, D)
+        if self.prev_patch is not None:  # frame t also sees input frame t-1 (zeros before the first frame)
+            first = cache.last if cache.last is not None else torch.zeros_like(x[:, 0])
+            prev = torch.cat([first[:, None].to(x.dtype), x[:, :-1]], dim=1)  # (B, T, C, H, W)
+            tokens = tokens + rearrange(self.prev_patch(prev.flatten(0, 1)), "(b t) d h w -> b t h w d", b=b)
         c = self.cond(levels, actions)  # (B, T, D)
         new_layers = []
         for blk, layer_cache in zip(self.blocks, cache.layers):
@@ -184,7 +193,8 @@ class WorldModel(nn.Module):
         out = self.out(modulate(self.final_norm(tokens), shift, scale))  # (B, T, h, w, p*p*C)
         p = self.cfg.patch_size
         out = rearrange(out, "b t h w (p q c) -> b t c (h p) (w q)", p=p, q=p, c=ch)
-        return out, WorldCache(tuple(new_layers), cache.frames + t)
+        last = x[:, -1].detach() if self.prev_patch is not None else None
+        return out, WorldCache(tuple(new_layers), cache.frames + t, last)
 
     def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache: WorldCache
              ) -> tuple[torch.Tensor, WorldCache]:

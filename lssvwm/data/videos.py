@@ -1,0 +1,184 @@
+"""Video datasets: folders of ``*.mp4`` with a sibling action file per video.
+
+Two layouts are read; both become the same in-memory episode as the ``.npz`` episodes of
+:mod:`lssvwm.data.episodes` (frames plus ``actions[t]`` = the action that *led to* frame ``t``, -1 = none):
+
+**TECO Minecraft** (``layout="teco"``)::
+
+    root/train/<worker>/<i>.mp4    128x128 RGB frames
+    root/train/<worker>/<i>.npz    key "actions": int, 0 = dummy/none, 1 = forward, 2 = left, 3 = right
+    root/test/...                  the same (our "val" split)
+
+  The collector stores the reset frame plus 300 steps, with ``actions[0] = 0`` as the reset dummy and
+  ``actions[t]`` the action that led to observation ``t``. Released files hold 300 or 301 frames, with 300 or 301
+  actions. Equal lengths are aligned as stored. When there is one action more than there are frames, the mp4 lacks
+  the reset frame: the dummy ``actions[0]`` is dropped (as Diffusion Forcing's loader does), so frame ``t`` gets
+  ``actions[t + 1]``. Ids become 0 = forward, 1 = left, 2 = right (3 actions) and the dummy becomes -1.
+
+**Your own data** (``layout="videos"``)::
+
+    root/<name>.mp4     any size (square frames for the models here), any number of frames T
+    root/<name>.npz     key "actions" (or "action"); or root/<name>.json: a list, or {"actions": [...]}
+
+  ``actions[t]`` is the action taken *at* frame ``t`` (it leads to frame ``t + 1``), as most recorders write it.
+  Length T (the last action has no visible effect and is dropped) or T - 1. Shape ``(T,)`` of integers: discrete
+  ids ``0 .. A-1``; shape ``(T, A)`` of numbers: continuous action vectors (the first frame then gets a zero vector).
+
+Every problem raises :class:`EpisodeFormatError` naming the file, the field and what was expected.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .episodes import EpisodeFormatError
+
+TECO_ACTION_NAMES = ("forward", "left", "right")
+VIDEO_SUFFIX = ".mp4"
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode a whole video -> (T, H, W, 3) uint8 (imageio-ffmpeg; PyAV is used instead when installed)."""
+    path = Path(path)
+    if not path.exists():
+        raise EpisodeFormatError(f"{path}: video file not found")
+    try:
+        try:
+            import av  # noqa: F401
+            import imageio.v3 as iio
+
+            frames = iio.imread(path, plugin="pyav")
+        except ImportError:
+            import imageio.v2 as imageio
+
+            with imageio.get_reader(path, format="ffmpeg") as r:
+                frames = np.stack([np.asarray(f) for f in r])
+    except EpisodeFormatError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoders raise many types; all mean "unreadable"
+        raise EpisodeFormatError(f"{path}: unreadable video (corrupt or not an mp4?): {type(e).__name__}: {e}") from e
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise EpisodeFormatError(f"{path}: expected RGB frames (T, H, W, 3), decoded {frames.shape}")
+    return frames.astype(np.uint8, copy=False)
+
+
+def action_file(video: str | os.PathLike) -> Path:
+    """The sibling action file of a video: ``<stem>.npz``, else ``<stem>.json``."""
+    video = Path(video)
+    for suffix in (".npz", ".json"):
+        p = video.with_suffix(suffix)
+        if p.exists():
+            return p
+    raise EpisodeFormatError(f"{video}: no action file beside it (expected {video.with_suffix('.npz').name} with "
+                             f"key 'actions', or {video.with_suffix('.json').name})")
+
+
+def read_actions(path: str | os.PathLike) -> np.ndarray:
+    """The raw action array of an ``.npz`` (key ``actions`` or ``action``) or ``.json`` (list or {"actions": list})."""
+    path = Path(path)
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                if "actions" not in data:
+                    raise EpisodeFormatError(f"{path}: missing key 'actions' (found keys: {sorted(data)})")
+                data = data["actions"]
+            arr = np.asarray(data)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                key = "actions" if "actions" in z.files else "action" if "action" in z.files else None
+                if key is None:
+                    raise EpisodeFormatError(f"{path}: missing key 'actions' (found keys: {sorted(z.files)})")
+                arr = z[key]
+    except EpisodeFormatError:
+        raise
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise EpisodeFormatError(f"{path}: unreadable action file: {e}") from e
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise EpisodeFormatError(f"{path}: field 'actions' must be numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def teco_actions(raw: np.ndarray, n_frames: int, path) -> np.ndarray:
+    """TECO's stored actions -> ids aligned with the ``n_frames`` video frames (see the module docstring)."""
+    if raw.ndim != 1 or not np.issubdtype(raw.dtype, np.integer):
+        raise EpisodeFormatError(f"{path}: field 'actions' must be a 1-d integer array (0 = none, 1 forward, "
+                                 f"2 left, 3 right), got shape {raw.shape} dtype {raw.dtype}")
+    if raw.size and (raw.min() < 0 or raw.max() > 3):
+        raise EpisodeFormatError(f"{path}: field 'actions' values must be in 0..3, got [{raw.min()}, {raw.max()}]")
+    if len(raw) == n_frames + 1:
+        raw = raw[1:]
+    elif len(raw) != n_frames:
+        raise EpisodeFormatError(f"{path}: length mismatch: the video has {n_frames} frames but 'actions' has "
+                                 f"{len(raw)} entries (expected {n_frames} or {n_frames + 1})")
+    return raw.astype(np.int64) - 1
+
+
+def own_actions(raw: np.ndarray, n_frames: int, path) -> np.ndarray:
+    """Your own actions (``actions[t]`` taken at frame ``t``) -> our alignment (``actions[t]`` led to frame t)."""
+    if raw.ndim not in (1, 2) or (raw.ndim == 1 and not np.issubdtype(raw.dtype, np.integer)):
+        raise EpisodeFormatError(
+            f"{path}: field 'actions' has unknown shape {raw.shape} dtype {raw.dtype}: expected (T,) integer ids "
+            f"or (T, A) continuous vectors")
+    if raw.ndim == 1 and raw.size and raw.min() < 0:
+        raise EpisodeFormatError(f"{path}: discrete action ids must be >= 0, got {raw.min()}")
+    if len(raw) not in (n_frames, n_frames - 1):
+        raise EpisodeFormatError(f"{path}: length mismatch: the video has {n_frames} frames but 'actions' has "
+                                 f"{len(raw)} rows (expected {n_frames} or {n_frames - 1}: actions[t] is taken at "
+                                 f"frame t)")
+    raw = raw[:n_frames - 1]
+    if raw.ndim == 1:
+        return np.concatenate([[-1], raw.astype(np.int64)])
+    return np.concatenate([np.zeros((1, raw.shape[1])), raw]).astype(np.float32)
+
+
+def load_video_episode(video: str | os.PathLike, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """One video and its actions -> (image (T, H, W, 3) uint8, actions (T,) int64 ids or (T, A) float32)."""
+    if layout not in ("teco", "videos"):
+        raise ValueError(f"layout must be 'teco' or 'videos', got {layout!r}")
+    video = Path(video)
+    afile = action_file(video)
+    raw = read_actions(afile)
+    image = read_video(video)
+    align = teco_actions if layout == "teco" else own_actions
+    return image, align(raw, image.shape[0], afile)
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """'teco' (train/ or test/ holding <worker>/<i>.mp4), 'videos' (*.mp4 at the top) or 'episodes' (npz)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EpisodeFormatError(f"{root}: dataset folder not found")
+    if any(root.glob(f"train/*/*{VIDEO_SUFFIX}")) or any(root.glob(f"test/*/*{VIDEO_SUFFIX}")):
+        return "teco"
+    if any(root.glob(f"*{VIDEO_SUFFIX}")):
+        return "videos"
+    return "episodes"
+
+
+def video_files(root: str | os.PathLike, layout: str, split: str | None = None) -> list[Path]:
+    """Sorted videos of a folder. For TECO, split 'train' -> train/, 'val' -> test/, None or 'all' -> both."""
+    root = Path(root)
+    if layout == "teco":
+        parts = {"train": ["train"], "val": ["test"]}.get(split, ["train", "test"])
+        files = [f for p in parts for f in sorted((root / p).glob(f"*/*{VIDEO_SUFFIX}"))]
+    else:
+        files = sorted(root.glob(f"*{VIDEO_SUFFIX}"))
+    if not files:
+        where = "/".join(parts) if layout == "teco" else "the top level"
+        raise EpisodeFormatError(f"{root}: no videos (*{VIDEO_SUFFIX}) found in {where} of the dataset folder")
+    return files
+
+
+def write_video_episode(path: str | os.PathLike, frames: np.ndarray, actions: np.ndarray, fps: int = 20) -> Path:
+    """Write an mp4 and its sibling ``.npz`` (key ``actions``), as a recorder would (used by tests and examples)."""
+    from ..video import write_video
+
+    path = Path(path)
+    write_video(path, frames, fps=fps)
+    np.savez(path.with_suffix(".npz"), actions=np.asarray(actions))
+    return path

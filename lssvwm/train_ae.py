@@ -1,0 +1,132 @@
+"""Train the frame autoencoder (``lssvwm train-ae``): single process, CPU or GPU, exact resume.
+
+Uses the world model's training machinery (batch sampler, LR schedule, autocast, EMA, atomic checkpoints); a
+checkpoint folder holds ``model.safetensors``, ``ema.safetensors``, ``config.yaml`` (an AERunConfig) and
+``state.pt``. After training, ``metrics.json`` reports the validation reconstruction PSNR beside two trivial
+baselines, and ``reconstructions.png`` shows originals over reconstructions.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .config import AERunConfig, ConfigError
+from .data.dataset import EpisodeWindows
+from .metrics import psnr
+from .models.autoencoder import Autoencoder
+from .train import StepBatchSampler, _seed, autocast_dtype, ema_update, get_lr, init_training
+
+
+def _frames(ds: EpisodeWindows, n: int) -> torch.Tensor:
+    """``n`` frames spread evenly over the dataset (a fixed set, for calibration and validation)."""
+    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long().tolist()
+    return torch.cat([ds[i]["frames"] for i in idx])  # (n, C, H, W)
+
+
+@torch.no_grad()
+def evaluate_reconstruction(ae: Autoencoder, frames: torch.Tensor, train_mean: torch.Tensor) -> dict:
+    """Validation PSNR of the autoencoder vs (a) the mean training frame, (b) bilinear down/up sampling by the
+    same factor (3 channels per latent position, close to the autoencoder's 4)."""
+    ae.eval()
+    f = ae.cfg.downsample
+    recon = torch.cat([ae.decode(ae.encode(x)) for x in frames.split(64)])
+    small = torch.nn.functional.interpolate(frames, scale_factor=1 / f, mode="area")
+    bilinear = torch.nn.functional.interpolate(small, scale_factor=f, mode="bilinear", align_corners=False)
+    return {"psnr": float(psnr(recon, frames).mean()),
+            "psnr_mean_frame": float(psnr(train_mean.expand_as(frames), frames).mean()),
+            "psnr_bilinear": float(psnr(bilinear.clamp(-1, 1), frames).mean()),
+            "frames": int(frames.shape[0])}
+
+
+def train_autoencoder(cfg: AERunConfig, resume: bool = False, progress: bool = True,
+                      stop_after: int | None = None) -> Path:
+    from tqdm import tqdm
+
+    t, a = cfg.train, cfg.autoencoder
+    a.validate()
+    run = Path(t.out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ds = EpisodeWindows(t.data, 1, "train", t.val_fraction, layout=t.data_layout)
+    h, w, c = ds.frame_shape
+    if c != a.channels or h % a.downsample or w % a.downsample:
+        raise ConfigError(f"data frames are {h}x{w}x{c}: need autoencoder.channels={c} and a frame size divisible "
+                          f"by autoencoder.downsample={a.downsample}")
+    amp = autocast_dtype(cfg, device)
+    torch.manual_seed(t.seed)
+    model = Autoencoder(a).to(device)
+    ema, opt, start, _ = init_training(model, t, run, resume)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.save(run / "config.yaml")
+    print(f"lssvwm train-ae: {run} | {model.num_params() / 1e6:.2f}M params | {len(ds)} frames {h}x{w} -> latents "
+          f"{a.latent_channels}x{h // a.downsample}x{w // a.downsample} | device {device} | autocast {amp}\n"
+          f"{cfg.to_yaml()}", flush=True)
+    calib = _frames(ds, 256).to(device)
+    val_ds = EpisodeWindows(t.data, 1, "val", t.val_fraction, layout=t.data_layout)
+    val = _frames(val_ds, 256).to(device)
+    train_mean = calib.mean(dim=0, keepdim=True)
+
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), t.batch_size, t.seed, start,
+                                                                            t.steps))
+    batches = iter(loader)
+    log = open(run / "log.jsonl", "a")
+    bar = tqdm(total=t.steps, initial=start, desc="train-ae", unit="step", disable=not progress)
+    t0, done = time.time(), start
+    for step in range(start, t.steps):
+        lr = get_lr(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = next(batches)["frames"][:, 0].to(device)  # (B, C, H, W)
+        gen = torch.Generator().manual_seed(_seed(t.seed, step, 2))
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, stats = model.loss(x, gen)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"step {step}: autoencoder loss is {loss.item()}; lower train.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        ema_update(ema, model, step, t.ema_decay)
+        done = step + 1
+        elapsed = time.time() - t0
+        out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
+        last = step + 1 == t.steps or out_of_time
+        log.write(json.dumps({"step": step + 1, "loss": loss.item(), "lr": lr, "time": round(elapsed, 3),
+                              **stats}) + "\n")
+        log.flush()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % t.ckpt_every == 0 or last:
+            for m in (model, ema):
+                m.calibrate(calib)
+            save_checkpoint(run, step + 1, cfg, model, ema, opt, {})
+        if out_of_time or (stop_after is not None and step + 1 - start >= stop_after):
+            break
+    bar.close()
+    log.close()
+    metrics = evaluate_reconstruction(ema, val, train_mean)
+    metrics["step"] = done
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _reconstruction_png(ema, val[:8], run / "reconstructions.png")
+    print(f"validation reconstruction PSNR {metrics['psnr']:.2f} dB (bilinear {a.downsample}x down/up "
+          f"{metrics['psnr_bilinear']:.2f} dB, mean frame {metrics['psnr_mean_frame']:.2f} dB) on "
+          f"{metrics['frames']} frames -> {run}", flush=True)
+    return run
+
+
+@torch.no_grad()
+def _reconstruction_png(ae: Autoencoder, frames: torch.Tensor, path: Path) -> Path:
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from .video import to_uint8, upscale
+
+    recon = ae.decode(ae.encode(frames))
+    top, bottom = to_uint8(frames), to_uint8(recon)
+    rows = [np.concatenate(list(r), axis=1) for r in (top, bottom)]
+    img = upscale(np.concatenate(rows, axis=0)[None], max(1, 256 // frames.shape[-1]))[0]
+    imageio.imwrite(path, img)
+    return path
