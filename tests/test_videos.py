@@ -156,3 +156,40 @@ def test_empty_video_folder(tmp_path):
     (tmp_path / "train" / "0").mkdir(parents=True)
     with pytest.raises(EpisodeFormatError, match="no episode files"):
         EpisodeWindows(tmp_path, 4)  # nothing here: neither videos nor npz episodes
+
+
+def test_lazy_loading_equals_cached(tmp_path, tiny_data):
+    """Datasets too big for memory are indexed from headers and read per item; items are the same."""
+    root = _teco(tmp_path / "mc", frames=12, actions=13)
+    for data in (tiny_data, root):
+        eager = EpisodeWindows(data, 5, "train", 0.25)
+        lazy = EpisodeWindows(data, 5, "train", 0.25, max_cache_gb=0)
+        assert eager.cache and not lazy.cache and not lazy._episodes
+        assert lazy.index == eager.index and lazy.num_actions == eager.num_actions
+        assert lazy.frame_shape == eager.frame_shape
+        for i in (0, len(eager) // 2, len(eager) - 1):
+            a, b = eager[i], lazy[i]
+            assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["actions"], b["actions"])
+        assert not lazy._episodes  # nothing kept
+
+
+def test_lazy_errors_name_the_file(tmp_path, tiny_data):
+    import shutil
+
+    from lssvwm.data.episodes import load_episode
+
+    for f in sorted(tiny_data.glob("*.npz")):
+        shutil.copy(f, tmp_path / f.name)
+    files = sorted(tmp_path.glob("*.npz"))
+    files[0].write_bytes(files[0].read_bytes()[:300])  # truncated: caught while indexing
+    with pytest.raises(EpisodeFormatError, match=rf"{files[0].name}: not a readable .npz"):
+        EpisodeWindows(tmp_path, 4, "all", max_cache_gb=0)
+    ds = EpisodeWindows(tmp_path, 4, "all", max_cache_gb=0, skip_bad=True)
+    assert [f.name for f, _ in ds.bad_files] == [files[0].name]
+    files[0].unlink()
+    ep = load_episode(files[1])
+    ep["action"][5] = 0.5  # not one-hot: only visible when the file is read
+    np.savez(files[1], **ep)
+    ds = EpisodeWindows(tmp_path, 4, "all", max_cache_gb=0)
+    with pytest.raises(EpisodeFormatError, match=rf"{files[1].name}: field 'action' must be one-hot"):
+        ds[0]

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .episodes import EpisodeFormatError, action_indices, episode_files, image_to_frames, load_episode
-from .videos import detect_layout, load_video_episode, video_files
+from .episodes import EpisodeFormatError, action_indices, episode_files, image_to_frames, load_episode, probe_episode
+from .videos import detect_layout, load_video_episode, probe_video_episode, video_files
 
 LAYOUTS = ("auto", "episodes", "teco", "videos")
 
@@ -38,17 +38,23 @@ class EpisodeWindows(Dataset):
     Returns ``{"frames": (L, C, H, W) float32 in [-1, 1], "actions": (L,) int64}`` (or ``(L, A)`` float32 for
     continuous actions); ``actions[t]`` is the action that led to ``frames[t]`` (-1 or a zero vector = none, for
     the first frame of an episode). ``num_actions`` (discrete) or ``action_dim`` (continuous, else 0) describe them.
+
+    Every file is indexed at start from its headers (npz) or its action file and frame count (videos).
+    ``cache=None`` (default) keeps all decoded episodes in memory when they fit in ``max_cache_gb``. They are
+    loaded and fully checked up front. Larger datasets, such as Memory Maze's 30k-episode offline set or TECO's
+    Minecraft, are read per item instead; use ``train.num_workers`` to hide the decoding.
     """
 
     def __init__(self, root: str | os.PathLike, length: int, split: str = "train", val_fraction: float = 0.1,
-                 stride: int = 1, cache: bool = True, skip_bad: bool = False, layout: str = "auto"):
+                 stride: int = 1, cache: bool | None = None, skip_bad: bool = False, layout: str = "auto",
+                 max_cache_gb: float = 4.0):
         if length < 1:
             raise ValueError(f"window length must be >= 1, got {length}")
         if layout not in LAYOUTS:
             raise ValueError(f"data layout must be one of {LAYOUTS}, got {layout!r}")
         self.root = Path(root)
         self.layout = detect_layout(root) if layout == "auto" else layout
-        self.length, self.stride, self.cache = length, stride, cache
+        self.length, self.stride = length, stride
         self._episodes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.layout == "episodes":
             files = split_files(episode_files(root), split, val_fraction)
@@ -60,33 +66,50 @@ class EpisodeWindows(Dataset):
         kinds = set()
         self.bad_files: list[tuple[Path, str]] = []  # (file, reason), when skip_bad
         self.files: list[Path] = []
+        self._lengths: list[int] = []
         self.index: list[tuple[int, int]] = []
         shapes = set()
-        for f in files:  # every file is read and checked once, before training starts
+        probed = []
+        for f in files:  # cheap: headers, action files and frame counts
             try:
-                image, actions, width = self._read(f)
+                shape, actions, width = self._probe(f)
             except EpisodeFormatError as e:
                 if not skip_bad:
                     raise
                 self.bad_files.append((f, str(e)))
                 continue
-            if image.shape[0] < length:
-                raise EpisodeFormatError(f"{f}: episode has {image.shape[0]} frames, shorter than the window "
+            probed.append((f, shape, actions, width))
+        total_gb = sum(int(np.prod(shape)) for _, shape, _, _ in probed) / 2**30
+        self.cache = total_gb <= max_cache_gb if cache is None else cache
+        for f, shape, actions, width in probed:
+            if self.cache:  # decode and fully check every file now, before training starts
+                try:
+                    image, actions, width = self._read(f)
+                except EpisodeFormatError as e:
+                    if not skip_bad:
+                        raise
+                    self.bad_files.append((f, str(e)))
+                    continue
+                shape = image.shape
+            if shape[0] < length:
+                raise EpisodeFormatError(f"{f}: episode has {shape[0]} frames, shorter than the window "
                                          f"length {length}")
             e = len(self.files)
             self.files.append(f)
-            if cache:
+            self._lengths.append(shape[0])
+            if self.cache:
                 self._episodes[e] = (image, actions)
-            shapes.add(image.shape[1:])
-            kinds.add("continuous" if actions.ndim == 2 else "discrete")
-            if actions.ndim == 2:
+            shapes.add(tuple(shape[1:]))
+            if actions is not None:
+                kinds.add("continuous" if actions.ndim == 2 else "discrete")
+            if actions is not None and actions.ndim == 2:
                 if self.action_dim and actions.shape[1] != self.action_dim:
                     raise EpisodeFormatError(f"{f}: actions have {actions.shape[1]} dims, earlier files "
                                              f"{self.action_dim}")
                 self.action_dim = int(actions.shape[1])
             else:
                 self.num_actions = max(self.num_actions, width)
-            self.index.extend((e, s) for s in range(0, image.shape[0] - length + 1, stride))
+            self.index.extend((e, s) for s in range(0, shape[0] - length + 1, stride))
         if not self.files:
             raise EpisodeFormatError(f"{root}: split '{split}' has no usable episodes ({len(files)} files, "
                                      f"{len(self.bad_files)} unreadable)")
@@ -96,14 +119,24 @@ class EpisodeWindows(Dataset):
             raise EpisodeFormatError(f"{root}: some files have discrete action ids, others continuous vectors")
         self.frame_shape = shapes.pop()  # (H, W, 3)
 
+    def _probe(self, f: Path) -> tuple[tuple, np.ndarray | None, int]:
+        """(image shape, actions or None when not read yet, number of discrete actions) without decoding."""
+        if self.layout == "episodes":
+            shape, action_shape = probe_episode(f)
+            return shape, None, int(action_shape[1])
+        shape, actions = probe_video_episode(f, self.layout)
+        return shape, actions, self._width(actions)
+
+    def _width(self, actions: np.ndarray) -> int:
+        return 3 if self.layout == "teco" else (int(actions.max()) + 1 if actions.ndim == 1 else 0)
+
     def _read(self, f: Path) -> tuple[np.ndarray, np.ndarray, int]:
         """(image (T, H, W, 3) uint8, actions (T,) ids or (T, A) vectors, number of discrete actions)."""
         if self.layout == "episodes":
             ep = load_episode(f)
             return ep["image"], action_indices(ep["action"]), int(ep["action"].shape[1])
         image, actions = load_video_episode(f, self.layout)
-        width = 3 if self.layout == "teco" else (int(actions.max()) + 1 if actions.ndim == 1 else 0)
-        return image, actions, width
+        return image, actions, self._width(actions)
 
     def _load(self, e: int):
         if e in self._episodes:
@@ -111,6 +144,9 @@ class EpisodeWindows(Dataset):
         image, actions, _ = self._read(self.files[e])
         if self.cache:
             self._episodes[e] = (image, actions)
+        if image.shape[0] != self._lengths[e]:  # a video's decoded length can differ from its counted one
+            raise EpisodeFormatError(f"{self.files[e]}: decoded {image.shape[0]} frames, but {self._lengths[e]} "
+                                     f"were counted when the dataset was indexed")
         return image, actions
 
     def __len__(self) -> int:
