@@ -125,10 +125,18 @@ def sample_frame(model, cache, action: torch.Tensor, shape: tuple, steps: int = 
     ``model`` is anything with ``step(frame, level, action, cache) -> (v_pred, cache_after)``.
     Returns the clean frame (B, C, H, W) and the cache after committing it.
     """
+    x0 = denoise_frame(model, cache, action, shape, steps, generator, device)
+    return x0, commit_frame(model, cache, x0, action, context_noise_level, generator)
+
+
+def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, steps: int = 8,
+                  generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """DDIM from pure noise to a clean frame (B, C, H, W) against ``cache``, which is left untouched."""
     b = shape[0]
-    x = torch.randn(shape, generator=generator).to(device)
+    params = getattr(model, "parameters", None)
+    dtype = next(params()).dtype if params is not None else torch.float32  # fp64 models sample in fp64
+    x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     ts = torch.linspace(1.0, 0.0, steps + 1)
-    x0 = x
     for i in range(steps):
         t = torch.full((b,), float(ts[i]), device=device)
         v, _ = model.step(x, t, action, cache)
@@ -136,11 +144,18 @@ def sample_frame(model, cache, action: torch.Tensor, shape: tuple, steps: int = 
         x0 = x0.clamp(-1.0, 1.0)
         a, s = alpha_sigma(torch.full((b,), float(ts[i + 1]), device=device))
         x = _bc(a, x) * x0 + _bc(s, x) * eps
-    x0 = x  # at t = 0 the last DDIM step returns x0 exactly
-    level = torch.full((b,), float(context_noise_level), device=device)
-    commit = add_noise(x0, level, torch.randn(shape, generator=generator).to(device)) if context_noise_level > 0 else x0
-    _, cache = model.step(commit, level, action, cache)
-    return x0, cache
+    return x  # at t = 0 the last DDIM step returns x0 exactly
+
+
+def commit_frame(model, cache, frame: torch.Tensor, action: torch.Tensor, context_noise_level: float = 0.0,
+                 generator: torch.Generator | None = None):
+    """The cache after ``frame`` (B, C, H, W), labelled with (and noised to) the stabilization level."""
+    b = frame.shape[0]
+    level = torch.full((b,), float(context_noise_level), device=frame.device)
+    if context_noise_level > 0:
+        frame = add_noise(frame, level, torch.randn(frame.shape, generator=generator).to(frame.device))
+    _, cache = model.step(frame, level, action, cache)
+    return cache
 
 
 @torch.no_grad()
@@ -160,12 +175,16 @@ def prefill(model, context_frames: torch.Tensor, context_actions: torch.Tensor, 
 def rollout(model, context_frames: torch.Tensor, context_actions: torch.Tensor, future_actions: torch.Tensor,
             steps: int = 8, context_noise_level: float = 0.0, generator: torch.Generator | None = None,
             on_frame: Callable[[int, torch.Tensor], None] | None = None, keep: bool = True,
-            progress: bool = False) -> torch.Tensor | None:
+            progress: bool = False, teacher_frames: torch.Tensor | None = None) -> torch.Tensor | None:
     """Generate ``M = future_actions.shape[1]`` frames after a context of N frames.
 
     context_frames: (B, N, C, H, W) in [-1, 1]; context_actions: (B, N); future_actions: (B, M).
     The state is fixed-size, so memory does not grow with M (with ``keep=False`` not even the outputs are
     kept; use ``on_frame(i, frame)`` to stream them). Returns (B, M, C, H, W) when ``keep``.
+
+    ``teacher_frames`` (B, M, C, H, W): commit these true frames instead of the generated ones, so every frame
+    is a one-step-ahead prediction from the true history (teacher forcing: how well the model predicts, apart
+    from how its own errors compound).
     """
     from tqdm import tqdm
 
@@ -173,8 +192,9 @@ def rollout(model, context_frames: torch.Tensor, context_actions: torch.Tensor, 
     shape = (context_frames.shape[0],) + tuple(context_frames.shape[2:])
     out = []
     for i in tqdm(range(future_actions.shape[1]), desc="rollout", unit="frame", disable=not progress):
-        frame, cache = sample_frame(model, cache, future_actions[:, i], shape, steps, context_noise_level,
-                                    generator, context_frames.device)
+        frame = denoise_frame(model, cache, future_actions[:, i], shape, steps, generator, context_frames.device)
+        cache = commit_frame(model, cache, frame if teacher_frames is None else teacher_frames[:, i].to(frame),
+                             future_actions[:, i], context_noise_level, generator)
         if on_frame is not None:
             on_frame(i, frame)
         if keep:

@@ -15,11 +15,11 @@ from .video import side_by_side, to_uint8, upscale, write_video
 
 def episode_rollout(model, episode: dict, context: int, frames: int, steps: int = 8, start: int = 0,
                     context_noise_level: float = 0.0, seed: int = 0, device="cpu", progress: bool = False,
-                    codec=None):
+                    codec=None, teacher_forcing: bool = False):
     """Context = episode frames [start, start+context); generate the next ``frames`` with the episode's actions.
 
     ``codec`` (see :func:`lssvwm.models.autoencoder.frame_codec`) maps pixels to what the model works on and back;
-    None = pixels. Returns pixels: (context (N,C,H,W), ground truth (M,C,H,W), prediction (M,C,H,W)).
+    None = pixels. ``teacher_forcing``: each frame is predicted from the true frames before it (see ``rollout``). Returns pixels: (context (N,C,H,W), ground truth (M,C,H,W), prediction (M,C,H,W)).
     """
     video, actions = episode["frames"], episode["actions"]
     total = video.shape[0]
@@ -33,7 +33,9 @@ def episode_rollout(model, episode: dict, context: int, frames: int, steps: int 
     gen = torch.Generator().manual_seed(seed)
     pred = rollout(model, codec.encode(ctx[None].to(device)), actions[None, start:start + context].to(device),
                    actions[None, start + context:start + context + frames].to(device), steps=steps,
-                   context_noise_level=context_noise_level, generator=gen, progress=progress)
+                   context_noise_level=context_noise_level, generator=gen, progress=progress,
+                   teacher_frames=codec.encode(video[None, start + context:start + context + frames].to(device))
+                   if teacher_forcing else None)
     gt = video[start + context:start + context + frames]
     return ctx, gt, codec.decode(pred)[0].cpu()
 

@@ -137,3 +137,28 @@ def test_rollout_state_is_constant_size():
         sizes.append(cache.nbytes())
     assert cache.frames == 44 and len(set(sizes)) == 1
     assert math.isfinite(out.abs().max().item())
+
+
+def test_teacher_forced_rollout_is_one_step_ahead_prediction():
+    """With teacher frames, frame i is predicted from the true context + true frames 0..i-1, exactly as a fresh
+    rollout from that longer context would predict it; without them, the model's own frames are committed."""
+    from lssvwm.diffusion import denoise_frame, prefill
+
+    torch.manual_seed(0)
+    model = WorldModel(model_preset("tiny")).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    video = torch.rand(1, 8, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    acts = torch.randint(0, 6, (1, 8), generator=g)
+    tf = rollout(model, video[:, :4], acts[:, :4], acts[:, 4:], steps=2, teacher_frames=video[:, 4:],
+                 generator=torch.Generator().manual_seed(7))
+    free = rollout(model, video[:, :4], acts[:, :4], acts[:, 4:], steps=2, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    for i in range(4):
+        cache = prefill(model, video[:, :4 + i], acts[:, :4 + i])
+        ref = denoise_frame(model, cache, acts[:, 4 + i], (1, 3, 16, 16), 2, gen).to(torch.float64)
+        torch.testing.assert_close(tf[:, i].double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(tf[:, 0], free[:, 0])  # the first frame has the same history either way
+    assert (tf[:, 1:] - free[:, 1:]).abs().max() > 1e-3

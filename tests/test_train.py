@@ -172,6 +172,6 @@ def test_demo_path_end_to_end(tmp_path):
 
     m = run_demo(out=str(tmp_path / "demo"), minutes=0.05, preset="tiny", episodes=4, steps_per_episode=160,
                  context=8, frames=8)
-    for name in ("rollout.mp4", "rollout.gif", "loss.png", "metrics.json"):
+    for name in ("rollout.mp4", "rollout.gif", "next_frame.gif", "loss.png", "metrics.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 500
-    assert len(m["psnr_per_frame"]) == 8 and "baseline_repeat_last_frame" in m
+    assert len(m["psnr_per_frame"]) == 8 and "baseline_repeat_last_frame" in m and "teacher_forced" in m
