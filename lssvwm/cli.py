@@ -39,19 +39,8 @@ def _train_ae(a):
     from .config import ae_config_from_dict, autoencoder_preset, load_ae_config
     from .train_ae import train_autoencoder
 
-    config = a.config
-    if not config and a.resume and a.out and (Path(a.out) / "config.yaml").exists():
-        config = Path(a.out) / "config.yaml"
-    base = load_ae_config(config).to_dict() if config else {}
-    if a.preset or not config:
-        base["autoencoder"] = autoencoder_preset(a.preset or "memory-maze").__dict__.copy()
-    for section, values in _parse_sets(a.set).items():
-        base.setdefault(section, {}).update(values)
-    base.setdefault("train", {})
-    if a.data:
-        base["train"]["data"] = a.data
-    if a.out:
-        base["train"]["out"] = a.out
+    base = _layered_config(a, load_ae_config, "autoencoder", bool(a.preset),
+                           lambda: autoencoder_preset(a.preset or "memory-maze").__dict__.copy())
     run = train_autoencoder(ae_config_from_dict(base), resume=a.resume, progress=not a.no_progress)
     print(f"run: {run}")
 
@@ -110,24 +99,32 @@ def _parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def build_run_config(a):
-    """--config (or, with --resume, the run's own config.yaml; else defaults), then --preset/--variant
-    (replace the model), then --set, --data, --out."""
-    from .config import config_from_dict, load_config, model_preset
-
+def _layered_config(a, load, section: str, preset_given: bool, preset) -> dict:
+    """--config (or, with --resume, the run's own config.yaml; else defaults), then the preset replaces
+    ``section`` when given (or when there is no config), then --set, --data, --out. Returns a plain dict."""
     config = a.config
     if not config and getattr(a, "resume", False) and a.out and (Path(a.out) / "config.yaml").exists():
         config = Path(a.out) / "config.yaml"
-    base = load_config(config).to_dict() if config else {}
-    if a.preset or a.variant or not config:
-        base["model"] = model_preset(a.preset or "small", a.variant or "hybrid").__dict__.copy()
-    for section, values in _parse_sets(a.set).items():
-        base.setdefault(section, {}).update(values)
+    base = load(config).to_dict() if config else {}
+    if preset_given or not config:
+        base[section] = preset()
+    for name, values in _parse_sets(a.set).items():
+        base.setdefault(name, {}).update(values)
     base.setdefault("train", {})
     if a.data:
         base["train"]["data"] = a.data
     if a.out:
         base["train"]["out"] = a.out
+    return base
+
+
+def build_run_config(a):
+    """--config (or, with --resume, the run's own config.yaml; else defaults), then --preset/--variant
+    (replace the model), then --set, --data, --out."""
+    from .config import config_from_dict, load_config, model_preset
+
+    base = _layered_config(a, load_config, "model", bool(a.preset or a.variant),
+                           lambda: model_preset(a.preset or "small", a.variant or "hybrid").__dict__.copy())
     if getattr(a, "skip_bad_files", False):
         base["train"]["skip_bad_files"] = True
     return config_from_dict(base)
@@ -155,7 +152,8 @@ def _generate(a):
     ep = ds.episode(a.episode)
     ctx, gt, pred = episode_rollout(model, ep, a.context, a.frames, a.steps or cfg.diffusion.sampling_steps,
                                     start=a.start, context_noise_level=cfg.diffusion.context_noise_level,
-                                    seed=a.seed, progress=True, codec=frame_codec(cfg))
+                                    seed=a.seed, progress=True, codec=frame_codec(cfg),
+                                    teacher_forcing=a.teacher_forcing)
     if gt.shape[0] == pred.shape[0]:
         video = comparison_video(ctx, gt, pred)
         metrics = frame_metrics(gt, pred)
@@ -282,6 +280,8 @@ def main(argv=None):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--out", default="rollout.mp4")
+    g.add_argument("--teacher-forcing", action="store_true",
+                   help="predict each frame from the true frames before it (one step ahead), not from its own")
     g.set_defaults(fn=_generate)
 
     ev = sub.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_cmd", required=True)

@@ -172,10 +172,11 @@ class DiffusionConfig:
 
 
 @dataclass
-class TrainConfig:
+class LoopConfig:
+    """What every training loop here takes (world model and autoencoder): data, optimisation, checkpoints."""
     data: str = "data/maze"
     out: str = "runs/demo"
-    clip_len: int = 16
+    data_layout: str = "auto"  # auto | episodes (npz) | teco (Minecraft mp4+npz) | videos (your mp4 + actions)
     batch_size: int = 8
     steps: int = 1000
     max_minutes: float = 0.0  # > 0: stop after this wall-clock time (checkpoint written)
@@ -189,11 +190,15 @@ class TrainConfig:
     val_fraction: float = 0.1
     autocast: str = "auto"  # auto: bf16 on CUDA and CPU; none: fp32
     ckpt_every: int = 200
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    clip_len: int = 16
     sample_every: int = 0  # > 0: write a rollout video every N steps
     nan_policy: str = "stop"  # stop | skip
     num_workers: int = 0  # DataLoader worker processes
     skip_bad_files: bool = False  # skip (and count) unreadable episode files instead of stopping
-    data_layout: str = "auto"  # auto | episodes (npz) | teco (Minecraft mp4+npz) | videos (your mp4 + actions)
     autoencoder: str = ""  # a `lssvwm train-ae` run: the world model trains on its latents (model.channels etc.)
 
 
@@ -310,22 +315,11 @@ AUTOENCODER_PRESETS = {
 
 
 @dataclass
-class AETrainConfig:
-    data: str = "data/maze"
+class AETrainConfig(LoopConfig):
     out: str = "runs/ae"
-    data_layout: str = "auto"
     batch_size: int = 32
     steps: int = 2000
-    max_minutes: float = 0.0
-    lr: float = 1e-3
-    warmup: int = 50
-    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    val_fraction: float = 0.1
-    autocast: str = "auto"
     ckpt_every: int = 500
 
 

@@ -161,6 +161,11 @@ def test_cli_train_and_generate(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert len(metrics["psnr_per_frame"]) == 6 and out.stat().st_size > 1000
+    r = subprocess.run([sys.executable, "-m", "lssvwm", "generate", "--ckpt", str(run), "--data", str(tiny_data),
+                        "--context", "8", "--frames", "6", "--out", str(tmp_path / "tf.mp4"), "--teacher-forcing"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "tf.json").read_text())["psnr"] != metrics["psnr"]
     r = subprocess.run([sys.executable, "-m", "lssvwm", "generate", "--ckpt", str(tmp_path), "--data",
                         str(tiny_data)], capture_output=True, text=True)
     assert r.returncode == 2 and "no checkpoint here" in r.stderr
