@@ -59,6 +59,9 @@ class ModelConfig:
     # Not from the paper (DIAMOND-style): each frame's tokens also embed the previous input frame's patches at the
     # same place, a direct path for "copy and shift what was there" that attention otherwise has to learn.
     prev_frame: bool = False
+    # Not from the paper (U-ViT's "extra 3x3 conv" after the linear patch decoder): a residual 3x3 convolution on
+    # each predicted frame, zero-initialised, which can smooth the seams between patches.
+    final_conv: bool = False
 
     def layer_specs(self) -> list[LayerSpec]:
         out = []

@@ -215,3 +215,17 @@ def test_prev_frame_zero_init_changes_nothing_until_trained():
         torch.testing.assert_close(prev(x, lv, a)[0], y, rtol=0, atol=0)
         prev.prev_patch.weight.add_(0.05 * torch.randn_like(prev.prev_patch.weight))
         assert (prev(x, lv, a)[0] - y)[:, 1:].abs().max() > 1e-4
+
+
+def test_final_conv_parallel_equals_step_and_starts_as_identity():
+    m = make("hybrid", torch.float64, final_conv=True)
+    x, lv, a = clip()
+    with torch.no_grad():
+        y, _ = m(x, lv, a)
+        cache, ys = m.empty_cache(), []
+        for t in range(x.shape[1]):
+            yt, cache = m.step(x[:, t], lv[:, t], a[:, t], cache)
+            ys.append(yt)
+    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-10, atol=1e-10)
+    fresh = WorldModel(model_preset("tiny", final_conv=True))
+    assert torch.all(fresh.final_conv.weight == 0) and torch.all(fresh.final_conv.bias == 0)

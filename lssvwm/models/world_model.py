@@ -142,6 +142,7 @@ class WorldModel(nn.Module):
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out = nn.Linear(d, p * p * cfg.channels)
+        self.final_conv = nn.Conv2d(cfg.channels, cfg.channels, 3, padding=1) if cfg.final_conv else None
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self._init_weights()
 
@@ -155,7 +156,8 @@ class WorldModel(nn.Module):
         for blk in self.blocks:
             nn.init.zeros_(blk.adaLN[1].weight)
             nn.init.zeros_(blk.adaLN[1].bias)
-        for m in (self.final_adaLN[1], self.out) + ((self.prev_patch,) if self.prev_patch is not None else ()):
+        extra = tuple(m for m in (self.prev_patch, self.final_conv) if m is not None)
+        for m in (self.final_adaLN[1], self.out) + extra:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         nn.init.normal_(self.cond.level_mlp[0].weight, std=0.02)
@@ -193,6 +195,8 @@ class WorldModel(nn.Module):
         out = self.out(modulate(self.final_norm(tokens), shift, scale))  # (B, T, h, w, p*p*C)
         p = self.cfg.patch_size
         out = rearrange(out, "b t h w (p q c) -> b t c (h p) (w q)", p=p, q=p, c=ch)
+        if self.final_conv is not None:  # per frame: no mixing across time
+            out = out + self.final_conv(out.flatten(0, 1)).unflatten(0, (b, t))
         last = x[:, -1].detach() if self.prev_patch is not None else None
         return out, WorldCache(tuple(new_layers), cache.frames + t, last)
 
