@@ -309,6 +309,14 @@ class AutoencoderConfig:
         if self.kl_weight < 0:
             raise ConfigError(f"autoencoder.kl_weight must be >= 0, got {self.kl_weight!r}")
 
+    def latent_shape(self, h: int, w: int, c: int) -> tuple[int, int, int]:
+        """(h, w, c) of the latents of (h, w, c) frames; a ConfigError when these frames do not fit."""
+        if c != self.channels or h % self.downsample or w % self.downsample:
+            raise ConfigError(f"data frames are {h}x{w}x{c}, but the autoencoder takes {self.channels} channels and "
+                              f"frame sizes divisible by {self.downsample} (autoencoder.channels, "
+                              f"autoencoder.downsample)")
+        return h // self.downsample, w // self.downsample, self.latent_channels
+
 
 AUTOENCODER_PRESETS = {
     "tiny": dict(width=16, downsample=4),

@@ -79,9 +79,8 @@ class DreamEnv(gym.Env):
             self.action_space = gym.spaces.Box(-np.inf, np.inf, (m.action_dim,), np.float32)
         else:
             self.action_space = gym.spaces.Discrete(m.num_actions)
-        size = m.frame_size * (self.codec.ae.cfg.downsample if hasattr(self.codec, "ae") else 1)
-        channels = self.codec.ae.cfg.channels if hasattr(self.codec, "ae") else m.channels
-        self.observation_space = gym.spaces.Box(0, 255, (size, size, channels), np.uint8)
+        channels, h, w = self.codec.pixel_shape(m)
+        self.observation_space = gym.spaces.Box(0, 255, (h, w, channels), np.uint8)
         self.cache = None
         self.recording: Recording | None = None
 

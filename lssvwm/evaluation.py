@@ -66,13 +66,12 @@ def make_world(world: str, size: int, resolution: int, steps: int):
     if world == "maze":
         return MazeEnv(size=size, resolution=resolution, max_steps=steps)
     if world.startswith("memory-maze-"):
-        from .data.memory_maze import MAZES, MemoryMazeEnv
+        from .data.memory_maze import MemoryMazeEnv, check_maze
 
         maze = world[len("memory-maze-"):]
         if resolution != 64:
             raise ValueError(f"the real Memory Maze renders 64x64 frames, not {resolution}x{resolution}")
-        if steps > MAZES.get(maze, 0):
-            raise ValueError(f"{world}: episodes end after {MAZES.get(maze)} steps, the task needs {steps}")
+        check_maze(maze, steps)
         return MemoryMazeEnv(maze)
     raise ValueError(f"world must be 'maze' or 'memory-maze-<9x9|11x11|13x13|15x15>', got {world!r}")
 
@@ -205,9 +204,7 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
         name = Path(c).name if (Path(c) / "checkpoints").exists() else f"{Path(c).parent.parent.name}/{Path(c).name}"
         codec = frame_codec(cfg, device)
         models.append((name, model, cfg, codec))
-    # pixel resolution: the model's frame size, times the autoencoder's downsampling for latent models
-    res = {cfg.model.frame_size * (codec.ae.cfg.downsample if hasattr(codec, "ae") else 1)
-           for _, _, cfg, codec in models}
+    res = {codec.pixel_shape(cfg.model)[-1] for _, _, cfg, codec in models}  # pixels, also for latent models
     if len(res) != 1:
         raise ValueError(f"checkpoints have different frame sizes {sorted(res)}; compare models of one resolution")
     resolution = res.pop()

@@ -19,7 +19,8 @@ def episode_rollout(model, episode: dict, context: int, frames: int, steps: int 
     """Context = episode frames [start, start+context); generate the next ``frames`` with the episode's actions.
 
     ``codec`` (see :func:`lssvwm.models.autoencoder.frame_codec`) maps pixels to what the model works on and back;
-    None = pixels. ``teacher_forcing``: each frame is predicted from the true frames before it (see ``rollout``). Returns pixels: (context (N,C,H,W), ground truth (M,C,H,W), prediction (M,C,H,W)).
+    None = pixels. ``teacher_forcing``: each frame is predicted from the true frames before it (see ``rollout``).
+    Returns pixels: (context (N,C,H,W), ground truth (M,C,H,W), prediction (M,C,H,W)).
     """
     video, actions = episode["frames"], episode["actions"]
     total = video.shape[0]

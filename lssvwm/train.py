@@ -74,11 +74,10 @@ def check_data_matches(cfg: RunConfig, ds: EpisodeWindows, codec=None) -> None:
     m = cfg.model
     ae = getattr(codec, "ae", None)
     if ae is not None:
-        f, ac = ae.cfg.downsample, ae.cfg
-        if c != ac.channels or h % f or w % f:
-            raise ConfigError(f"data frames are {h}x{w}x{c} but the autoencoder {cfg.train.autoencoder} takes "
-                              f"{ac.channels} channels and frame sizes divisible by {f}")
-        h, w, c = h // f, w // f, ac.latent_channels
+        try:
+            h, w, c = ae.cfg.latent_shape(h, w, c)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; autoencoder: {cfg.train.autoencoder}") from e
         what = f"the autoencoder's latents are {h}x{w}x{c}"
     else:
         what = f"data frames are {h}x{w}x{c}"

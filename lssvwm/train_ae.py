@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_checkpoint
-from .config import AERunConfig, ConfigError
+from .config import AERunConfig
 from .data.dataset import EpisodeWindows
 from .metrics import psnr
 from .models.autoencoder import Autoencoder
@@ -51,10 +51,8 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, progress: bool = T
     run = Path(t.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ds = EpisodeWindows(t.data, 1, "train", t.val_fraction, layout=t.data_layout)
-    h, w, c = ds.frame_shape
-    if c != a.channels or h % a.downsample or w % a.downsample:
-        raise ConfigError(f"data frames are {h}x{w}x{c}: need autoencoder.channels={c} and a frame size divisible "
-                          f"by autoencoder.downsample={a.downsample}")
+    h, w, _ = ds.frame_shape
+    lh, lw, lc = a.latent_shape(*ds.frame_shape)
     amp = autocast_dtype(cfg, device)
     torch.manual_seed(t.seed)
     model = Autoencoder(a).to(device)
@@ -62,7 +60,7 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, progress: bool = T
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.yaml")
     print(f"lssvwm train-ae: {run} | {model.num_params() / 1e6:.2f}M params | {len(ds)} frames {h}x{w} -> latents "
-          f"{a.latent_channels}x{h // a.downsample}x{w // a.downsample} | device {device} | autocast {amp}\n"
+          f"{lc}x{lh}x{lw} | device {device} | autocast {amp}\n"
           f"{cfg.to_yaml()}", flush=True)
     calib = _frames(ds, 256).to(device)
     val_ds = EpisodeWindows(t.data, 1, "val", t.val_fraction, layout=t.data_layout)

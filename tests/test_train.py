@@ -165,7 +165,11 @@ def test_cli_train_and_generate(tiny_data, tmp_path):
                         "--context", "8", "--frames", "6", "--out", str(tmp_path / "tf.mp4"), "--teacher-forcing"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "tf.json").read_text())["psnr"] != metrics["psnr"]
+    tf = json.loads((tmp_path / "tf.json").read_text())
+    # the first generated frame has the same (true) history either way; later ones differ only once the model
+    # uses its history, which a 4-step model may not yet do (test_diffusion checks teacher forcing exactly)
+    assert len(tf["psnr_per_frame"]) == 6 and tf["psnr_per_frame"][0] == metrics["psnr_per_frame"][0]
+    assert (tmp_path / "tf.mp4").stat().st_size > 1000
     r = subprocess.run([sys.executable, "-m", "lssvwm", "generate", "--ckpt", str(tmp_path), "--data",
                         str(tiny_data)], capture_output=True, text=True)
     assert r.returncode == 2 and "no checkpoint here" in r.stderr

@@ -16,6 +16,15 @@ def make(variant, dtype=torch.float64, seed=0, **kw):
     return m.eval()
 
 
+def stepwise(m, x, lv, a):
+    """The cached path, one frame at a time from an empty cache: (outputs (B, T, ...), final cache)."""
+    cache, ys = m.empty_cache(), []
+    for t in range(x.shape[1]):
+        yt, cache = m.step(x[:, t], lv[:, t], a[:, t], cache)
+        ys.append(yt)
+    return torch.stack(ys, 1), cache
+
+
 def clip(b=2, t=7, dtype=torch.float64, seed=1):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, t, 3, 16, 16, generator=g, dtype=dtype), torch.rand(b, t, generator=g, dtype=dtype),
@@ -29,12 +38,9 @@ def test_parallel_equals_step(variant, dtype, tol):
     x, lv, a = clip(dtype=dtype)
     with torch.no_grad():
         y, cache_par = m(x, lv, a)
-        cache, ys = m.empty_cache(), []
-        for t in range(x.shape[1]):
-            yt, cache = m.step(x[:, t], lv[:, t], a[:, t], cache)
-            ys.append(yt)
+        ys, cache = stepwise(m, x, lv, a)
     assert y.abs().mean() > 1e-2
-    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=tol, atol=tol)
+    torch.testing.assert_close(ys, y, rtol=tol, atol=tol)
     assert cache.frames == cache_par.frames == 7 and cache.nbytes() == cache_par.nbytes()
 
 
@@ -187,11 +193,8 @@ def test_prev_frame_input_parallel_equals_step_and_is_causal(dtype, tol):
     x, lv, a = clip(dtype=dtype)
     with torch.no_grad():
         y, _ = m(x, lv, a)
-        cache, ys = m.empty_cache(), []
-        for t in range(x.shape[1]):
-            yt, cache = m.step(x[:, t], lv[:, t], a[:, t], cache)
-            ys.append(yt)
-        torch.testing.assert_close(torch.stack(ys, 1), y, rtol=tol, atol=tol)
+        ys, cache = stepwise(m, x, lv, a)
+        torch.testing.assert_close(ys, y, rtol=tol, atol=tol)
         # prefill + continuation carries the last frame across the cut
         _, c3 = m(x[:, :3], lv[:, :3], a[:, :3])
         y2, _ = m(x[:, 3:], lv[:, 3:], a[:, 3:], c3)
@@ -222,10 +225,7 @@ def test_final_conv_parallel_equals_step_and_starts_as_identity():
     x, lv, a = clip()
     with torch.no_grad():
         y, _ = m(x, lv, a)
-        cache, ys = m.empty_cache(), []
-        for t in range(x.shape[1]):
-            yt, cache = m.step(x[:, t], lv[:, t], a[:, t], cache)
-            ys.append(yt)
-    torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-10, atol=1e-10)
+        ys, cache = stepwise(m, x, lv, a)
+    torch.testing.assert_close(ys, y, rtol=1e-10, atol=1e-10)
     fresh = WorldModel(model_preset("tiny", final_conv=True))
     assert torch.all(fresh.final_conv.weight == 0) and torch.all(fresh.final_conv.bias == 0)

@@ -69,27 +69,25 @@ class EpisodeWindows(Dataset):
         self._lengths: list[int] = []
         self.index: list[tuple[int, int]] = []
         shapes = set()
-        probed = []
-        for f in files:  # cheap: headers, action files and frame counts
+
+        def attempt(read, f):
+            """``read(f)``, or None after recording the file as bad (with ``skip_bad``)."""
             try:
-                shape, actions, width = self._probe(f)
+                return read(f)
             except EpisodeFormatError as e:
                 if not skip_bad:
                     raise
                 self.bad_files.append((f, str(e)))
-                continue
-            probed.append((f, shape, actions, width))
-        total_gb = sum(int(np.prod(shape)) for _, shape, _, _ in probed) / 2**30
+                return None
+
+        probed = [(f, p) for f in files if (p := attempt(self._probe, f)) is not None]  # headers, counts
+        total_gb = sum(int(np.prod(shape)) for _, (shape, _, _) in probed) / 2**30
         self.cache = total_gb <= max_cache_gb if cache is None else cache
-        for f, shape, actions, width in probed:
+        for f, (shape, actions, width) in probed:
             if self.cache:  # decode and fully check every file now, before training starts
-                try:
-                    image, actions, width = self._read(f)
-                except EpisodeFormatError as e:
-                    if not skip_bad:
-                        raise
-                    self.bad_files.append((f, str(e)))
+                if (read := attempt(self._read, f)) is None:
                     continue
+                image, actions, width = read
                 shape = image.shape
             if shape[0] < length:
                 raise EpisodeFormatError(f"{f}: episode has {shape[0]} frames, shorter than the window "
@@ -142,11 +140,11 @@ class EpisodeWindows(Dataset):
         if e in self._episodes:
             return self._episodes[e]
         image, actions, _ = self._read(self.files[e])
-        if self.cache:
-            self._episodes[e] = (image, actions)
         if image.shape[0] != self._lengths[e]:  # a video's decoded length can differ from its counted one
             raise EpisodeFormatError(f"{self.files[e]}: decoded {image.shape[0]} frames, but {self._lengths[e]} "
                                      f"were counted when the dataset was indexed")
+        if self.cache:
+            self._episodes[e] = (image, actions)
         return image, actions
 
     def __len__(self) -> int:

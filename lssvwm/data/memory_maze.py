@@ -41,10 +41,17 @@ def _tasks():
     return tasks
 
 
-def make_env(maze: str = "9x9", seed: int | None = None):
-    """The dm_env ``MemoryMaze-<maze>-ExtraObs`` environment. Equal seeds give equal mazes, targets and start."""
+def check_maze(maze: str, steps: int | None = None) -> None:
+    """A ValueError unless ``maze`` is a Memory Maze size and ``steps`` (if given) fit in its time limit."""
     if maze not in MAZES:
         raise ValueError(f"maze must be one of {list(MAZES)}, got {maze!r}")
+    if steps is not None and not 1 <= steps <= MAZES[maze]:
+        raise ValueError(f"steps must be in [1, {MAZES[maze]}] for a {maze} maze (its time limit), got {steps}")
+
+
+def make_env(maze: str = "9x9", seed: int | None = None):
+    """The dm_env ``MemoryMaze-<maze>-ExtraObs`` environment. Equal seeds give equal mazes, targets and start."""
+    check_maze(maze)
     tasks = _tasks()
     return getattr(tasks, f"memory_maze_{maze}")(global_observables=True, seed=seed)
 
@@ -52,15 +59,15 @@ def make_env(maze: str = "9x9", seed: int | None = None):
 class MemoryMazeEnv:
     """Memory Maze with the interface of :class:`~lssvwm.data.maze.MazeEnv` (Gymnasium-style ``reset``/``step``,
     ``pos``, ``angle``, ``layout`` with 1 = wall and a wall border, ``cell()``; ``pos = agent_pos + 1`` in that
-    bordered grid), so the exploration policy and the memory task builders run in it unchanged. ``reset(seed=s)`` rebuilds the maze of seed ``s`` (or of
-    ``options["maze_seed"]``): equal seeds give equal mazes, targets and start poses."""
+    bordered grid), so the exploration policy and the memory task builders run in it unchanged.
+    ``reset(seed=s)`` rebuilds the maze of seed ``s`` (or of ``options["maze_seed"]``): equal seeds give equal
+    mazes, targets and start poses."""
 
     right_turn_increases_angle = False  # angles are counter-clockwise, y up
     turn_step = np.deg2rad(18.3)  # measured: one "left"/"right" step turns ~18.3 degrees once rolling
 
     def __init__(self, maze: str = "9x9"):
-        if maze not in MAZES:
-            raise ValueError(f"maze must be one of {list(MAZES)}, got {maze!r}")
+        check_maze(maze)
         self.maze, self.max_steps = maze, MAZES[maze]
         self._env = None
 
@@ -97,8 +104,7 @@ class MemoryMazeEnv:
 def generate_episode(seed: int, steps: int, maze: str = "9x9", maze_seed: int | None = None) -> dict:
     """``steps`` steps of the exploration policy in the maze of ``maze_seed`` (else ``seed``); the policy's
     choices come from ``seed``. Returns the arrays of one offline-dataset file."""
-    if not 1 <= steps <= MAZES.get(maze, 0):
-        raise ValueError(f"steps must be in [1, {MAZES.get(maze)}] for a {maze} maze (its time limit), got {steps}")
+    check_maze(maze, steps)
     env = MemoryMazeEnv(maze)
     obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
     policy = ExplorationPolicy(env, np.random.default_rng(seed))
@@ -130,8 +136,7 @@ def generate_dataset(out: str | os.PathLike, episodes: int, steps: int = 1000, m
     """Like :func:`lssvwm.data.episodes.generate_dataset` (resumable, atomic, per-episode seeds), in the real
     Memory Maze. ``mazes=K``: episode i runs in fixed maze ``i % K``."""
     _tasks()  # fail early, with the install hint
-    if not 1 <= steps <= MAZES.get(maze, 0):
-        raise ValueError(f"steps must be in [1, {MAZES.get(maze)}] for a {maze} maze (its time limit), got {steps}")
+    check_maze(maze, steps)
     meta = {"generator": "memory_maze", "format_version": FORMAT_VERSION, "seed": seed, "episodes": episodes,
             "steps": steps, "frames_per_episode": steps + 1, "maze": maze, "mazes": mazes, "resolution": 64,
             "action_names": list(ACTION_NAMES), "maze_layout": "1 = free, maze_layout[y, x], y up"}

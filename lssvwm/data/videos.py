@@ -56,10 +56,8 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
 
             with imageio.get_reader(path, format="ffmpeg") as r:
                 frames = np.stack([np.asarray(f) for f in r])
-    except EpisodeFormatError:
-        raise
     except Exception as e:  # noqa: BLE001 - decoders raise many types; all mean "unreadable"
-        raise EpisodeFormatError(f"{path}: unreadable video (corrupt or not an mp4?): {type(e).__name__}: {e}") from e
+        raise _unreadable(path, e) from e
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise EpisodeFormatError(f"{path}: expected RGB frames (T, H, W, 3), decoded {frames.shape}")
@@ -89,16 +87,26 @@ def probe_video(path: str | os.PathLike) -> tuple[int, int, int]:
             w, h = r.get_meta_data()["size"]
         n, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     except Exception as e:  # noqa: BLE001
-        raise EpisodeFormatError(f"{path}: unreadable video (corrupt or not an mp4?): {type(e).__name__}: {e}") from e
+        raise _unreadable(path, e) from e
     return int(n), int(h), int(w)
+
+
+def _unreadable(path: Path, e: Exception) -> EpisodeFormatError:
+    return EpisodeFormatError(f"{path}: unreadable video (corrupt or not an mp4?): {type(e).__name__}: {e}")
+
+
+def _actions(video: str | os.PathLike, layout: str):
+    """(raw actions, their file, the aligner for ``layout``), read before any video decoding."""
+    if layout not in ("teco", "videos"):
+        raise ValueError(f"layout must be 'teco' or 'videos', got {layout!r}")
+    afile = action_file(video)
+    return read_actions(afile), afile, teco_actions if layout == "teco" else own_actions
 
 
 def probe_video_episode(video: str | os.PathLike, layout: str) -> tuple[tuple, np.ndarray]:
     """((T, H, W, 3), aligned actions) of a video episode, without decoding its frames into memory."""
-    afile = action_file(video)
-    raw = read_actions(afile)
+    raw, afile, align = _actions(video, layout)
     n, h, w = probe_video(video)
-    align = teco_actions if layout == "teco" else own_actions
     return (n, h, w, 3), align(raw, n, afile)
 
 
@@ -174,13 +182,8 @@ def own_actions(raw: np.ndarray, n_frames: int, path) -> np.ndarray:
 
 def load_video_episode(video: str | os.PathLike, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """One video and its actions -> (image (T, H, W, 3) uint8, actions (T,) int64 ids or (T, A) float32)."""
-    if layout not in ("teco", "videos"):
-        raise ValueError(f"layout must be 'teco' or 'videos', got {layout!r}")
-    video = Path(video)
-    afile = action_file(video)
-    raw = read_actions(afile)
+    raw, afile, align = _actions(video, layout)
     image = read_video(video)
-    align = teco_actions if layout == "teco" else own_actions
     return image, align(raw, image.shape[0], afile)
 
 

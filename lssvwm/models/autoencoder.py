@@ -144,12 +144,21 @@ class PixelCodec:
     def decode(self, frames):
         return frames
 
+    def pixel_shape(self, model_cfg) -> tuple[int, int, int]:
+        """(C, H, W) of the frames a model with this ``ModelConfig`` shows."""
+        return model_cfg.channels, model_cfg.frame_size, model_cfg.frame_size
+
 
 class LatentCodec:
     """Frames <-> latents of a frozen autoencoder, in chunks (so long videos fit in memory)."""
 
     def __init__(self, ae: Autoencoder, chunk: int = 64):
         self.ae, self.chunk = ae.eval().requires_grad_(False), chunk
+
+    def pixel_shape(self, model_cfg) -> tuple[int, int, int]:
+        """(C, H, W) of the decoded frames of a model whose frames are this autoencoder's latents."""
+        size = model_cfg.frame_size * self.ae.cfg.downsample
+        return self.ae.cfg.channels, size, size
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, C, H, W) or (T, C, H, W)
