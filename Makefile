@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lssvwm demo --out runs/demo --minutes $${DEMO_MINUTES:-10}
+	$(BIN)/lssvwm demo --out runs/demo --minutes $${DEMO_MINUTES:-14}
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -374,12 +374,93 @@ def bench_recall() -> dict:
     return res
 
 
+# -- GPU (needs CUDA; not part of `make bench`) -------------------------------------------------------------
+def _cuda_time(fn, reps: int = 10) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / reps
+
+
+def bench_gpu() -> dict:
+    """SSD scan (FLA kernel vs the torch chunked path, forward + backward) and training-step throughput of the
+    presets on one GPU, bf16 autocast."""
+    import torch
+
+    from lssvwm.config import DiffusionConfig, model_preset
+    from lssvwm.diffusion import training_loss
+    from lssvwm.models.ssm import _fla_available, _fla_backward_ok, ssd_scan
+    from lssvwm.models.world_model import WorldModel
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench gpu needs CUDA")
+    dev = torch.device("cuda")
+    scan_rows = []
+    for L in (4096, 16384):
+        b, h, p, n = 4, 8, 64, 64
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn(b, L, h, p, device=dev, generator=g, requires_grad=True)
+        dt = (torch.rand(b, L, h, device=dev, generator=g) * 0.1 + 0.01).requires_grad_(True)
+        A = -torch.rand(h, device=dev, generator=g) - 0.5
+        B, C = (torch.randn(b, L, n, device=dev, generator=g, requires_grad=True) for _ in range(2))
+        for backend in ["torch"] + (["fla"] if _fla_available() else []):
+            for grad in (False, True):
+                if grad and backend == "fla" and not _fla_backward_ok():
+                    continue  # FLA refuses this backward here (see ssm._fla_backward_ok)
+
+                def step():
+                    with torch.set_grad_enabled(grad):
+                        y, s = ssd_scan(x, dt, A, B, C, None, None, 64, backend)
+                        if grad:
+                            y.sum().backward()
+                torch.cuda.reset_peak_memory_stats()
+                sec = _cuda_time(step)
+                scan_rows.append({"backend": backend, "pass": "fwd+bwd" if grad else "fwd", "L": L,
+                                  "ms": round(1000 * sec, 2), "Mtokens_per_s": round(b * L / sec / 1e6, 2),
+                                  "peak_mem_MiB": round(torch.cuda.max_memory_allocated() / 2**20, 1)})
+    print("SSD scan on CUDA, batch 4, 8 heads x 64, d_state 64")
+    print(_table(scan_rows, ["backend", "pass", "L", "ms", "Mtokens_per_s", "peak_mem_MiB"]))
+    train_rows = []
+    for preset, batch, clip in (("small", 8, 16), ("small", 64, 16), ("base", 8, 16)):
+        torch.manual_seed(0)
+        cfg = model_preset(preset)
+        model = WorldModel(cfg).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        xb = torch.randn(batch, clip, cfg.channels, cfg.frame_size, cfg.frame_size, device=dev)
+        ab = torch.randint(0, cfg.num_actions, (batch, clip), device=dev)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss, _ = training_loss(model, xb, ab, DiffusionConfig())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        torch.cuda.reset_peak_memory_stats()
+        sec = _cuda_time(step, reps=5)
+        tokens = batch * clip * (cfg.frame_size // cfg.patch_size) ** 2
+        train_rows.append({"preset": preset, "batch": batch, "clip": clip, "ms_per_step": round(1000 * sec, 1),
+                           "frames_per_s": round(batch * clip / sec), "ktokens_per_s": round(tokens / sec / 1e3, 1),
+                           "peak_mem_MiB": round(torch.cuda.max_memory_allocated() / 2**20)})
+        del model, opt
+    print(f"training step (forward + backward + AdamW), bf16 autocast, {torch.cuda.get_device_name()}")
+    print(_table(train_rows, ["preset", "batch", "clip", "ms_per_step", "frames_per_s", "ktokens_per_s",
+                              "peak_mem_MiB"]))
+    return {"device": torch.cuda.get_device_name(), "scan": scan_rows, "training": train_rows}
+
+
 BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout, "play": bench_play,
-           "inference": bench_inference, "training": bench_training, "recall": bench_recall}
+           "inference": bench_inference, "training": bench_training, "recall": bench_recall,
+           "gpu": bench_gpu}
 
 
 def main(argv=None):
-    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHES)
+    names = (argv if argv is not None else sys.argv[1:]) or [n for n in BENCHES if n != "gpu"]
     for name in names:
         if name not in BENCHES:
             raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")

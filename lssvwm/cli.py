@@ -10,7 +10,7 @@
     lssvwm generate --ckpt RUN --data DIR --context N --frames M --out video.mp4
     lssvwm eval memory --ckpt A [--ckpt B ...] --task retrieval|reasoning --context N --frames M
     lssvwm play --ckpt RUN [--port 8765] [--record DIR]
-    lssvwm demo [--out runs/demo] [--minutes 10]
+    lssvwm demo [--out runs/demo] [--minutes 14]
 """
 from __future__ import annotations
 
@@ -312,7 +312,7 @@ def main(argv=None):
 
     d = sub.add_parser("demo", help="data -> train -> rollout on the built-in maze, on CPU")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    d.add_argument("--minutes", type=float, default=14.0, help="training time budget (minutes)")
     d.add_argument("--preset", default="small")
     d.set_defaults(fn=_demo)
 

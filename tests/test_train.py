@@ -176,7 +176,7 @@ def test_cli_train_and_generate(tiny_data, tmp_path):
 
 
 def test_demo_path_end_to_end(tmp_path):
-    """The `make demo` code path on a tiny budget (the real demo trains `small` for ~10 minutes)."""
+    """The `make demo` code path on a tiny budget (the real demo trains `small` for ~14 minutes)."""
     from lssvwm.demo import run_demo
 
     m = run_demo(out=str(tmp_path / "demo"), minutes=0.05, preset="tiny", episodes=4, steps_per_episode=160,
@@ -184,3 +184,24 @@ def test_demo_path_end_to_end(tmp_path):
     for name in ("rollout.mp4", "rollout.gif", "next_frame.gif", "loss.png", "metrics.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 500
     assert len(m["psnr_per_frame"]) == 8 and "baseline_repeat_last_frame" in m and "teacher_forced" in m
+    log = (tmp_path / "demo" / "run" / "log.jsonl").read_text().splitlines()
+    assert m["train_steps"] == len(log) <= m["train_steps_planned"]  # steps trained, not planned
+
+
+def test_demo_resumes_only_its_own_setup(tmp_path):
+    """Run again, the demo continues its own run; a run left by another setup (an older demo) is kept aside,
+    not resumed with its old config."""
+    from lssvwm.demo import run_demo
+
+    kw = dict(minutes=0.02, preset="tiny", episodes=3, steps_per_episode=110, context=4, frames=2)
+    out = tmp_path / "demo"
+    run_demo(out=str(out), lr=1e-3, **kw)
+    steps = sorted(p.name for p in (out / "run" / "checkpoints").glob("step_*"))
+    run_demo(out=str(out), lr=1e-3, **kw)  # same setup: the same run continues, nothing moved
+    assert not list(out.glob("run.previous-*"))
+    assert set(steps) <= {p.name for p in (out / "run" / "checkpoints").glob("step_*")}
+    m = run_demo(out=str(out), lr=2e-3, **kw)  # another setup: the old run is kept aside
+    kept = list(out.glob("run.previous-*"))
+    assert len(kept) == 1 and (kept[0] / "checkpoints" / "latest").exists()
+    assert "lr: 0.002" in (out / "run" / "config.yaml").read_text()
+    assert len(m["psnr_per_frame"]) == 2

@@ -21,6 +21,7 @@ Recurrence per head (state ``h`` of shape (headdim, d_state)), with ``dt = softp
 from __future__ import annotations
 
 import math
+import re
 from typing import NamedTuple
 
 import torch
@@ -122,9 +123,37 @@ def _fla_available() -> bool:
     return True
 
 
+def _fla_backward_ok() -> bool:
+    """FLA 0.6 refuses the backward of gated chunk kernels on Hopper (sm_90) with Triton >= 3.4, < 3.7.1 (wrong
+    results, FLA issue #640) unless tilelang is installed; seen on an H100 with Triton 3.6. Then training takes
+    the torch path and only inference uses the kernel."""
+    import triton
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        return True
+    version = tuple(int(v) for v in re.findall(r"\d+", triton.__version__)[:3])
+    if not (3, 4, 0) <= version < (3, 7, 1):
+        return True
+    try:
+        import tilelang  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _use_fla(x, backend: str, *tensors) -> bool:
+    if backend == "fla":
+        return True
+    if backend != "auto" or not x.is_cuda or not _fla_available():
+        return False
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return not needs_grad or _fla_backward_ok()
+
+
 def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64, backend: str = "auto"):
-    """SSD scan on the fastest available path. ``backend``: 'auto', 'torch' or 'fla' (CUDA only)."""
-    if backend == "fla" or (backend == "auto" and x.is_cuda and _fla_available()):
+    """SSD scan on the fastest available path. ``backend``: 'auto', 'torch' or 'fla' (CUDA only). 'auto' takes
+    FLA on CUDA when it is installed, except for a backward FLA cannot do on this GPU (:func:`_fla_backward_ok`)."""
+    if _use_fla(x, backend, x, dt, A, B, C, D, initial_state):
         from fla.ops.simple_gla import chunk_simple_gla
 
         b, L, h, p = x.shape
