@@ -12,22 +12,30 @@ from .config import DiffusionConfig, RunConfig, TrainConfig, model_preset
 
 
 def _seconds_per_step(cfg: RunConfig) -> float:
-    """Time two training steps of this config on random data (to size the run to the time budget)."""
+    """Time training steps of this config on random data, optimizer and EMA included (to size the run to the
+    time budget, so that its LR schedule ends when the time does). The median of three after a warm-up."""
     from .diffusion import training_loss
     from .models.world_model import WorldModel
+    from .train import ema_update
 
     m = cfg.model
     model = WorldModel(m)
+    ema = WorldModel(m).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x = torch.randn(cfg.train.batch_size, cfg.train.clip_len, m.channels, m.frame_size, m.frame_size)
     a = torch.randint(0, m.num_actions, x.shape[:2])
     times = []
-    for _ in range(3):
+    for i in range(4):
         t = time.time()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, _ = training_loss(model, x, a, cfg.diffusion)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update(ema, model, i, 0.999)
         times.append(time.time() - t)
-    return min(times[1:])
+    return sorted(times[1:])[1]
 
 
 def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small", episodes: int = 64,
@@ -61,6 +69,10 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
                     train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16, batch_size=8, lr=lr,
                                       warmup=50, ckpt_every=100, max_minutes=minutes, seed=0))
     per_step = _seconds_per_step(cfg)
+    # The loop also loads batches, logs and writes checkpoints (about 8% more per step for `small` on 2 cores), so
+    # the time budget (max_minutes) usually ends the run a little before its planned steps. Measured: planning
+    # 10% fewer steps to finish the LR schedule gave 832 steps and 18.98 dB one step ahead, against 877-884 steps
+    # and 19.3 dB when time cut the schedule short, so the plan uses the whole budget.
     cfg.train.steps = max(20, int(minutes * 60 / per_step))
     run = Path(cfg.train.out)
     resume = (run / "checkpoints" / "latest").exists()
