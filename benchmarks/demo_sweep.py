@@ -57,7 +57,7 @@ def make_cfg(name: str, data: Path, out: Path) -> RunConfig:
 def strip(ctx, gt, pred, path):
     from PIL import Image
 
-    from lssvwm.generate import to_uint8
+    from lssvwm.video import to_uint8
 
     idx = [0, 2, 5, 10, 20, 30, 47]
     idx = [i for i in idx if i < gt.shape[0]]
@@ -70,26 +70,25 @@ def strip(ctx, gt, pred, path):
 def evaluate(run: Path, data: Path, device) -> dict:
     from lssvwm.checkpoint import load_model
     from lssvwm.data.dataset import EpisodeWindows
-    from lssvwm.generate import episode_rollout
-    from lssvwm.metrics import psnr, ssim
+    from lssvwm.generate import episode_rollout, frame_metrics
 
     model, cfg, _ = load_model(run, device=device)
     val = EpisodeWindows(data, 1, "val", cfg.train.val_fraction)
-    res = {}
-    eps = [val.episode(i) for i in range(min(4, len(val.files)))]
-    eps = eps[:3]
+    eps = [val.episode(i) for i in range(min(3, len(val.files)))]
+    res, base = {}, []
     for steps, noise, tf in [(4, 0.3, False), (1, 0.3, False), (8, 0.3, False), (4, 0.6, False), (4, 0.3, True)]:
-        ps, ss, base = [], [], []
+        scores = []
         for j, ep in enumerate(eps):
             ctx, gt, pred = episode_rollout(model, ep, 32, 48, steps, start=100, context_noise_level=noise,
                                             device=device, teacher_forcing=tf)
-            ps.append(float(psnr(pred, gt).mean()))
-            ss.append(float(ssim(pred, gt).mean()))
-            base.append(float(psnr(ctx[-1:].expand_as(gt), gt).mean()))
+            scores.append(frame_metrics(gt, pred))
+            if not res:  # the same windows every time: the baseline once
+                base.append(frame_metrics(gt, ctx[-1:].expand_as(gt))["psnr"])
             if j == 0 and steps == 4 and noise == 0.3:
                 strip(ctx, gt, pred, run / f"strip_{'tf' if tf else 'free'}.png")
-        res[f"{'tf' if tf else 'free'}_k{steps}_n{noise}"] = {"psnr": np.mean(ps), "ssim": np.mean(ss)}
-        res["repeat_last_psnr"] = np.mean(base)
+        res[f"{'tf' if tf else 'free'}_k{steps}_n{noise}"] = {k: np.mean([m[k] for m in scores])
+                                                               for k in ("psnr", "ssim")}
+    res["repeat_last_psnr"] = np.mean(base)
     return res
 
 

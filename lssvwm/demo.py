@@ -12,16 +12,15 @@ from .config import DiffusionConfig, RunConfig, TrainConfig, model_preset
 
 
 def _seconds_per_step(cfg: RunConfig) -> float:
-    """Time training steps of this config on random data, optimizer and EMA included (to size the run to the
-    time budget, so that its LR schedule ends when the time does). The median of three after a warm-up."""
+    """Time training steps of this config on random data, optimizer and EMA included (the training loop's
+    update), to size the run to the time budget. The median of three after a warm-up."""
     from .diffusion import training_loss
     from .models.world_model import WorldModel
-    from .train import ema_update
+    from .train import ema_and_optimizer, optimizer_step
 
     m = cfg.model
     model = WorldModel(m)
-    ema = WorldModel(m).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    ema, opt = ema_and_optimizer(model, cfg.train)
     x = torch.randn(cfg.train.batch_size, cfg.train.clip_len, m.channels, m.frame_size, m.frame_size)
     a = torch.randint(0, m.num_actions, x.shape[:2])
     times = []
@@ -29,11 +28,7 @@ def _seconds_per_step(cfg: RunConfig) -> float:
         t = time.time()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, _ = training_loss(model, x, a, cfg.diffusion)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update(ema, model, i, 0.999)
+        optimizer_step(model, ema, opt, loss, i, cfg.train)
         times.append(time.time() - t)
     return sorted(times[1:])[1]
 
@@ -75,18 +70,17 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     # and 19.3 dB when time cut the schedule short, so the plan uses the whole budget.
     cfg.train.steps = max(20, int(minutes * 60 / per_step))
     run = Path(cfg.train.out)
-    resume = (run / "checkpoints" / "latest").exists()
-    if resume and not _same_setup(run / "config.yaml", cfg):
-        moved = run.with_name(f"run.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        run.rename(moved)
-        print(f"      {run} was trained with another setup (an older demo?); kept it as {moved}, starting afresh")
-        resume = False
+    resume = False
+    if (run / "checkpoints" / "latest").exists():
+        saved = _own_setup(run / "config.yaml", cfg)
+        if saved is None:
+            moved = run.with_name(f"run.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+            run.rename(moved)
+            print(f"      {run} was trained with another setup (an older demo?); kept it as {moved}, starting afresh")
+        else:  # keep the schedule of the interrupted run
+            cfg, resume = saved, True
     print(f"[2/4] training {preset} hybrid: {per_step:.2f} s/step -> {cfg.train.steps} steps in ~{minutes:g} min"
           f"{' (resuming)' if resume else ''}")
-    if resume:  # keep the schedule of the interrupted run
-        from .config import load_config
-
-        cfg = load_config(run / "config.yaml")
     train(cfg, resume=resume)
 
     print(f"[3/4] rolling out {frames} frames after {context} context frames of a held-out episode")
@@ -106,10 +100,13 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     _, _, pred_tf = episode_rollout(model, ep, context, frames, cfg.diffusion.sampling_steps, start=start,
                                     context_noise_level=cfg.diffusion.context_noise_level, teacher_forcing=True)
     metrics["teacher_forced"] = {"psnr": float(psnr(pred_tf, gt).mean()), "ssim": float(ssim(pred_tf, gt).mean())}
-    metrics.update({"checkpoint": str(ckpt), "train_steps": _steps_done(run / "log.jsonl"),
-                    "train_steps_planned": cfg.train.steps, "context": context, "frames": frames,
-                    "episode": str(val.files[0]), "start_frame": start,
-                    "final_loss_mean_last_20": _mean_last_loss(run / "log.jsonl", 20)})
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    last_losses = [r["loss"] for r in log[-20:]]
+    metrics.update({"checkpoint": str(ckpt),
+                    # steps trained: the time budget can end a run before its planned steps
+                    "train_steps": int(log[-1]["step"]) if log else 0, "train_steps_planned": cfg.train.steps,
+                    "context": context, "frames": frames, "episode": str(val.files[0]), "start_frame": start,
+                    "final_loss_mean_last_20": sum(last_losses) / max(1, len(last_losses))})
 
     print("[4/4] writing video, loss curve and metrics")
     video = write_video(out / "rollout.mp4", comparison_video(ctx, gt, pred), fps=8)
@@ -129,30 +126,16 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     return metrics
 
 
-def _same_setup(saved: Path, cfg: RunConfig) -> bool:
-    """Whether a run folder's saved config is this demo's, apart from the step count (sized to the machine)."""
+def _own_setup(saved: Path, cfg: RunConfig) -> RunConfig | None:
+    """A run folder's saved config when it is this demo's setup apart from the step count (sized to the
+    machine), else None."""
     from .config import ConfigError, load_config
 
     try:
-        old = load_config(saved).to_dict()
+        old = load_config(saved)
     except (OSError, ConfigError):
-        return False
-    new = cfg.to_dict()
-    for d in (old, new):
+        return None
+    a, b = old.to_dict(), cfg.to_dict()
+    for d in (a, b):
         d["train"].pop("steps")
-    return old == new
-
-
-def _log_records(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-
-
-def _steps_done(log: Path) -> int:
-    """Steps trained (the time budget can end a run before its planned steps)."""
-    recs = _log_records(log)
-    return int(recs[-1]["step"]) if recs else 0
-
-
-def _mean_last_loss(log: Path, n: int) -> float:
-    tail = [r["loss"] for r in _log_records(log)[-n:]]
-    return sum(tail) / max(1, len(tail))
+    return old if a == b else None

@@ -104,8 +104,7 @@ def init_training(model: torch.nn.Module, t, run: Path, resume: bool, truncate_l
 
     Returns (ema, optimizer, start step, saved state or None). A run folder that already holds a checkpoint is
     refused without ``resume``, so a finished run is never overwritten by accident."""
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.99))
+    ema, opt = ema_and_optimizer(model, t)
     has_ckpt = (run / "checkpoints" / "latest").exists()
     if has_ckpt and not resume:
         raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
@@ -120,6 +119,23 @@ def init_training(model: torch.nn.Module, t, run: Path, resume: bool, truncate_l
     if truncate_log:
         _truncate_log(run / "log.jsonl", start)
     return ema, opt, start, state
+
+
+def ema_and_optimizer(model: torch.nn.Module, t) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A fresh EMA copy of ``model`` and its AdamW (no weight decay on biases, norms and SSM parameters)."""
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    return ema, torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.99))
+
+
+def optimizer_step(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   step: int, t) -> torch.Tensor:
+    """One update of the training loops: backward, gradient clipping, AdamW, EMA. Returns the gradient norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    opt.step()
+    ema_update(ema, model, step, t.ema_decay)
+    return grad_norm
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
@@ -210,11 +226,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
                 continue
             raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopped. The last good checkpoint in "
                                    f"{run / 'checkpoints'} is kept. Lower train.lr or set train.nan_policy=skip.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        ema_update(ema, model, step, t.ema_decay)
+        grad_norm = optimizer_step(model, ema, opt, loss, step, t)
         elapsed = time.time() - t0
         out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
         if world > 1:  # every rank must stop at the same step

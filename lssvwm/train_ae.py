@@ -18,7 +18,7 @@ from .config import AERunConfig
 from .data.dataset import EpisodeWindows
 from .metrics import psnr
 from .models.autoencoder import Autoencoder
-from .train import StepBatchSampler, _seed, autocast_dtype, ema_update, get_lr, init_training
+from .train import StepBatchSampler, _seed, autocast_dtype, get_lr, init_training, optimizer_step
 
 
 def _frames(ds: EpisodeWindows, n: int) -> torch.Tensor:
@@ -83,11 +83,7 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, progress: bool = T
             loss, stats = model.loss(x, gen)
         if not torch.isfinite(loss):
             raise RuntimeError(f"step {step}: autoencoder loss is {loss.item()}; lower train.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        ema_update(ema, model, step, t.ema_decay)
+        optimizer_step(model, ema, opt, loss, step, t)
         done = step + 1
         elapsed = time.time() - t0
         out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes

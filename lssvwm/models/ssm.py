@@ -20,6 +20,7 @@ Recurrence per head (state ``h`` of shape (headdim, d_state)), with ``dt = softp
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import NamedTuple
@@ -115,6 +116,7 @@ def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64
     return y, s
 
 
+@functools.cache
 def _fla_available() -> bool:
     try:
         import fla.ops.simple_gla  # noqa: F401
@@ -123,13 +125,14 @@ def _fla_available() -> bool:
     return True
 
 
-def _fla_backward_ok() -> bool:
+@functools.cache
+def _fla_backward_ok(device: int | None = None) -> bool:
     """FLA 0.6 refuses the backward of gated chunk kernels on Hopper (sm_90) with Triton >= 3.4, < 3.7.1 (wrong
     results, FLA issue #640) unless tilelang is installed; seen on an H100 with Triton 3.6. Then training takes
-    the torch path and only inference uses the kernel."""
+    the torch path and only inference uses the kernel. Cached per CUDA device: it is asked on every scan."""
     import triton
 
-    if torch.cuda.get_device_capability()[0] != 9:
+    if torch.cuda.get_device_capability(device)[0] != 9:
         return True
     version = tuple(int(v) for v in re.findall(r"\d+", triton.__version__)[:3])
     if not (3, 4, 0) <= version < (3, 7, 1):
@@ -147,7 +150,7 @@ def _use_fla(x, backend: str, *tensors) -> bool:
     if backend != "auto" or not x.is_cuda or not _fla_available():
         return False
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return not needs_grad or _fla_backward_ok()
+    return not needs_grad or _fla_backward_ok(x.device.index)
 
 
 def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64, backend: str = "auto"):
