@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
+from lssvwm.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, model_preset
 
 BASE = dict(steps=600, batch_size=8, lr=1e-3, clip_len=16, model={}, diffusion={})
 VARIANTS = {
@@ -47,11 +47,11 @@ VARIANTS = {
 def make_cfg(name: str, data: Path, out: Path) -> RunConfig:
     v = {**BASE, **VARIANTS[name]}
     m = model_preset("small", **v["model"])
-    d = DiffusionConfig(sampling_steps=4, context_noise_level=0.3, **v["diffusion"])
+    d = DiffusionConfig(**v["diffusion"])
     t = TrainConfig(data=str(data), out=str(out / name), clip_len=v["clip_len"], batch_size=v["batch_size"],
                     lr=v["lr"], warmup=50, ckpt_every=10**9, steps=v["steps"], seed=0,
                     max_minutes=float(os.environ.get("SWEEP_MAX_MIN", "0")))
-    return RunConfig(model=m, diffusion=d, train=t)
+    return RunConfig(model=m, diffusion=d, sampling=SamplingConfig(steps=4, stabilization=0.3), train=t)
 
 
 def strip(ctx, gt, pred, path):
@@ -68,19 +68,20 @@ def strip(ctx, gt, pred, path):
 
 
 def evaluate(run: Path, data: Path, device) -> dict:
-    from lssvwm.checkpoint import load_model
+    from lssvwm.checkpoint import load_run
     from lssvwm.data.dataset import EpisodeWindows
     from lssvwm.generate import episode_rollout, frame_metrics
 
-    model, cfg, _ = load_model(run, device=device)
+    trained = load_run(run, device=device)
+    cfg = trained.cfg
     val = EpisodeWindows(data, 1, "val", cfg.train.val_fraction)
     eps = [val.episode(i) for i in range(min(3, len(val.files)))]
     res, base = {}, []
     for steps, noise, tf in [(4, 0.3, False), (1, 0.3, False), (8, 0.3, False), (4, 0.6, False), (4, 0.3, True)]:
         scores = []
         for j, ep in enumerate(eps):
-            ctx, gt, pred = episode_rollout(model, ep, 32, 48, steps, start=100, context_noise_level=noise,
-                                            device=device, teacher_forcing=tf)
+            ctx, gt, pred = episode_rollout(trained.sampler(steps=steps, stabilization=noise), ep, 32, 48,
+                                            start=100, teacher_forcing=tf)
             scores.append(frame_metrics(gt, pred))
             if not res:  # the same windows every time: the baseline once
                 base.append(frame_metrics(gt, ctx[-1:].expand_as(gt))["psnr"])

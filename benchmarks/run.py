@@ -114,20 +114,21 @@ def bench_ssm() -> dict:
 def rollout_memory(preset: str = "small", frames: int = 4000, steps: int = 2, marks=(64, 100, 1000, 2000, 4000)):
     import torch
 
-    from lssvwm.config import model_preset
-    from lssvwm.diffusion import prefill, sample_frame
+    from lssvwm.config import SamplingConfig, model_preset
+    from lssvwm.diffusion import Sampler
     from lssvwm.models.world_model import WorldModel
 
     torch.manual_seed(0)
     cfg = model_preset(preset)
     model = WorldModel(cfg).eval()
+    sampler = Sampler(model, SamplingConfig(steps=steps))
     shape = (1, cfg.channels, cfg.frame_size, cfg.frame_size)
     action = torch.zeros(1, dtype=torch.long)
-    cache = prefill(model, torch.zeros(1, 1, *shape[1:]), torch.zeros(1, 1, dtype=torch.long))
+    cache = sampler.prefill(torch.zeros(1, 1, *shape[1:]), torch.zeros(1, 1, dtype=torch.long))
     base = _vm("VmRSS")
     rows, times, t_prev = [], [], time.perf_counter()
     for i in range(2, frames + 1):
-        _, cache = sample_frame(model, cache, action, shape, steps=steps)
+        _, cache = sampler.step(cache, action)
         now = time.perf_counter()
         times.append(now - t_prev)
         t_prev = now
@@ -173,8 +174,8 @@ def bench_play() -> dict:
 def play_speed(preset: str = "small", frames: int = 120, steps: int = 8) -> dict:
     import torch
 
-    from lssvwm.config import model_preset
-    from lssvwm.diffusion import prefill, sample_frame
+    from lssvwm.config import SamplingConfig, model_preset
+    from lssvwm.diffusion import Sampler
     from lssvwm.models.world_model import WorldModel
     from lssvwm.video import to_uint8
     from lssvwm.web import png_data_url
@@ -182,13 +183,14 @@ def play_speed(preset: str = "small", frames: int = 120, steps: int = 8) -> dict
     torch.manual_seed(0)
     cfg = model_preset(preset)
     model = WorldModel(cfg).eval()
+    sampler = Sampler(model, SamplingConfig(steps=steps))
     shape = (1, cfg.channels, cfg.frame_size, cfg.frame_size)
-    cache = prefill(model, torch.zeros(1, 16, *shape[1:]), torch.zeros(1, 16, dtype=torch.long))
+    cache = sampler.prefill(torch.zeros(1, 16, *shape[1:]), torch.zeros(1, 16, dtype=torch.long))
     action = torch.ones(1, dtype=torch.long)
     t_model = t_png = 0.0
     for i in range(frames + 10):
         t0 = time.perf_counter()
-        frame, cache = sample_frame(model, cache, action, shape, steps=steps)
+        frame, cache = sampler.step(cache, action)
         t1 = time.perf_counter()
         png_data_url(to_uint8(frame)[0])
         t2 = time.perf_counter()
@@ -228,14 +230,15 @@ def infer_cost(method: str, context: int, preset: str = "small", steps: int = 2,
     """ms per generated frame after ``context`` frames, and peak memory growth while generating."""
     import torch
 
-    from lssvwm.config import model_preset
-    from lssvwm.diffusion import alpha_sigma, sample_frame
+    from lssvwm.config import SamplingConfig, model_preset
+    from lssvwm.diffusion import Sampler, alpha_sigma
     from lssvwm.models.world_model import WorldModel
 
     torch.manual_seed(0)
     variant = {"hybrid-cached": "hybrid", "full-cached": "full-transformer", "full-recompute": "full-transformer"}
     cfg = model_preset(preset, variant[method])
     model = WorldModel(cfg).eval()
+    sampler = Sampler(model, SamplingConfig(steps=steps))
     shape = (1, cfg.channels, cfg.frame_size, cfg.frame_size)
     a = torch.zeros(1, dtype=torch.long)
     base = _vm("VmRSS")
@@ -258,7 +261,7 @@ def infer_cost(method: str, context: int, preset: str = "small", steps: int = 2,
             cache = _cache_with_context(model, context)
             for _ in range(frames):
                 t0 = time.perf_counter()
-                _, cache = sample_frame(model, cache, a, shape, steps=steps)
+                _, cache = sampler.step(cache, a)
                 times.append(time.perf_counter() - t0)
     times = sorted(times[1:]) if len(times) > 1 else times
     return {"method": method, "context": context, "ms_per_frame": round(1000 * times[len(times) // 2], 1),

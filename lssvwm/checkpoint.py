@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig, load_config
+from .config import AERunConfig, RunConfig, load_ae_config, load_config
+from .models.autoencoder import Autoencoder, LatentCodec, PixelCodec
 
 
 class CheckpointError(RuntimeError):
@@ -111,3 +113,49 @@ def load_model(path: str | os.PathLike, ema: bool = True, device="cpu"):
     model = WorldModel(cfg.model)
     load_weights(model, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
     return model.to(device).eval(), cfg, ckpt
+
+
+@dataclass
+class Run:
+    """A trained world model, ready to use: the model (eval mode), its run config, the frame codec (pixels, or a
+    frozen autoencoder's latents) and the checkpoint folder it came from."""
+
+    model: torch.nn.Module
+    cfg: RunConfig
+    codec: PixelCodec | LatentCodec
+    checkpoint: Path
+
+    def sampler(self, **overrides):
+        """A :class:`~lssvwm.diffusion.Sampler` with the run's sampling settings; ``overrides`` (steps,
+        stabilization, schedule, eta, seed) replace any of them, None meaning "the run's setting"."""
+        from .diffusion import Sampler
+
+        return Sampler(self.model, self.cfg.sampling.replace(**overrides), self.codec)
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the frames this model shows (decoded frames for a latent model)."""
+        return self.codec.pixel_shape(self.cfg.model)
+
+
+def load_run(path: str | os.PathLike, device="cpu", ema: bool = True) -> Run:
+    """A run or checkpoint folder -> :class:`Run` (EMA weights unless ``ema=False``)."""
+    model, cfg, ckpt = load_model(path, ema=ema, device=device)
+    return Run(model, cfg, frame_codec(cfg, device), ckpt)
+
+
+def load_autoencoder(path, device="cpu", ema: bool = True) -> tuple[Autoencoder, AERunConfig]:
+    """A `lssvwm train-ae` run or checkpoint folder -> (autoencoder in eval mode, its AERunConfig)."""
+    ckpt = find_checkpoint(path)
+    cfg = load_ae_config(ckpt / "config.yaml")
+    ae = Autoencoder(cfg.autoencoder)
+    load_weights(ae, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
+    return ae.to(device).eval(), cfg
+
+
+def frame_codec(cfg: RunConfig, device="cpu") -> PixelCodec | LatentCodec:
+    """The codec of a world-model run config: latents of ``train.autoencoder`` when set, else pixels."""
+    if not cfg.train.autoencoder:
+        return PixelCodec()
+    ae, _ = load_autoencoder(cfg.train.autoencoder, device=device)
+    return LatentCodec(ae)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from .config import SCHEDULES, ConfigError
+
 
 def _data_maze(a):
     from .data.episodes import generate_dataset
@@ -138,31 +140,21 @@ def _train(a):
 
 
 def _generate(a):
-    import torch
-
-    from .checkpoint import load_model
+    from .checkpoint import load_run
     from .data.dataset import EpisodeWindows
     from .generate import comparison_video, episode_rollout, frame_metrics, write_metrics
-    from .video import to_uint8, upscale, write_video
+    from .video import write_video
 
-    from .models.autoencoder import frame_codec
-
-    model, cfg, ckpt = load_model(a.ckpt)
-    ds = EpisodeWindows(a.data, 1, a.split, cfg.train.val_fraction, layout=cfg.train.data_layout)
+    run = load_run(a.ckpt, device=_device(a.device))
+    ds = EpisodeWindows(a.data, 1, a.split, run.cfg.train.val_fraction, layout=run.cfg.train.data_layout)
     ep = ds.episode(a.episode)
-    ctx, gt, pred = episode_rollout(model, ep, a.context, a.frames, a.steps or cfg.diffusion.sampling_steps,
-                                    start=a.start, context_noise_level=cfg.diffusion.context_noise_level,
-                                    seed=a.seed, progress=True, codec=frame_codec(cfg),
-                                    teacher_forcing=a.teacher_forcing)
-    if gt.shape[0] == pred.shape[0]:
-        video = comparison_video(ctx, gt, pred)
-        metrics = frame_metrics(gt, pred)
-        write_metrics(Path(a.out).with_suffix(".json"), metrics)
-        print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f} over {a.frames} generated frames")
-    else:
-        video = upscale(to_uint8(torch.cat([ctx, pred])), 4)
-    write_video(a.out, video, fps=a.fps)
-    print(f"video: {a.out} (checkpoint {ckpt})")
+    ctx, gt, pred = episode_rollout(run.sampler(**_sampling_overrides(a)), ep, a.context, a.frames, start=a.start,
+                                    progress=True, teacher_forcing=a.teacher_forcing)
+    metrics = frame_metrics(gt, pred)
+    write_video(a.out, comparison_video(ctx, gt, pred), fps=a.fps)
+    write_metrics(Path(a.out).with_suffix(".json"), metrics)
+    print(f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f} over {a.frames} generated frames")
+    print(f"video: {a.out} (checkpoint {run.checkpoint})")
 
 
 def _play(a):
@@ -173,8 +165,7 @@ def _play(a):
     if a.host not in ("127.0.0.1", "localhost", "::1") and not a.allow_remote:
         raise SystemExit(f"error: --host {a.host} exposes the server beyond this machine; add --allow-remote to "
                          f"confirm")
-    device = a.device or ("cuda" if _cuda() else "cpu")
-    factory = EnvFactory(a.ckpt, context=a.context, sampling_steps=a.steps or None, device=device)
+    factory = EnvFactory(a.ckpt, context=a.context, device=_device(a.device), **_sampling_overrides(a))
     try:
         asyncio.run(serve(factory, a.host, a.port, a.record))
     except KeyboardInterrupt:
@@ -184,8 +175,8 @@ def _play(a):
 def _eval_memory(a):
     from .evaluation import evaluate_models
 
-    evaluate_models(a.ckpt, a.task, a.context, a.frames, a.out, a.episodes, a.seed, a.steps or None, a.data,
-                    a.device)
+    evaluate_models(a.ckpt, a.task, a.context, a.frames, a.out, a.episodes, a.seed, _sampling_overrides(a),
+                    a.data, _device(a.device))
 
 
 def _demo(a):
@@ -194,13 +185,36 @@ def _demo(a):
     run_demo(out=a.out, minutes=a.minutes, preset=a.preset)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
+def _device(name: str | None) -> str:
+    """--device: cpu, cuda or cuda:N (default: cuda when available)."""
+    import torch
 
-        return torch.cuda.is_available()
-    except Exception:
-        return False
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: only cpu and cuda are supported")
+    return name
+
+
+def _sampling_args(p, seed: bool = True) -> None:
+    """Sampling options shared by generate, eval and play; each defaults to the run's own setting."""
+    g = p.add_argument_group("sampling (default: the run's own settings)")
+    g.add_argument("--steps", type=int, help="denoising steps per frame")
+    g.add_argument("--stabilization", type=float, help="noise level committed frames are labelled with, in [0, 1)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="step grid")
+    g.add_argument("--eta", type=float, help="0: deterministic DDIM, 1: ancestral sampling")
+    if seed:
+        g.add_argument("--seed", type=int, help="sampling seed")
+
+
+def _sampling_overrides(a) -> dict:
+    return {k: getattr(a, k, None) for k in ("steps", "stabilization", "schedule", "eta", "seed")}
 
 
 def _generation_args(p) -> None:
@@ -276,10 +290,10 @@ def main(argv=None):
     g.add_argument("--start", type=int, default=0)
     g.add_argument("--context", type=int, default=16)
     g.add_argument("--frames", type=int, default=32)
-    g.add_argument("--steps", type=int, default=0, help="sampling steps (0 = the run's setting)")
-    g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--out", default="rollout.mp4")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _sampling_args(g)
     g.add_argument("--teacher-forcing", action="store_true",
                    help="predict each frame from the true frames before it (one step ahead), not from its own")
     g.set_defaults(fn=_generate)
@@ -292,10 +306,10 @@ def main(argv=None):
     em.add_argument("--context", type=int, default=64)
     em.add_argument("--frames", type=int, default=64)
     em.add_argument("--episodes", type=int, default=4)
-    em.add_argument("--seed", type=int, default=0)
-    em.add_argument("--steps", type=int, default=0, help="sampling steps (0 = each run's setting)")
+    em.add_argument("--seed", type=int, default=0, help="task-set seed (also seeds sampling, per episode)")
     em.add_argument("--data", help="training data folder whose meta.json names the mazes (default: the run's)")
-    em.add_argument("--device", default="cpu")
+    em.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _sampling_args(em, seed=False)
     em.add_argument("--out", default="runs/eval")
     em.set_defaults(fn=_eval_memory)
 
@@ -306,8 +320,8 @@ def main(argv=None):
     pl.add_argument("--port", type=int, default=8765)
     pl.add_argument("--allow-remote", action="store_true", help="required for a --host other than loopback")
     pl.add_argument("--record", metavar="DIR", help="save recordings (episode .npz + .mp4) here")
-    pl.add_argument("--steps", type=int, default=0, help="sampling steps per frame (0 = the run's setting)")
-    pl.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    pl.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _sampling_args(pl, seed=False)
     pl.set_defaults(fn=_play)
 
     d = sub.add_parser("demo", help="data -> train -> rollout on the built-in maze, on CPU")

@@ -164,14 +164,50 @@ def model_preset(name: str, variant: str = "hybrid", window: int | None = None, 
 class DiffusionConfig:
     # v-prediction, cosine schedule alpha=cos(pi t/2), sigma=sin(pi t/2), min-SNR-5 weighting: see diffusion.py
     min_snr_gamma: float = 5.0
-    sampling_steps: int = 8
     long_context_prob: float = 0.5  # the paper's long-context training: P(clean prefix)
     min_clean_prefix: int = 1
-    context_noise_level: float = 0.0  # stabilization (DF/Oasis): label committed frames with this level
     # Extras NOT in the paper; off by default.
     clean_frame_prob: float = 0.0  # each frame clean (no loss) with this probability, see diffusion.py
     state_penalty: float = 0.0
     curriculum_steps: int = 0  # > 0: clip length grows linearly from clip_len/4 to clip_len over these steps
+
+
+SCHEDULES = ("uniform", "logsnr", "edm")
+
+
+@dataclass
+class SamplingConfig:
+    """How frames are generated (diffusion.Sampler). Saved with a run as its defaults; every setting can be
+    overridden at inference (``--steps``, ``--stabilization``, ``--seed``, ...)."""
+    steps: int = 8  # denoising steps per frame
+    stabilization: float = 0.0  # noise level committed frames are labelled with (Diffusion Forcing / Oasis)
+    schedule: str = "uniform"  # step grid: uniform in t | logsnr (uniform in log-SNR) | edm (Karras, rho=7)
+    eta: float = 0.0  # 0: deterministic DDIM; 1: ancestral (fresh noise each step, DDPM-like)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not _is_int(self.steps) or self.steps < 1:
+            raise ConfigError(f"sampling.steps must be a positive integer, got {self.steps!r}")
+        if not _finite_in(self.stabilization, 0.0, 1.0, high_open=True):
+            raise ConfigError(f"sampling.stabilization must be a noise level in [0, 1), got {self.stabilization!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"sampling.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not _finite_in(self.eta, 0.0, 1.0):
+            raise ConfigError(f"sampling.eta must be in [0, 1], got {self.eta!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"sampling.seed must be an integer >= 0, got {self.seed!r}")
+
+    def replace(self, **overrides) -> "SamplingConfig":
+        """A copy with the given fields changed (None values are ignored: 'keep the run's setting')."""
+        out = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        out.validate()
+        return out
+
+
+def _finite_in(value, low: float, high: float, high_open: bool = False) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return False
+    return low <= value < high if high_open else low <= value <= high
 
 
 @dataclass
@@ -222,6 +258,7 @@ class _YamlSections:
 class RunConfig(_YamlSections):
     model: ModelConfig = field(default_factory=lambda: model_preset("small"))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -255,14 +292,25 @@ def _build(cls, data: dict, where: str):
     return cls(**kwargs)
 
 
+def _section(data: dict, name: str):
+    """A copy of a config section (empty when absent); a non-mapping is returned as is for _build to refuse."""
+    value = data.get(name) or {}
+    return dict(value) if isinstance(value, dict) else value
+
+
 def config_from_dict(data: dict) -> RunConfig:
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping with sections model/diffusion/train, got {type(data).__name__}")
-    unknown = set(data) - {"model", "diffusion", "train", "preset", "variant"}
+    unknown = set(data) - {"model", "diffusion", "sampling", "train", "preset", "variant"}
     if unknown:
-        raise ConfigError(f"config: unknown section(s) {sorted(unknown)}; known: model, diffusion, train, preset, "
-                          f"variant")
+        raise ConfigError(f"config: unknown section(s) {sorted(unknown)}; known: model, diffusion, sampling, train, "
+                          f"preset, variant")
+    diffusion, sampling = _section(data, "diffusion"), _section(data, "sampling")
+    if isinstance(diffusion, dict) and isinstance(sampling, dict):  # runs saved before the sampling section
+        for old, new in LEGACY_SAMPLING_FIELDS.items():
+            if old in diffusion:
+                sampling.setdefault(new, diffusion.pop(old))
     model_data = dict(data.get("model") or {})
     if "preset" in data or "variant" in data or not model_data:  # preset (default small), then overrides
         base = model_preset(data.get("preset", "small"), data.get("variant", "hybrid"))
@@ -271,8 +319,14 @@ def config_from_dict(data: dict) -> RunConfig:
     else:
         model = _build(ModelConfig, model_data, "model")
     model.validate()
-    return RunConfig(model=model, diffusion=_build(DiffusionConfig, data.get("diffusion") or {}, "diffusion"),
+    sampling_cfg = _build(SamplingConfig, sampling, "sampling")
+    sampling_cfg.validate()
+    return RunConfig(model=model, diffusion=_build(DiffusionConfig, diffusion, "diffusion"), sampling=sampling_cfg,
                      train=_build(TrainConfig, data.get("train") or {}, "train"))
+
+
+# diffusion.<old> in configs saved before SamplingConfig existed -> sampling.<new>
+LEGACY_SAMPLING_FIELDS = {"sampling_steps": "steps", "context_noise_level": "stabilization"}
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DiffusionConfig, RunConfig, TrainConfig, model_preset
+from .config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, model_preset
 
 
 def _seconds_per_step(cfg: RunConfig) -> float:
@@ -60,7 +60,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
           f"mazes -> {data}")
     generate_dataset(data, episodes, steps_per_episode, resolution=res, seed=0, workers=2, mazes=mazes)
 
-    cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(sampling_steps=4, context_noise_level=0.3),
+    cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(steps=4, stabilization=0.3),
                     train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16, batch_size=8, lr=lr,
                                       warmup=50, ckpt_every=100, max_minutes=minutes, seed=0))
     per_step = _seconds_per_step(cfg)
@@ -84,21 +84,21 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     train(cfg, resume=resume)
 
     print(f"[3/4] rolling out {frames} frames after {context} context frames of a held-out episode")
-    from .checkpoint import load_model
+    from .checkpoint import load_run
 
-    model, cfg, ckpt = load_model(run)
+    trained = load_run(run)
+    cfg, ckpt = trained.cfg, trained.checkpoint
     val = EpisodeWindows(data, 1, "val", cfg.train.val_fraction)
     ep = val.episode(0)
     start = 100  # a point where the agent has already explored part of the maze
-    ctx, gt, pred = episode_rollout(model, ep, context, frames, cfg.diffusion.sampling_steps, start=start,
-                                    context_noise_level=cfg.diffusion.context_noise_level, progress=True)
+    sampler = trained.sampler()
+    ctx, gt, pred = episode_rollout(sampler, ep, context, frames, start=start, progress=True)
     metrics = frame_metrics(gt, pred)
     last = ctx[-1:].expand_as(gt)  # trivial baseline: repeat the last context frame
     metrics["baseline_repeat_last_frame"] = {"psnr": float(psnr(last, gt).mean()), "ssim": float(ssim(last, gt).mean())}
     # Teacher forcing: every frame predicted from the true frames before it. Shows what the model learned
     # about the next frame, apart from how its own errors compound in the free rollout.
-    _, _, pred_tf = episode_rollout(model, ep, context, frames, cfg.diffusion.sampling_steps, start=start,
-                                    context_noise_level=cfg.diffusion.context_noise_level, teacher_forcing=True)
+    _, _, pred_tf = episode_rollout(sampler, ep, context, frames, start=start, teacher_forcing=True)
     metrics["teacher_forced"] = {"psnr": float(psnr(pred_tf, gt).mean()), "ssim": float(ssim(pred_tf, gt).mean())}
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     last_losses = [r["loss"] for r in log[-20:]]

@@ -1,6 +1,6 @@
 """Diffusion Forcing: per-frame noise levels, the long-context training mask, the per-frame sampler, rollout.
 
-Choices (validated by the anchors, see ../shared/research/anchors.md section 5):
+Choices (the anchors are Diffusion Forcing, DFoT, Oasis and DIAMOND; see the README's "How it works"):
 
 - Continuous time ``t`` in [0, 1] per (sample, frame); ``t = 0`` is a clean frame. Cosine schedule
   ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)`` (variance preserving, ``alpha^2 + sigma^2 = 1``).
@@ -15,9 +15,10 @@ Choices (validated by the anchors, see ../shared/research/anchors.md section 5):
 - ``clean_frame_prob`` (ours, not from the paper, off by default): each frame is also kept clean, without
   loss, with this probability, so that "clean history, noisy current frame" (the regime of sampling) is
   common in training rather than a ~10% accident of independent levels.
-- Sampling: each new frame starts from pure noise and takes ``steps`` deterministic DDIM steps against a
-  fixed cache; the clean result is then committed (optionally labelled with a small stabilization level as
-  DF/Oasis do, ``context_noise_level``).
+- Sampling (:class:`Sampler`, settings in :class:`~lssvwm.config.SamplingConfig`): each new frame starts from
+  pure noise and is denoised through ``steps`` levels of a step grid (:func:`sampling_grid`) with DDIM
+  (``eta > 0`` adds fresh noise per step) against a fixed cache; the clean result is then committed, labelled
+  with (and noised to) a small stabilization level as DF and Oasis do.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from typing import Callable
 
 import torch
 
-from .config import DiffusionConfig
+from .config import DiffusionConfig, SamplingConfig
+from .models.world_model import check_action_ids
 
 
 def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,86 +119,190 @@ def training_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: Diffu
     return diffusion_loss(model, frames, actions, levels.to(dev), mask.to(dev), noise.to(dev), cfg)
 
 
-@torch.no_grad()
-def sample_frame(model, cache, action: torch.Tensor, shape: tuple, steps: int = 8, context_noise_level: float = 0.0,
-                 generator: torch.Generator | None = None, device=None):
-    """Generate one frame against ``cache`` (left untouched), then commit it.
+# ---------------------------------------------------------------------------------------------------- sampling
 
-    ``model`` is anything with ``step(frame, level, action, cache) -> (v_pred, cache_after)``.
-    Returns the clean frame (B, C, H, W) and the cache after committing it.
-    """
-    x0 = denoise_frame(model, cache, action, shape, steps, generator, device)
-    return x0, commit_frame(model, cache, x0, action, context_noise_level, generator)
+EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_RHO = 80.0, 0.002, 7.0  # Karras et al. (2022)
+LOGSNR_RANGE = 6.0  # the logsnr grid's interior levels span log-SNR in [-6, 6] (t from 0.97 down to 0.03)
 
 
-def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, steps: int = 8,
-                  generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """DDIM from pure noise to a clean frame (B, C, H, W) against ``cache``, which is left untouched."""
-    b = shape[0]
+def sampling_grid(steps: int, schedule: str = "uniform") -> torch.Tensor:
+    """Noise levels 1 = t_0 > t_1 > ... > t_steps = 0 (fp64) that a new frame is denoised through.
+
+    - ``uniform``: evenly spaced in t (DDIM's usual grid).
+    - ``logsnr``: interior levels evenly spaced in log-SNR over [-6, 6]: more steps near pure noise and near clean.
+    - ``edm``: Karras et al.'s grid (sigma_max 80, sigma_min 0.002, rho 7; sigma = tan(pi t / 2) for this
+      variance-preserving schedule): most steps at low noise, where the details are drawn.
+    Every grid starts from pure noise (t = 1) and ends clean (t = 0)."""
+    if steps < 1:
+        raise ValueError(f"sampling steps must be >= 1, got {steps}")
+    if schedule == "uniform":
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    if schedule == "logsnr":
+        lam = torch.linspace(-LOGSNR_RANGE, LOGSNR_RANGE, steps + 1, dtype=torch.float64)[1:-1]
+        inner = torch.atan(torch.exp(-lam / 2)) * 2 / math.pi  # log-SNR = -2 log tan(pi t / 2)
+    elif schedule == "edm":
+        i = torch.arange(steps, dtype=torch.float64) / max(1, steps - 1)
+        sigma = (EDM_SIGMA_MAX ** (1 / EDM_RHO) + i * (EDM_SIGMA_MIN ** (1 / EDM_RHO) - EDM_SIGMA_MAX ** (1 / EDM_RHO))
+                 ) ** EDM_RHO
+        inner = (torch.atan(sigma) * 2 / math.pi)[1:]
+    else:
+        raise ValueError(f"unknown sampling schedule {schedule!r}; choose uniform, logsnr or edm")
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    return torch.cat([one, inner, zero])
+
+
+def _model_dtype(model) -> torch.dtype:
     params = getattr(model, "parameters", None)
-    dtype = next(params()).dtype if params is not None else torch.float32  # fp64 models sample in fp64
+    return next(params()).dtype if params is not None else torch.float32  # fp64 models sample in fp64
+
+
+def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: SamplingConfig,
+                  generator: torch.Generator | None = None, device=None,
+                  clamp: tuple[float, float] | None = None) -> torch.Tensor:
+    """A new frame (B, C, H, W), from pure noise to clean through ``cfg.steps`` levels of ``cfg.schedule``,
+    against ``cache`` (left untouched). DDIM; with ``cfg.eta > 0`` part of each step's noise is drawn afresh
+    (eta = 1: ancestral sampling). ``clamp``: the data's value range, applied to each x0 estimate; only for
+    spaces whose range is known (pixels in [-1, 1]), never for latents."""
+    b = shape[0]
+    dtype = _model_dtype(model)
     x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
-    ts = torch.linspace(1.0, 0.0, steps + 1)
-    for i in range(steps):
-        t = torch.full((b,), float(ts[i]), device=device)
+    ts = sampling_grid(cfg.steps, cfg.schedule)
+    for i in range(cfg.steps):
+        t = torch.full((b,), float(ts[i]), device=device, dtype=dtype)
         v, _ = model.step(x, t, action, cache)
-        x0, eps = x0_eps_from_v(x, v.float(), t)
-        x0 = x0.clamp(-1.0, 1.0)
-        a, s = alpha_sigma(torch.full((b,), float(ts[i + 1]), device=device))
-        x = _bc(a, x) * x0 + _bc(s, x) * eps
-    return x  # at t = 0 the last DDIM step returns x0 exactly
+        x0, eps = x0_eps_from_v(x, v.to(dtype), t)
+        if clamp is not None:
+            x0 = x0.clamp(*clamp)
+        a, s = (float(v) for v in alpha_sigma(ts[i]))
+        a_next, s_next = (float(v) for v in alpha_sigma(ts[i + 1]))
+        c = 0.0
+        if cfg.eta > 0 and s_next > 0:  # DDIM's sigma_t(eta), in this schedule's alpha/sigma
+            c = cfg.eta * (s_next / s) * math.sqrt(max(0.0, 1.0 - (a / a_next) ** 2))
+        x = a_next * x0 + math.sqrt(max(0.0, s_next**2 - c**2)) * eps
+        if c > 0:
+            x = x + c * torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    return x  # at t = 0 the last step returns x0 exactly
 
 
-def commit_frame(model, cache, frame: torch.Tensor, action: torch.Tensor, context_noise_level: float = 0.0,
+def commit_frame(model, cache, frame: torch.Tensor, action: torch.Tensor, stabilization: float = 0.0,
                  generator: torch.Generator | None = None):
     """The cache after ``frame`` (B, C, H, W), labelled with (and noised to) the stabilization level."""
     b = frame.shape[0]
-    level = torch.full((b,), float(context_noise_level), device=frame.device)
-    if context_noise_level > 0:
-        frame = add_noise(frame, level, torch.randn(frame.shape, generator=generator).to(frame.device))
+    level = torch.full((b,), float(stabilization), device=frame.device, dtype=frame.dtype)
+    if stabilization > 0:
+        frame = add_noise(frame, level, torch.randn(frame.shape, generator=generator, dtype=frame.dtype
+                                                    ).to(frame.device))
     _, cache = model.step(frame, level, action, cache)
     return cache
 
 
 @torch.no_grad()
-def prefill(model, context_frames: torch.Tensor, context_actions: torch.Tensor, context_noise_level: float = 0.0,
+def prefill(model, context_frames: torch.Tensor, context_actions: torch.Tensor, stabilization: float = 0.0,
             generator: torch.Generator | None = None):
-    """Encode the context clip once, in parallel; returns the cache after it."""
+    """Encode the context clip (B, N, C, H, W) once, in parallel, labelled with the stabilization level; returns
+    the cache after it."""
     b, n = context_frames.shape[:2]
-    levels = torch.full((b, n), float(context_noise_level), device=context_frames.device)
-    x = context_frames
-    if context_noise_level > 0:
-        x = add_noise(x, levels, torch.randn(x.shape, generator=generator).to(x.device))
+    x = context_frames.to(_model_dtype(model))
+    levels = torch.full((b, n), float(stabilization), device=x.device, dtype=x.dtype)
+    if stabilization > 0:
+        x = add_noise(x, levels, torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
     _, cache = model(x, levels, context_actions)
     return cache
 
 
-@torch.no_grad()
-def rollout(model, context_frames: torch.Tensor, context_actions: torch.Tensor, future_actions: torch.Tensor,
-            steps: int = 8, context_noise_level: float = 0.0, generator: torch.Generator | None = None,
-            on_frame: Callable[[int, torch.Tensor], None] | None = None, keep: bool = True,
-            progress: bool = False, teacher_frames: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Generate ``M = future_actions.shape[1]`` frames after a context of N frames.
+class Sampler:
+    """Generates frames with a trained world model: the one place where sampling settings and the frame codec
+    meet the model.
 
-    context_frames: (B, N, C, H, W) in [-1, 1]; context_actions: (B, N); future_actions: (B, M).
-    The state is fixed-size, so memory does not grow with M (with ``keep=False`` not even the outputs are
-    kept; use ``on_frame(i, frame)`` to stream them). Returns (B, M, C, H, W) when ``keep``.
+        sampler = Sampler(model, SamplingConfig(steps=4, stabilization=0.3), codec)
+        cache = sampler.prefill(context_frames, context_actions)       # pixels (B, N, C, H, W)
+        frame, cache = sampler.step(cache, action)                     # pixels (B, C, H, W)
+        video = sampler.rollout(context_frames, context_actions, future_actions)   # (B, M, C, H, W)
 
-    ``teacher_frames`` (B, M, C, H, W): commit these true frames instead of the generated ones, so every frame
-    is a one-step-ahead prediction from the true history (teacher forcing: how well the model predicts, apart
-    from how its own errors compound).
+    Frames go in and come out as pixels in [-1, 1]; ``codec`` (a PixelCodec or LatentCodec, see
+    :func:`lssvwm.checkpoint.frame_codec`) maps them to the space the model works in. Without a codec the
+    model's own space is used as is. The state (``cache``) is fixed-size and never mutated: ``step`` returns the
+    cache after committing the new frame. Random draws come from ``self.generator`` (seeded by ``cfg.seed``;
+    ``reseed`` starts a new stream).
     """
-    from tqdm import tqdm
 
-    cache = prefill(model, context_frames, context_actions, context_noise_level, generator)
-    shape = (context_frames.shape[0],) + tuple(context_frames.shape[2:])
-    out = []
-    for i in tqdm(range(future_actions.shape[1]), desc="rollout", unit="frame", disable=not progress):
-        frame = denoise_frame(model, cache, future_actions[:, i], shape, steps, generator, context_frames.device)
-        cache = commit_frame(model, cache, frame if teacher_frames is None else teacher_frames[:, i].to(frame),
-                             future_actions[:, i], context_noise_level, generator)
-        if on_frame is not None:
-            on_frame(i, frame)
-        if keep:
-            out.append(frame.cpu())
-    return torch.stack(out, dim=1) if keep else None
+    def __init__(self, model, cfg: SamplingConfig | None = None, codec=None, device=None):
+        self.model, self.cfg, self.codec = model, cfg or SamplingConfig(), codec
+        self.cfg.validate()
+        params = getattr(model, "parameters", None)
+        self.device = torch.device(device) if device is not None else (
+            next(params()).device if params is not None else torch.device("cpu"))
+        self.clamp = getattr(codec, "value_range", None)  # pixels: (-1, 1); latents: None (unbounded)
+        self.num_actions = getattr(getattr(model, "cfg", None), "num_actions", None)
+        self.action_dim = getattr(getattr(model, "cfg", None), "action_dim", 0)
+        self.reseed(self.cfg.seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = frames.to(self.device)
+        return frames if self.codec is None else self.codec.encode(frames)
+
+    def _decode(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames if self.codec is None else self.codec.decode(frames)
+
+    def _actions(self, actions: torch.Tensor) -> torch.Tensor:
+        if self.num_actions is not None and not self.action_dim:
+            check_action_ids(actions, self.num_actions)
+        return actions.to(self.device)
+
+    @torch.no_grad()
+    def prefill(self, context_frames: torch.Tensor, context_actions: torch.Tensor):
+        """The cache after a context clip: frames (B, N, C, H, W) in [-1, 1], actions (B, N) or (B, N, A)."""
+        return prefill(self.model, self._encode(context_frames), self._actions(context_actions),
+                       self.cfg.stabilization, self.generator)
+
+    @torch.no_grad()
+    def step(self, cache, action: torch.Tensor, teacher_frame: torch.Tensor | None = None):
+        """Generate the frame that ``action`` (B,) or (B, A) leads to; returns it (pixels (B, C, H, W)) and the
+        cache after committing it. ``teacher_frame`` (pixels): commit this true frame instead (teacher forcing)."""
+        action = self._actions(action)
+        frame = self._generate(cache, action)
+        committed = frame if teacher_frame is None else self._encode(teacher_frame).to(frame)
+        cache = commit_frame(self.model, cache, committed, action, self.cfg.stabilization, self.generator)
+        return self._decode(frame), cache
+
+    def _generate(self, cache, action):
+        b = action.shape[0]
+        shape = (b,) + self.frame_shape
+        return denoise_frame(self.model, cache, action, shape, self.cfg, self.generator, self.device, self.clamp)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the frames the model works on (latents for a latent model)."""
+        m = self.model.cfg
+        return m.channels, m.frame_size, m.frame_size
+
+    @torch.no_grad()
+    def rollout(self, context_frames: torch.Tensor, context_actions: torch.Tensor, future_actions: torch.Tensor,
+                teacher_frames: torch.Tensor | None = None, on_frame: Callable[[int, torch.Tensor], None] | None = None,
+                keep: bool = True, progress: bool = False) -> torch.Tensor | None:
+        """Generate ``M = future_actions.shape[1]`` frames after a context of N frames (pixels, (B, N, C, H, W)).
+
+        The state is fixed-size, so memory does not grow with M (with ``keep=False`` not even the outputs are
+        kept; use ``on_frame(i, frame)`` to stream them). Returns (B, M, C, H, W) pixels on the CPU when ``keep``.
+
+        ``teacher_frames`` (B, M, C, H, W): commit these true frames instead of the generated ones, so every frame
+        is a one-step-ahead prediction from the true history (teacher forcing: how well the model predicts, apart
+        from how its own errors compound).
+        """
+        from tqdm import tqdm
+
+        future_actions = self._actions(future_actions)
+        cache = self.prefill(context_frames, context_actions)
+        out = []
+        for i in tqdm(range(future_actions.shape[1]), desc="rollout", unit="frame", disable=not progress):
+            frame, cache = self.step(cache, future_actions[:, i],
+                                     None if teacher_frames is None else teacher_frames[:, i])
+            if on_frame is not None:
+                on_frame(i, frame)
+            if keep:
+                out.append(frame.cpu())
+        return torch.stack(out, dim=1) if keep else None
+

@@ -16,7 +16,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .diffusion import prefill, sample_frame
 from .video import to_uint8
 
 
@@ -62,24 +61,28 @@ class DreamEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
 
-    def __init__(self, checkpoint, context=None, context_frames: int = 16, sampling_steps: int | None = None,
-                 max_steps: int = 0, device: str = "cpu", ema: bool = True):
-        from .checkpoint import load_model
+    def __init__(self, checkpoint, context=None, context_frames: int = 16, max_steps: int = 0, device: str = "cpu",
+                 ema: bool = True, steps: int | None = None, stabilization: float | None = None,
+                 schedule: str | None = None, eta: float | None = None):
+        from .checkpoint import load_run
 
-        from .models.autoencoder import frame_codec
-
-        self.model, self.cfg, self.ckpt = load_model(checkpoint, ema=ema, device=device)
-        self.codec = frame_codec(self.cfg, device)  # latent models: frames are decoded for display
+        run = load_run(checkpoint, device=device, ema=ema)
+        self.model, self.cfg, self.ckpt, self.codec = run.model, run.cfg, run.checkpoint, run.codec
+        # the run's sampling settings; any given here replace them
+        self.sampler = run.sampler(steps=steps, stabilization=stabilization, schedule=schedule, eta=eta)
         m = self.cfg.model
+        if not isinstance(context_frames, int) or isinstance(context_frames, bool) or context_frames < 1:
+            raise ValueError(f"context_frames must be a positive integer, got {context_frames!r}")
+        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
+            raise ValueError(f"max_steps must be an integer >= 0 (0 = unbounded), got {max_steps!r}")
         self.device, self.context_frames, self.max_steps = torch.device(device), context_frames, max_steps
-        self.sampling_steps = sampling_steps or self.cfg.diffusion.sampling_steps
         self.context = context if context is not None else self.cfg.train.data
         self.num_actions = m.num_actions
         if m.action_dim > 0:
             self.action_space = gym.spaces.Box(-np.inf, np.inf, (m.action_dim,), np.float32)
         else:
             self.action_space = gym.spaces.Discrete(m.num_actions)
-        channels, h, w = self.codec.pixel_shape(m)
+        channels, h, w = run.pixel_shape
         self.observation_space = gym.spaces.Box(0, 255, (h, w, channels), np.uint8)
         self.cache = None
         self.recording: Recording | None = None
@@ -106,9 +109,8 @@ class DreamEnv(gym.Env):
         start = int(self.np_random.integers(0, clip["frames"].shape[0] - n + 1))
         frames = clip["frames"][start:start + n][None].to(self.device)
         actions = clip["actions"][start:start + n][None].to(self.device)
-        self._gen = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
-        self.cache = prefill(self.model, self.codec.encode(frames), actions, self.cfg.diffusion.context_noise_level,
-                             self._gen)
+        self.sampler.reseed(int(self.np_random.integers(2**31)))
+        self.cache = self.sampler.prefill(frames, actions)
         self.t = 0
         self.frame = to_uint8(frames[0, -1:])[0]
         if self.recording is not None:
@@ -124,11 +126,8 @@ class DreamEnv(gym.Env):
             a = torch.tensor([int(action)], device=self.device)
         else:
             a = torch.as_tensor(np.asarray(action, np.float32)[None], device=self.device)
-        m = self.cfg.model
-        shape = (1, m.channels, m.frame_size, m.frame_size)
-        frame, self.cache = sample_frame(self.model, self.cache, a, shape, self.sampling_steps,
-                                         self.cfg.diffusion.context_noise_level, self._gen, self.device)
-        self.frame = to_uint8(self.codec.decode(frame))[0]
+        frame, self.cache = self.sampler.step(self.cache, a)
+        self.frame = to_uint8(frame)[0]
         self.t += 1
         if self.recording is not None:
             self.recording.add(int(action) if a.dtype == torch.long else 0, self.frame)

@@ -166,6 +166,30 @@ def lpips_fn():
     return (lambda a, b: net(a.float(), b.float()).flatten()), "LPIPS (AlexNet)"
 
 
+def load_runs(ckpts: list[str], device: str = "cpu") -> dict:
+    """{name: Run} for run or checkpoint folders; names are unique (a repeated name gets a #2, #3 ... suffix, so
+    two runs both called 'tiny' keep two rows of results)."""
+    from .checkpoint import load_run
+
+    runs: dict = {}
+    for c in ckpts:
+        path = Path(c)
+        name = path.name if (path / "checkpoints").exists() else f"{path.parent.parent.name}/{path.name}"
+        unique, k = name, 2
+        while unique in runs:
+            unique, k = f"{name}#{k}", k + 1
+        runs[unique] = load_run(c, device=device)
+    return runs
+
+
+def common_resolution(runs: dict) -> int:
+    """The pixel resolution the runs share (decoded frames for latent models); comparing needs one."""
+    res = {run.pixel_shape[-1] for run in runs.values()}
+    if len(res) != 1:
+        raise ValueError(f"checkpoints have different frame sizes {sorted(res)}; compare models of one resolution")
+    return res.pop()
+
+
 def distance_curve(distances: np.ndarray, values: np.ndarray, bins=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)):
     """Mean metric per memory-distance bin (frames never seen in the context are left out)."""
     xs, ys = [], []
@@ -178,37 +202,29 @@ def distance_curve(distances: np.ndarray, values: np.ndarray, bins=(1, 8, 16, 32
 
 
 def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out: str | os.PathLike,
-                    episodes: int = 4, seed: int = 0, steps: int | None = None, data: str | None = None,
+                    episodes: int = 4, seed: int = 0, sampling: dict | None = None, data: str | None = None,
                     device: str = "cpu", progress: bool = True) -> dict:
     """Score checkpoints on one task set; writes results.json, metric_vs_distance.png and grid.mp4 to ``out``.
 
-    Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``data``: the training data folder whose
+    Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``sampling``: overrides of each run's
+    sampling settings (steps, stabilization, schedule, eta). ``data``: the training data folder whose
     ``meta.json`` says which fixed mazes to use (default: the first checkpoint's training data).
     """
     import torch
     from tqdm import tqdm
 
-    from .checkpoint import load_model
     from .data.episodes import episode_files, episode_tensors, load_episode, read_meta
-    from .diffusion import rollout
     from .metrics import psnr, ssim
-    from .models.autoencoder import frame_codec
     from .plots import plot_curves
     from .video import side_by_side, to_uint8, upscale, write_video
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models = []
-    for c in ckpts:
-        model, cfg, ck = load_model(c, device=device)
-        name = Path(c).name if (Path(c) / "checkpoints").exists() else f"{Path(c).parent.parent.name}/{Path(c).name}"
-        codec = frame_codec(cfg, device)
-        models.append((name, model, cfg, codec))
-    res = {codec.pixel_shape(cfg.model)[-1] for _, _, cfg, codec in models}  # pixels, also for latent models
-    if len(res) != 1:
-        raise ValueError(f"checkpoints have different frame sizes {sorted(res)}; compare models of one resolution")
-    resolution = res.pop()
-    meta = read_meta(data or models[0][2].train.data) if (data or Path(models[0][2].train.data).exists()) else {}
+    runs = load_runs(ckpts, device)
+    samplers = {name: run.sampler(**(sampling or {})) for name, run in runs.items()}
+    resolution = common_resolution(runs)
+    first = next(iter(runs.values())).cfg
+    meta = read_meta(data or first.train.data) if (data or Path(first.train.data).exists()) else {}
     world = f"memory-maze-{meta.get('maze', '9x9')}" if meta.get("generator") == "memory_maze" else "maze"
     tasks = build_task_set(out / f"tasks_{world}_{task}_c{context}_f{frames}_s{seed}_r{resolution}", task, episodes,
                            context, frames, resolution, seed, meta.get("maze_size", 9), meta.get("mazes", 0),
@@ -218,18 +234,15 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
                "task_set": str(tasks), "lpips": lp_note, "models": {}}
     grid_panels = None
     files = episode_files(tasks)
-    for name, model, cfg, codec in models:
+    for name, sampler in samplers.items():
         per_frame = {"psnr": [], "ssim": [], "lpips": [], "distance": []}
         for e, f in enumerate(tqdm(files, desc=f"eval {name}", disable=not progress)):
             ep = load_episode(f)
             n = int(ep["context_length"])
             tensors = episode_tensors(ep)
             video, acts = tensors["frames"], tensors["actions"]
-            gen = torch.Generator().manual_seed(seed + e)
-            pred = rollout(model, codec.encode(video[None, :n].to(device)), acts[None, :n].to(device),
-                           acts[None, n:n + frames].to(device), steps=steps or cfg.diffusion.sampling_steps,
-                           context_noise_level=cfg.diffusion.context_noise_level, generator=gen)
-            pred = codec.decode(pred)[0].cpu()
+            sampler.reseed(seed + e)
+            pred = sampler.rollout(video[None, :n], acts[None, :n], acts[None, n:n + frames])[0]
             gt = video[n:n + frames]
             per_frame["psnr"] += psnr(pred, gt).tolist()
             per_frame["ssim"] += ssim(pred, gt).tolist()

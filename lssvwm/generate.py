@@ -7,38 +7,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .diffusion import rollout
 from .metrics import psnr, ssim
-from .models.autoencoder import PixelCodec
 from .video import side_by_side, to_uint8, upscale, write_video
 
 
-def episode_rollout(model, episode: dict, context: int, frames: int, steps: int = 8, start: int = 0,
-                    context_noise_level: float = 0.0, seed: int = 0, device="cpu", progress: bool = False,
-                    codec=None, teacher_forcing: bool = False):
+def episode_rollout(sampler, episode: dict, context: int, frames: int, start: int = 0, progress: bool = False,
+                    teacher_forcing: bool = False):
     """Context = episode frames [start, start+context); generate the next ``frames`` with the episode's actions.
 
-    ``codec`` (see :func:`lssvwm.models.autoencoder.frame_codec`) maps pixels to what the model works on and back;
-    None = pixels. ``teacher_forcing``: each frame is predicted from the true frames before it (see ``rollout``).
-    Returns pixels: (context (N,C,H,W), ground truth (M,C,H,W), prediction (M,C,H,W)).
+    ``sampler``: a :class:`~lssvwm.diffusion.Sampler` (``run.sampler()``); it is reseeded with its config's seed,
+    so the same call gives the same frames. ``teacher_forcing``: each frame is predicted from the true frames
+    before it (see ``Sampler.rollout``). Returns pixels: (context (N,C,H,W), ground truth (M,C,H,W),
+    prediction (M,C,H,W)).
     """
     video, actions = episode["frames"], episode["actions"]
-    total = video.shape[0]
-    if context < 1 or start + context > total:
-        raise ValueError(f"context={context} (from frame {start}) must lie within the episode's {total} frames")
-    if start + context + frames > total:
-        raise ValueError(f"context + frames = {context + frames} from frame {start} exceeds the episode's "
-                         f"{total} frames (its actions are needed to generate)")
-    codec = codec or PixelCodec()
+    check_window(video.shape[0], context, frames, start)
     ctx = video[start:start + context]
-    gen = torch.Generator().manual_seed(seed)
-    pred = rollout(model, codec.encode(ctx[None].to(device)), actions[None, start:start + context].to(device),
-                   actions[None, start + context:start + context + frames].to(device), steps=steps,
-                   context_noise_level=context_noise_level, generator=gen, progress=progress,
-                   teacher_frames=codec.encode(video[None, start + context:start + context + frames].to(device))
-                   if teacher_forcing else None)
     gt = video[start + context:start + context + frames]
-    return ctx, gt, codec.decode(pred)[0].cpu()
+    sampler.reseed(sampler.cfg.seed)
+    pred = sampler.rollout(ctx[None], actions[None, start:start + context],
+                           actions[None, start + context:start + context + frames],
+                           teacher_frames=gt[None] if teacher_forcing else None, progress=progress)
+    return ctx, gt, pred[0]
+
+
+def check_window(total: int, context: int, frames: int, start: int = 0) -> None:
+    """A rollout window must lie inside an episode of ``total`` frames (its actions are needed to generate)."""
+    if context < 1 or frames < 0 or start < 0:
+        raise ValueError(f"context must be >= 1, frames >= 0 and start >= 0 (got context={context}, "
+                         f"frames={frames}, start={start})")
+    if start + context + frames > total:
+        raise ValueError(f"start + context + frames = {start} + {context} + {frames} exceeds the episode's {total} "
+                         f"frames (the episode's actions are needed to generate)")
 
 
 def _border(frames: np.ndarray, color) -> np.ndarray:
@@ -65,9 +65,10 @@ def frame_metrics(gt: torch.Tensor, pred: torch.Tensor) -> dict:
             "ssim_per_frame": [round(float(v), 4) for v in s]}
 
 
-def write_sample(model, cfg, path: Path, device, codec=None) -> dict:
-    """A short rollout from the first validation episode (used during training)."""
+def write_sample(model, cfg, path: Path, codec=None) -> dict:
+    """A short rollout from the first validation episode (used during training), with the run's sampling."""
     from .data.dataset import EpisodeWindows
+    from .diffusion import Sampler
 
     ds = EpisodeWindows(cfg.train.data, 1, "val", cfg.train.val_fraction, layout=cfg.train.data_layout)
     ep = ds.episode(0)
@@ -75,9 +76,7 @@ def write_sample(model, cfg, path: Path, device, codec=None) -> dict:
     m = min(cfg.train.clip_len, ep["frames"].shape[0] - n)
     was_training = model.training
     model.eval()
-    ctx, gt, pred = episode_rollout(model, ep, n, m, cfg.diffusion.sampling_steps,
-                                    context_noise_level=cfg.diffusion.context_noise_level, device=device,
-                                    codec=codec)
+    ctx, gt, pred = episode_rollout(Sampler(model, cfg.sampling, codec), ep, n, m)
     model.train(was_training)
     write_video(path, comparison_video(ctx, gt, pred), fps=8)
     return frame_metrics(gt, pred)

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import find_checkpoint, load_state, load_weights, save_checkpoint
+from .checkpoint import find_checkpoint, frame_codec, load_state, load_weights, save_checkpoint
 from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
 from .diffusion import diffusion_loss, training_noise
-from .models.autoencoder import frame_codec
 from .models.world_model import WorldModel
 
 
@@ -249,7 +248,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
                 save_checkpoint(run, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})
             if t.sample_every and (step + 1) % t.sample_every == 0:
                 from .generate import write_sample
-                write_sample(ema, cfg, run / "samples" / f"step_{step + 1:07d}.mp4", device, codec)
+                write_sample(ema, cfg, run / "samples" / f"step_{step + 1:07d}.mp4", codec)
         if world > 1:
             dist.barrier()
         if out_of_time or (stop_after is not None and step + 1 - start >= stop_after):

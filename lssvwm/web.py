@@ -189,10 +189,11 @@ async def serve(env_factory, host: str = "127.0.0.1", port: int = 8765, record_d
 class EnvFactory:
     """Builds one DreamEnv per connection (sharing nothing but the checkpoint on disk)."""
 
-    def __init__(self, ckpt, context=None, sampling_steps=None, device="cpu"):
+    def __init__(self, ckpt, context=None, device="cpu", **sampling):
+        """``sampling``: overrides of the run's sampling settings (steps, stabilization, schedule, eta)."""
         from .dream import DreamEnv
 
-        self.kwargs = dict(checkpoint=ckpt, context=context, sampling_steps=sampling_steps, device=device)
+        self.kwargs = dict(checkpoint=ckpt, context=context, device=device, **sampling)
         probe = DreamEnv(**self.kwargs)
         self.num_actions = probe.num_actions
         self._first = probe

@@ -18,11 +18,11 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tmp_path_factory):
-    from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
+    from lssvwm.config import RunConfig, SamplingConfig, TrainConfig, model_preset
     from lssvwm.train import train
 
     out = tmp_path_factory.mktemp("play") / "run"
-    cfg = RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(sampling_steps=1),
+    cfg = RunConfig(model=model_preset("tiny"), sampling=SamplingConfig(steps=1),
                     train=TrainConfig(data=str(tiny_data), out=str(out), steps=3, clip_len=6, batch_size=2,
                                       val_fraction=0.25, autocast="none"))
     train(cfg, progress=False)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lssvwm.config import AERunConfig, AETrainConfig, ConfigError, autoencoder_preset
-from lssvwm.models.autoencoder import Autoencoder, LatentCodec, load_autoencoder
+from lssvwm.checkpoint import load_autoencoder
+from lssvwm.models.autoencoder import Autoencoder, LatentCodec
 
 
 @pytest.mark.parametrize("down", [2, 4, 8])
@@ -76,28 +77,27 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
 
 
 def test_latent_world_model_trains_and_rolls_out(ae_run, tiny_data, tmp_path):
-    from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
+    from lssvwm.config import RunConfig, SamplingConfig, TrainConfig, model_preset
     from lssvwm.data.dataset import EpisodeWindows
+    from lssvwm.checkpoint import load_run
     from lssvwm.generate import episode_rollout
-    from lssvwm.models.autoencoder import frame_codec
-    from lssvwm.checkpoint import load_model
     from lssvwm.train import train
 
     # tiny AE: 16x16x3 frames -> 4x4x4 latents
     model = model_preset("tiny", channels=4, frame_size=4, patch_size=1)
-    cfg = RunConfig(model=model, diffusion=DiffusionConfig(sampling_steps=2),
+    cfg = RunConfig(model=model, sampling=SamplingConfig(steps=2),
                     train=TrainConfig(data=str(tiny_data), out=str(tmp_path / "wm"), steps=3, clip_len=6,
                                       batch_size=2, val_fraction=0.25, autocast="none",
                                       autoencoder=str(ae_run)))
     train(cfg, progress=False)
-    wm, cfg2, _ = load_model(tmp_path / "wm")
-    codec = frame_codec(cfg2)
+    run = load_run(tmp_path / "wm")
+    assert run.codec.value_range is None  # latents: the sampler never clamps them
     ep = EpisodeWindows(tiny_data, 1, "val", 0.25).episode(0)
-    ctx, gt, pred = episode_rollout(wm, ep, 5, 3, steps=2, codec=codec)
+    ctx, gt, pred = episode_rollout(run.sampler(steps=2), ep, 5, 3)
     assert ctx.shape == (5, 3, 16, 16) and gt.shape == pred.shape == (3, 3, 16, 16)
     from lssvwm.dream import DreamEnv  # play: the model runs on latents, the player sees decoded pixels
 
-    env = DreamEnv(tmp_path / "wm", context_frames=4, sampling_steps=1)
+    env = DreamEnv(tmp_path / "wm", context_frames=4, steps=1)
     frame, _ = env.reset(seed=0)
     frame, *_ = env.step(1)
     assert frame.shape == env.observation_space.shape == (16, 16, 3) and frame.dtype == np.uint8

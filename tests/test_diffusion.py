@@ -1,11 +1,12 @@
 import math
+import types
 
 import pytest
 import torch
 
-from lssvwm.config import DiffusionConfig, model_preset
-from lssvwm.diffusion import (add_noise, alpha_sigma, loss_weight, rollout, sample_frame, training_levels,
-                              training_loss, v_target, x0_eps_from_v)
+from lssvwm.config import DiffusionConfig, SamplingConfig, model_preset
+from lssvwm.diffusion import (Sampler, add_noise, alpha_sigma, commit_frame, denoise_frame, loss_weight, prefill,
+                              sampling_grid, training_levels, training_loss, v_target, x0_eps_from_v)
 from lssvwm.models.world_model import WorldModel
 
 
@@ -30,11 +31,14 @@ def test_loss_weight_truncation():
     assert w[-1] > 0.99 and w[0] < 0.01
 
 
-class Oracle:
-    """A perfect denoiser for a known clean frame: v = (alpha * x_t - x0) / sigma."""
+class Oracle(torch.nn.Module):
+    """A perfect denoiser for a known clean frame: v = (alpha * x_t - x0) / sigma. Its cache counts commits."""
 
-    def __init__(self, x0):
-        self.x0, self.calls = x0, []
+    def __init__(self, x0, dtype=torch.float32):
+        super().__init__()
+        self.x0, self.calls = x0.to(dtype), []
+        self.anchor = torch.nn.Parameter(torch.zeros((), dtype=dtype))  # sets the sampling dtype
+        self.cfg = types.SimpleNamespace(channels=x0.shape[1], frame_size=x0.shape[-1], num_actions=6, action_dim=0)
 
     def step(self, x, level, action, cache):
         a, s = alpha_sigma(level)
@@ -44,15 +48,124 @@ class Oracle:
         return v, (cache or 0) + 1
 
 
+class IdentityLatents:
+    """A codec whose space is unbounded (like an autoencoder's calibrated latents)."""
+
+    value_range = None
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return z
+
+
 def test_sampler_with_oracle_returns_clean_frame():
     x0 = torch.rand(2, 3, 8, 8) * 2 - 1
     oracle = Oracle(x0)
-    frame, cache = sample_frame(oracle, 0, torch.zeros(2, dtype=torch.long), x0.shape, steps=5,
-                                generator=torch.Generator().manual_seed(0))
+    frame = denoise_frame(oracle, 0, torch.zeros(2, dtype=torch.long), x0.shape, SamplingConfig(steps=5),
+                          torch.Generator().manual_seed(0))
+    cache = commit_frame(oracle, 0, frame, torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(frame, x0, rtol=1e-5, atol=1e-5)
     assert cache == 1  # only the commit advanced the cache; the 5 denoising calls did not
     assert oracle.calls[:5] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2], abs=1e-6)  # DDIM levels, noisy to clean
     assert oracle.calls[5] == 0.0  # commit with level 0 (no stabilization noise)
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "logsnr", "edm"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_oracle_returns_unit_std_latents_exactly(schedule, eta):
+    """Latents of a calibrated autoencoder have unit std, so many exceed 1 (max ~4.6 seen on maze frames). The
+    sampler must not clamp them: with a perfect denoiser every grid and eta returns them to float precision."""
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(2, 4, 8, 8, generator=g) * 1.5
+    assert z0.abs().max() > 2
+    sampler = Sampler(Oracle(z0), SamplingConfig(steps=4, schedule=schedule, eta=eta), IdentityLatents())
+    z, cache = sampler.step(0, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(z, z0, rtol=1e-5, atol=1e-5)
+    assert cache == 1
+    # pixels: the codec's range is known, so x0 estimates are clamped to [-1, 1]; the result is still exact
+    x0 = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    from lssvwm.models.autoencoder import PixelCodec
+
+    frame, _ = Sampler(Oracle(x0), SamplingConfig(steps=4, schedule=schedule, eta=eta), PixelCodec()).step(
+        0, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(frame, x0, rtol=1e-5, atol=1e-5)
+
+
+def test_clamping_would_break_latents():
+    """What the sampler used to do for every model: clamp x0 to [-1, 1]. On latents that is wrong by far more
+    than float error, which is why only a codec with a known range gets a clamp."""
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 1.5
+    z = denoise_frame(Oracle(z0), 0, torch.zeros(2, dtype=torch.long), z0.shape, SamplingConfig(steps=8),
+                      torch.Generator().manual_seed(0), clamp=(-1.0, 1.0))
+    assert (z - z0).abs().max() > 0.5
+
+
+def test_fp64_models_sample_in_fp64():
+    x0 = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    sampler = Sampler(Oracle(x0, torch.float64), SamplingConfig(steps=8, schedule="logsnr", eta=0.5))
+    frame, _ = sampler.step(0, torch.zeros(2, dtype=torch.long))
+    assert frame.dtype == torch.float64
+    assert (frame - x0).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "logsnr", "edm"])
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_sampling_grids(schedule, steps):
+    ts = sampling_grid(steps, schedule)
+    assert ts.shape == (steps + 1,) and ts[0] == 1.0 and ts[-1] == 0.0
+    assert (ts[1:] < ts[:-1]).all()  # strictly from noisy to clean
+
+
+def test_sampling_grid_shapes_differ():
+    u, lg, e = (sampling_grid(4, s) for s in ("uniform", "logsnr", "edm"))
+    assert u.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert lg[1] > u[1] and lg[3] < u[3]  # log-SNR spacing reaches further towards both ends
+    assert e[3] < 0.01  # Karras: the last steps sit at very low noise
+
+
+def test_sampler_refuses_bad_actions_and_settings():
+    from lssvwm.config import ConfigError
+
+    model = WorldModel(model_preset("tiny")).eval()
+    sampler = Sampler(model, SamplingConfig(steps=1))
+    cache = sampler.prefill(torch.zeros(1, 2, 3, 16, 16), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"action ids must be in \[-1, 6\)"):
+        sampler.step(cache, torch.tensor([6]))
+    with pytest.raises(ValueError, match="integer ids"):
+        sampler.step(cache, torch.tensor([1.0]))
+    for bad in (dict(steps=0), dict(stabilization=1.0), dict(stabilization=float("nan")), dict(schedule="x"),
+                dict(eta=2.0)):
+        with pytest.raises(ConfigError):
+            SamplingConfig(steps=1).replace(**bad)
+
+
+def test_mamba2_empty_input_returns_empty():
+    from lssvwm.models.ssm import Mamba2
+
+    layer = Mamba2(16, d_state=8, headdim=8)
+    y, state = layer(torch.zeros(2, 0, 16))
+    assert y.shape == (2, 0, 16)
+    y1, s1 = layer(torch.randn(2, 5, 16))
+    y2, s2 = layer(torch.zeros(2, 0, 16), s1)
+    assert s2 is s1 or all(torch.equal(a, b) for a, b in zip(s2, s1))
+
+
+def test_action_and_level_embeddings_start_at_the_same_scale():
+    """DiT's init: neither the noise level nor the action dominates the adaLN input at the start."""
+    torch.manual_seed(0)
+    for preset in ("tiny", "small"):
+        model = WorldModel(model_preset(preset))
+        levels = torch.rand(4, 8)
+        actions = torch.randint(0, 6, (4, 8))
+        cond = model.cond
+        from lssvwm.models.world_model import timestep_embedding
+
+        with torch.no_grad():
+            lv = cond.level_mlp(timestep_embedding(levels, cond.freq_dim)).pow(2).mean().sqrt()
+            ac = cond.action(actions).pow(2).mean().sqrt()
+        assert 0.1 < float(lv / ac) < 10, (preset, float(lv), float(ac))
 
 
 def test_long_context_prefix_is_clean_and_masked():
@@ -126,14 +239,14 @@ def test_rollout_state_is_constant_size():
     model = WorldModel(model_preset("tiny")).eval()
     sizes = []
     ctx = torch.rand(1, 4, 3, 16, 16) * 2 - 1
-    out = rollout(model, ctx, torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 30, dtype=torch.long), steps=2,
-                  on_frame=lambda i, f: None, keep=True)
+    sampler = Sampler(model, SamplingConfig(steps=2))
+    out = sampler.rollout(ctx, torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 30, dtype=torch.long),
+                          on_frame=lambda i, f: None, keep=True)
     assert out.shape == (1, 30, 3, 16, 16)
-    from lssvwm.diffusion import prefill
-
-    cache = prefill(model, ctx, torch.zeros(1, 4, dtype=torch.long))
+    sampler = Sampler(model, SamplingConfig(steps=1))
+    cache = sampler.prefill(ctx, torch.zeros(1, 4, dtype=torch.long))
     for i in range(40):
-        _, cache = sample_frame(model, cache, torch.zeros(1, dtype=torch.long), (1, 3, 16, 16), steps=1)
+        _, cache = sampler.step(cache, torch.zeros(1, dtype=torch.long))
         sizes.append(cache.nbytes())
     assert cache.frames == 44 and len(set(sizes)) == 1
     assert math.isfinite(out.abs().max().item())
@@ -142,8 +255,6 @@ def test_rollout_state_is_constant_size():
 def test_teacher_forced_rollout_is_one_step_ahead_prediction():
     """With teacher frames, frame i is predicted from the true context + true frames 0..i-1, exactly as a fresh
     rollout from that longer context would predict it; without them, the model's own frames are committed."""
-    from lssvwm.diffusion import denoise_frame, prefill
-
     torch.manual_seed(0)
     model = WorldModel(model_preset("tiny")).double().eval()
     with torch.no_grad():
@@ -152,13 +263,13 @@ def test_teacher_forced_rollout_is_one_step_ahead_prediction():
     g = torch.Generator().manual_seed(1)
     video = torch.rand(1, 8, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
     acts = torch.randint(0, 6, (1, 8), generator=g)
-    tf = rollout(model, video[:, :4], acts[:, :4], acts[:, 4:], steps=2, teacher_frames=video[:, 4:],
-                 generator=torch.Generator().manual_seed(7))
-    free = rollout(model, video[:, :4], acts[:, :4], acts[:, 4:], steps=2, generator=torch.Generator().manual_seed(7))
+    cfg = SamplingConfig(steps=2, seed=7)
+    tf = Sampler(model, cfg).rollout(video[:, :4], acts[:, :4], acts[:, 4:], teacher_frames=video[:, 4:])
+    free = Sampler(model, cfg).rollout(video[:, :4], acts[:, :4], acts[:, 4:])
     gen = torch.Generator().manual_seed(7)
     for i in range(4):
         cache = prefill(model, video[:, :4 + i], acts[:, :4 + i])
-        ref = denoise_frame(model, cache, acts[:, 4 + i], (1, 3, 16, 16), 2, gen).to(torch.float64)
+        ref = denoise_frame(model, cache, acts[:, 4 + i], (1, 3, 16, 16), cfg, gen).to(torch.float64)
         torch.testing.assert_close(tf[:, i].double(), ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(tf[:, 0], free[:, 0])  # the first frame has the same history either way
     assert (tf[:, 1:] - free[:, 1:]).abs().max() > 1e-3

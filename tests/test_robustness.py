@@ -159,10 +159,10 @@ def test_fuzzed_episode_files(tmp_path, episode):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(["model", "diffusion", "train"]),
+@given(st.sampled_from(["model", "diffusion", "sampling", "train"]),
        st.sampled_from(["d_model", "n_heads", "patch_size", "frame_size", "layers", "d_state", "ssm_headdim",
                         "attn_chunk", "mlp_ratio", "action_dim", "lr", "steps", "autocast", "clean_frame_prob",
-                        "sampling_steps", "bogus"]),
+                        "sampling_steps", "steps", "stabilization", "schedule", "eta", "bogus"]),
        st.one_of(st.none(), st.booleans(), st.integers(-4, 70), st.floats(-2, 70, allow_nan=False), st.text(max_size=4),
                  st.lists(st.one_of(st.integers(-1, 8), st.text(max_size=3)), max_size=3),
                  st.lists(st.fixed_dictionaries({"ssm": st.one_of(st.none(), st.just("full"),

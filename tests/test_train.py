@@ -10,14 +10,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lssvwm.checkpoint import CheckpointError, find_checkpoint, load_model, load_state, load_weights
-from lssvwm.config import (ConfigError, DiffusionConfig, RunConfig, TrainConfig, config_from_dict, load_config,
+from lssvwm.config import (ConfigError, RunConfig, SamplingConfig, TrainConfig, config_from_dict, load_config,
                            model_preset)
 from lssvwm.models.world_model import WorldModel
 from lssvwm.train import TrainingDiverged, train
 
 
 def tiny_cfg(data, out, steps=6, **train_kw):
-    return RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(sampling_steps=2),
+    return RunConfig(model=model_preset("tiny"), sampling=SamplingConfig(steps=2),
                      train=TrainConfig(**{**dict(data=str(data), out=str(out), steps=steps, clip_len=6, batch_size=4,
                                              warmup=2, ckpt_every=3, autocast="none", val_fraction=0.25),
                                           **train_kw}))
@@ -151,7 +151,7 @@ def test_cli_train_and_generate(tiny_data, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "lssvwm", "train", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run),
            "--no-progress", "--set", "train.steps=4", "train.clip_len=6", "train.batch_size=2",
-           "train.val_fraction=0.25", "diffusion.sampling_steps=2"]
+           "train.val_fraction=0.25", "sampling.steps=2"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "frame_size: 16" in r.stdout  # the config is printed at the start
@@ -205,3 +205,16 @@ def test_demo_resumes_only_its_own_setup(tmp_path):
     assert len(kept) == 1 and (kept[0] / "checkpoints" / "latest").exists()
     assert "lr: 0.002" in (out / "run" / "config.yaml").read_text()
     assert len(m["psnr_per_frame"]) == 2
+
+
+def test_configs_saved_before_the_sampling_section_still_load(tmp_path):
+    """Runs saved before SamplingConfig kept their sampling settings under diffusion: they load into sampling."""
+    old = tmp_path / "config.yaml"
+    old.write_text("preset: tiny\ndiffusion: {long_context_prob: 0.3, sampling_steps: 4, context_noise_level: 0.3}\n")
+    cfg = load_config(old)
+    assert (cfg.sampling.steps, cfg.sampling.stabilization) == (4, 0.3)
+    assert cfg.diffusion.long_context_prob == 0.3
+    both = config_from_dict({"preset": "tiny", "diffusion": {"sampling_steps": 4}, "sampling": {"steps": 2}})
+    assert both.sampling.steps == 2  # the new section wins
+    with pytest.raises(ConfigError, match="sampling.steps must be a positive integer"):
+        config_from_dict({"preset": "tiny", "diffusion": {"sampling_steps": 0}})

@@ -73,7 +73,7 @@ def recall_psnr(model, distance: int, length: int, trials: int = 16, seed: int =
             frames, acts = tensors["frames"][None], tensors["actions"][None]
             cache = prefill(model, frames[:, :r], acts[:, :r])
             noise = torch.randn(frames[:, r].shape, generator=torch.Generator().manual_seed(len(scores)))
-            t = torch.ones(1)
+            t = torch.ones(1)  # one DDIM step from pure noise: the x0 estimate itself
             v, _ = model.step(noise, t, acts[:, r], cache)
             x0, _ = x0_eps_from_v(noise, v, t)
             scores.append(float(psnr(x0.clamp(-1, 1), frames[:, r])))

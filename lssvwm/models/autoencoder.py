@@ -138,6 +138,8 @@ class Autoencoder(nn.Module):
 class PixelCodec:
     """The identity codec: the world model works on pixels."""
 
+    value_range = (-1.0, 1.0)  # known: the sampler may clamp its x0 estimates to it
+
     def encode(self, frames):
         return frames
 
@@ -151,6 +153,8 @@ class PixelCodec:
 
 class LatentCodec:
     """Frames <-> latents of a frozen autoencoder, in chunks (so long videos fit in memory)."""
+
+    value_range = None  # latents are unbounded (unit std after calibration, with tails well past 1): never clamp
 
     def __init__(self, ae: Autoencoder, chunk: int = 64):
         self.ae, self.chunk = ae.eval().requires_grad_(False), chunk
@@ -171,23 +175,3 @@ class LatentCodec:
         flat = rearrange(latents, "... c h w -> (...) c h w")
         x = torch.cat([self.ae.decode(z) for z in flat.split(self.chunk)])
         return x.reshape(*latents.shape[:-3], *x.shape[1:])
-
-
-def load_autoencoder(path, device="cpu", ema: bool = True) -> tuple[Autoencoder, object]:
-    """A `lssvwm train-ae` run or checkpoint folder -> (autoencoder in eval mode, its AERunConfig)."""
-    from ..checkpoint import find_checkpoint, load_weights
-    from ..config import load_ae_config
-
-    ckpt = find_checkpoint(path)
-    cfg = load_ae_config(ckpt / "config.yaml")
-    ae = Autoencoder(cfg.autoencoder)
-    load_weights(ae, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
-    return ae.to(device).eval(), cfg
-
-
-def frame_codec(cfg, device="cpu"):
-    """The codec of a world-model run config: latents of ``train.autoencoder`` when set, else pixels."""
-    if not cfg.train.autoencoder:
-        return PixelCodec()
-    ae, _ = load_autoencoder(cfg.train.autoencoder, device=device)
-    return LatentCodec(ae)

@@ -219,6 +219,8 @@ class Mamba2(nn.Module):
 
     def forward(self, u: torch.Tensor, state: SSMState | None = None) -> tuple[torch.Tensor, SSMState]:
         b, L, _ = u.shape
+        if L == 0:  # nothing to scan: an empty output and the state as it was
+            return u.new_zeros(b, 0, self.d_model), state or self.initial_state(b, u.device, u.dtype)
         zxbcdt = self.in_proj(u)  # (b, L, 2*d_inner + 2*d_state + nheads)
         z, xbc, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if state is None:

@@ -70,10 +70,20 @@ class Conditioning(nn.Module):
         c = self.level_mlp(timestep_embedding(levels, self.freq_dim).to(self.level_mlp[0].weight.dtype))  # (B,T,D)
         if self.action_dim > 0:
             return c + self.action(actions.to(c.dtype))
-        if actions.min() < -1 or actions.max() >= self.num_actions:
-            raise ValueError(f"action ids must be in [-1, {self.num_actions}) (-1 = no action), got "
-                             f"[{int(actions.min())}, {int(actions.max())}]")
+        if actions.device.type == "cpu":  # a clear message, and free: CPU ops are synchronous anyway
+            check_action_ids(actions, self.num_actions)
+        else:  # no host sync per denoising step on an accelerator: the check runs on the device
+            torch._assert_async(((actions >= -1) & (actions < self.num_actions)).all())
         return c + self.action(torch.where(actions < 0, self.num_actions, actions))
+
+
+def check_action_ids(actions: torch.Tensor, num_actions: int) -> None:
+    """Discrete action ids must be integers in [-1, num_actions) (-1 = no action)."""
+    if actions.dtype.is_floating_point:
+        raise ValueError(f"discrete actions must be integer ids, got {actions.dtype}")
+    if actions.numel() and (int(actions.min()) < -1 or int(actions.max()) >= num_actions):
+        raise ValueError(f"action ids must be in [-1, {num_actions}) (-1 = no action), got "
+                         f"[{int(actions.min())}, {int(actions.max())}]")
 
 
 class Mlp(nn.Module):
@@ -160,8 +170,14 @@ class WorldModel(nn.Module):
         for m in (self.final_adaLN[1], self.out) + extra:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
+        # DiT: the noise-level MLP and the action (label) embedding both start at std 0.02, so neither drowns the
+        # other in the adaLN input (an N(0, 1) action table would be ~50x the level's share)
         nn.init.normal_(self.cond.level_mlp[0].weight, std=0.02)
         nn.init.normal_(self.cond.level_mlp[2].weight, std=0.02)
+        if isinstance(self.cond.action, nn.Embedding):
+            nn.init.normal_(self.cond.action.weight, std=0.02)
+        else:  # continuous actions: the same small scale for their MLP's output layer
+            nn.init.normal_(self.cond.action[2].weight, std=0.02)
 
     def empty_cache(self) -> WorldCache:
         return WorldCache(tuple(LayerCache(None, None) for _ in self.blocks), 0)
