@@ -9,6 +9,7 @@
                  [--set train.steps=500 ...]
     lssvwm generate --ckpt RUN --data DIR --context N --frames M --out video.mp4
     lssvwm eval memory --ckpt A [--ckpt B ...] --task retrieval|reasoning --context N --frames M
+    lssvwm eval follow --ckpt A [--ckpt B ...] [--context 32] [--frames 48] [--long 200] [--windows 8]
     lssvwm play --ckpt RUN [--port 8765] [--record DIR]
     lssvwm demo [--out runs/demo] [--minutes 14]
 """
@@ -179,6 +180,13 @@ def _eval_memory(a):
                     a.data, _device(a.device))
 
 
+def _eval_follow(a):
+    from .follow import evaluate_follow
+
+    evaluate_follow(a.ckpt, a.data, a.out, a.context, a.frames, a.long, a.windows, a.seed, _sampling_overrides(a),
+                    _device(a.device))
+
+
 def _demo(a):
     from .demo import run_demo
 
@@ -312,6 +320,20 @@ def main(argv=None):
     _sampling_args(em, seed=False)
     em.add_argument("--out", default="runs/eval")
     em.set_defaults(fn=_eval_memory)
+
+    ef = ev.add_parser("follow", help="does the model keep to the true path? held-out trajectories in the training "
+                                      "mazes and in unseen mazes, free and teacher-forced, scored per frame")
+    ef.add_argument("--ckpt", action="append", required=True, help="run or checkpoint folder; repeat to compare")
+    ef.add_argument("--data", help="the training data folder (default: the first run's)")
+    ef.add_argument("--context", type=int, default=32, help="true context frames (default 32)")
+    ef.add_argument("--frames", type=int, default=48, help="generated frames of the main scores (default 48)")
+    ef.add_argument("--long", type=int, default=200, help="length of the long rollout (default 200)")
+    ef.add_argument("--windows", type=int, default=8, help="held-out trajectories per window set (default 8)")
+    ef.add_argument("--seed", type=int, default=0, help="window-set seed (default 0)")
+    ef.add_argument("--out", default="runs/follow", help="output folder (default runs/follow)")
+    ef.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _sampling_args(ef, seed=False)
+    ef.set_defaults(fn=_eval_follow)
 
     pl = sub.add_parser("play", help="play a trained model in the browser (WebSocket server)")
     pl.add_argument("--ckpt", required=True)

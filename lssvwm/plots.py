@@ -36,7 +36,7 @@ def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, out_png: str
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     for name, (x, y) in curves.items():
-        ax.plot(x, y, marker="o", ms=3, label=name)
+        ax.plot(x, y, marker="o" if len(x) <= 40 else None, ms=3, label=name)
     if title:
         ax.set_title(title)
     return _finish(plt, fig, ax, xlabel, ylabel, out_png)

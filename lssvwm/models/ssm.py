@@ -70,7 +70,7 @@ def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64
     """Chunked SSD scan; same arguments and results as :func:`ssd_reference`."""
     b, L, h, p = x.shape
     n = B.shape[-1]
-    q = chunk_size
+    q = max(1, min(chunk_size, L))  # a chunk longer than the sequence would only add padded work (per-frame steps)
     ct = _compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))

@@ -1,0 +1,278 @@
+"""The follow benchmark: does a world model keep predicting the world it is shown?
+
+Held-out trajectories, fixed seeds: the model gets ``context`` true frames and then the true actions of the
+next ``frames`` (48) and ``long`` (200) steps, and must generate what the agent sees. Two window sets:
+
+- ``train-mazes``: new trajectories in the mazes of the training data (its fixed ``--mazes``, or the mazes of
+  its first training episodes), so what the model learned about those places counts;
+- ``unseen-mazes``: trajectories in mazes the training data never had.
+
+Both are rebuilt from the dataset's ``meta.json`` (built-in maze or real Memory Maze). For data no generator
+can rebuild (TECO Minecraft, your own videos) the windows come from the validation split (``val``).
+
+Scores per window set, for every generated frame against the truth: SSIM and PSNR (LPIPS when its weights are
+on the machine) over frames 1-8, 9-24, 25-48 and all 48, and over 49-100, 101-200 and all 200 of the long
+rollout (the 48-frame rollout is the first 48 frames of the 200-frame one: same seed, same frames); a drift
+figure (mean of frames 1-8 minus mean of frames 25-48: how much worse the rollout gets as its own errors
+compound); teacher-forced scores (every frame predicted from the true frames before it); and the
+repeat-the-last-context-frame baseline.
+
+    lssvwm eval follow --ckpt runs/a --ckpt runs/b [--data DIR] [--windows 8] [--out runs/follow]
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# frame bins (1-based, inclusive): those of the main (48-frame) scores, then those of the long (200-frame) rollout;
+# each set of scores also has "all" (every frame of its length)
+BINS_SHORT = ((1, 8), (9, 24), (25, 48))
+BINS_LONG = ((49, 100), (101, 200))
+TRAJECTORY_SEED = 20_261_123  # held-out trajectories: never a training episode's seed
+UNSEEN_MAZE_SEED = 7_777_777  # unseen mazes: a maze seed stream the generators never use for training data
+STRIP_FRAMES = (1, 2, 4, 8, 16, 24, 32, 48, 100, 200)
+
+
+def window_sets(data: str | os.PathLike, out: str | os.PathLike, context: int, frames: int, windows: int,
+                seed: int = 0, resolution: int | None = None, val_fraction: float = 0.1, layout: str = "auto"
+                ) -> dict[str, dict]:
+    """{set name: {"frames": (W, context + frames, C, H, W) in [-1, 1], "actions": (W, context + frames)}}.
+
+    Rebuilt (and cached under ``out``) from the dataset's ``meta.json`` when a generator made it, else taken from
+    the validation split (episodes long enough for the window; fewer than ``windows`` when there are not enough).
+    """
+    from .data.episodes import read_meta
+
+    meta = read_meta(data) if Path(data).is_dir() else {}
+    steps = context + frames - 1  # an episode of T steps has T + 1 frames; the window starts at frame 0
+    if meta.get("generator") in ("lssvwm.data.maze", "memory_maze"):
+        res = resolution or meta.get("resolution", 64)
+        sets = {}
+        for name in ("train-mazes", "unseen-mazes"):
+            folder = Path(out) / f"windows_{name}_c{context}_f{frames}_w{windows}_s{seed}_r{res}"
+            _build_window_set(folder, name, meta, windows, steps, res, seed)
+            sets[name] = _load_windows(folder, context + frames)
+        return sets
+    return {"val": _val_windows(data, context + frames, windows, val_fraction, layout)}
+
+
+def _maze_seed(name: str, meta: dict, i: int) -> int:
+    from .data.episodes import episode_seed, fixed_maze_seed
+
+    if name == "unseen-mazes":
+        return episode_seed(UNSEEN_MAZE_SEED + int(meta.get("seed", 0)), i)
+    if meta.get("mazes"):  # the dataset cycles through K fixed mazes
+        return fixed_maze_seed(meta.get("seed", 0), meta["mazes"], i)
+    # a new maze per episode: training episode i's maze came from its own seed (the first episodes are training
+    # episodes; the validation split takes the last ones)
+    return episode_seed(meta.get("seed", 0), i)
+
+
+def _build_window_set(folder: Path, name: str, meta: dict, windows: int, steps: int, res: int, seed: int) -> None:
+    from .data.episodes import episode_seed, save_episode
+
+    spec = {"set": name, "generator": meta["generator"], "data_seed": meta.get("seed", 0),
+            "mazes": meta.get("mazes", 0), "maze": meta.get("maze"), "maze_size": meta.get("maze_size", 9),
+            "windows": windows, "steps": steps, "resolution": res, "seed": seed}
+    if (folder / "spec.json").exists() and json.loads((folder / "spec.json").read_text()) == spec:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(windows):
+        traj = episode_seed(TRAJECTORY_SEED + seed, i)
+        if meta["generator"] == "memory_maze":
+            from .data.memory_maze import generate_episode as mm_episode
+
+            ep = mm_episode(traj, steps, meta.get("maze", "9x9"), _maze_seed(name, meta, i))
+        else:
+            from .data.episodes import generate_episode
+
+            ep = generate_episode(traj, steps, size=meta.get("maze_size", 9), resolution=res,
+                                  maze_seed=_maze_seed(name, meta, i))
+        save_episode(folder / f"ep_{i:06d}.npz", ep)
+    tmp = folder / "spec.json.tmp"
+    tmp.write_text(json.dumps(spec, indent=2))
+    os.replace(tmp, folder / "spec.json")
+
+
+def _load_windows(folder: Path, length: int) -> dict:
+    from .data.episodes import episode_files, episode_tensors, load_episode
+
+    eps = [episode_tensors(load_episode(f)) for f in episode_files(folder)]
+    return {"frames": torch.stack([e["frames"][:length] for e in eps]),
+            "actions": torch.stack([e["actions"][:length] for e in eps])}
+
+
+def _val_windows(data, length: int, windows: int, val_fraction: float, layout: str) -> dict:
+    from .data.dataset import EpisodeWindows
+
+    ds = EpisodeWindows(data, 1, "val", val_fraction, layout=layout)
+    picked = [ds.episode(e) for e in range(len(ds.files))]
+    picked = [e for e in picked if e["frames"].shape[0] >= length][:windows]
+    if not picked:
+        raise ValueError(f"{data}: no validation episode has the {length} frames a follow window needs "
+                         f"(context + frames); use a shorter --context/--long")
+    return {"frames": torch.stack([e["frames"][:length] for e in picked]),
+            "actions": torch.stack([e["actions"][:length] for e in picked])}
+
+
+def _bins(per_frame: np.ndarray, bins) -> dict:
+    """Means over the bins that fit in ``per_frame``, and over all of it."""
+    out = {f"{lo}-{hi}": float(per_frame[lo - 1:hi].mean()) for lo, hi in bins if per_frame.shape[0] >= hi}
+    return out | {"all": float(per_frame.mean())}
+
+
+def score(pred: torch.Tensor, gt: torch.Tensor, lpips=None) -> dict:
+    """Per-frame metrics of (W, M, C, H, W) predictions, averaged over the windows: {"ssim": [M], ...}."""
+    from .metrics import psnr, ssim
+
+    out = {"ssim": ssim(pred, gt).mean(0).tolist(), "psnr": psnr(pred, gt).mean(0).tolist()}
+    if lpips is not None:
+        with torch.no_grad():
+            vals = torch.stack([lpips(pred[:, i], gt[:, i]) for i in range(gt.shape[1])], 1)  # (W, M)
+        out["lpips"] = vals.mean(0).tolist()
+    return out
+
+
+def summarize(per_frame: dict, short: int) -> dict:
+    """Binned means and the drift figure (frames 1-8 minus 25-48) of per-frame metrics."""
+    out = {}
+    for metric, values in per_frame.items():
+        v = np.asarray(values)
+        out[metric] = _bins(v[:short], BINS_SHORT)
+        if v.shape[0] > short:
+            out[f"{metric}_long"] = _bins(v, BINS_LONG)
+        if "1-8" in out[metric] and "25-48" in out[metric]:
+            out[f"{metric}_drift"] = out[metric]["1-8"] - out[metric]["25-48"]
+    return out
+
+
+def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.PathLike = "runs/follow",
+                    context: int = 32, frames: int = 48, long: int = 200, windows: int = 8, seed: int = 0,
+                    sampling: dict | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Score checkpoints side by side on the follow windows; writes ``results.json`` (binned scores and
+    per-frame curves), ``strip_<set>.png`` (ground truth, then each model's free rollout and teacher-forced
+    frames at frames 1, 2, 4, ... 200) and ``ssim_vs_frame.png`` to ``out``. Returns the results."""
+    from .evaluation import common_resolution, load_runs, lpips_fn
+
+    if context < 1 or frames < 1 or long < frames or windows < 1:
+        raise ValueError(f"need context >= 1, frames >= 1, long >= frames and windows >= 1 (got context={context}, "
+                         f"frames={frames}, long={long}, windows={windows})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(ckpts, device)
+    resolution = common_resolution(runs)
+    first = next(iter(runs.values())).cfg
+    data = data or first.train.data
+    sets = window_sets(data, out, context, long, windows, seed, resolution, first.train.val_fraction,
+                       first.train.data_layout)
+    lp, lp_note = lpips_fn()
+    results = {"data": str(data), "context": context, "frames": frames, "long": long, "seed": seed,
+               "lpips": lp_note, "sets": {}, "models": {}}
+    strips = {}
+    for set_name, win in sets.items():
+        video, acts = win["frames"], win["actions"]
+        ctx, gt = video[:, :context], video[:, context:context + long]
+        results["sets"][set_name] = {"windows": int(video.shape[0]),
+                                     "repeat_last_frame": summarize(score(ctx[:, -1:].expand_as(gt), gt, lp),
+                                                                    frames)}
+        strips[set_name] = [("ground truth", gt)]
+    # all window sets in one batch: per-frame calls cost about the same for 8 or 16 windows on a CPU
+    video = torch.cat([w["frames"] for w in sets.values()])[:, :context + long]
+    acts = torch.cat([w["actions"] for w in sets.values()])[:, :context + long]
+    sizes = [w["frames"].shape[0] for w in sets.values()]
+    ctx, gt = video[:, :context], video[:, context:]
+    ctx_a, fut_a = acts[:, :context], acts[:, context:]
+    for name, run in runs.items():
+        sampler = run.sampler(**(sampling or {}))
+        results["models"][name] = {"checkpoint": str(run.checkpoint), "sampling": vars(sampler.cfg).copy(),
+                                   "train_steps": _train_steps(run), "sets": {}}
+        sampler.reseed(sampler.cfg.seed)
+        free = sampler.rollout(ctx, ctx_a, fut_a, progress=progress)
+        sampler.reseed(sampler.cfg.seed)
+        tf = sampler.rollout(ctx, ctx_a, fut_a[:, :frames], teacher_frames=gt[:, :frames], progress=progress)
+        for set_name, f, t, g in zip(sets, free.split(sizes), tf.split(sizes), gt.split(sizes)):
+            free_pf, tf_pf = score(f, g, lp), score(t, g[:, :frames], lp)
+            results["models"][name]["sets"][set_name] = {
+                "free": summarize(free_pf, frames), "teacher_forced": summarize(tf_pf, frames),
+                "per_frame": {"free": _rounded(free_pf), "teacher_forced": _rounded(tf_pf)}}
+            strips[set_name] += [(f"{name}: free", f), (f"{name}: one step ahead", t)]
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    for set_name, rows in strips.items():
+        write_strip(rows, out / f"strip_{set_name}.png", long)
+    _plot(results, out / "ssim_vs_frame.png")
+    results["table"] = follow_table(results)
+    print(f"follow: {context} context frames, then {frames} and {long} generated ({lp_note})")
+    print(results["table"])
+    print(f"results: {out / 'results.json'}\npictures: " + ", ".join(str(out / f"strip_{s}.png") for s in sets) +
+          f", {out / 'ssim_vs_frame.png'}")
+    return results
+
+
+def _rounded(per_frame: dict) -> dict:
+    return {k: [round(float(x), 4) for x in v] for k, v in per_frame.items()}
+
+
+def _train_steps(run) -> int | None:
+    """Training steps of a checkpoint folder ``step_XXXXXXX`` (None for weights saved elsewhere)."""
+    name = run.checkpoint.name
+    return int(name[len("step_"):]) if name.startswith("step_") and name[len("step_"):].isdigit() else None
+
+
+def follow_table(results: dict) -> str:
+    """A text table: per model and window set, free-rollout SSIM by bin, drift, PSNR, teacher-forced SSIM."""
+    head = (f"{'model':<22} {'windows':<13} {'SSIM 1-8':>8} {'9-24':>6} {'25-48':>6} {'all48':>6} {'drift':>6} "
+            f"{'PSNR48':>7} {'TF SSIM':>7} {'SSIM200':>7}")
+    lines = [head]
+    rows = [(n, s, r["free"], r["teacher_forced"]) for n, m in results["models"].items() for s, r in m["sets"].items()]
+    rows += [("repeat last frame", s, r["repeat_last_frame"], None) for s, r in results["sets"].items()]
+    for name, set_name, free, tf in rows:
+        ssim = free["ssim"]
+        tf_ssim = f"{tf['ssim']['all']:7.3f}" if tf else f"{'':>7}"
+        long_all = free.get("ssim_long", {}).get("all")
+        lines.append(f"{name[:22]:<22} {set_name:<13} {ssim.get('1-8', float('nan')):8.3f} "
+                     f"{ssim.get('9-24', float('nan')):6.3f} {ssim.get('25-48', float('nan')):6.3f} "
+                     f"{ssim['all']:6.3f} {free.get('ssim_drift', float('nan')):6.3f} {free['psnr']['all']:7.2f} "
+                     f"{tf_ssim} {'' if long_all is None else f'{long_all:7.3f}':>7}")
+    return "\n".join(lines)
+
+
+def write_strip(rows: list[tuple[str, torch.Tensor]], path: Path, long: int, window: int = 0) -> Path:
+    """One PNG: a row per entry (ground truth, then each model's rows), columns at frames 1, 2, 4 ... 200 of
+    window ``window``, with the row names on the left."""
+    from PIL import Image, ImageDraw
+
+    from .video import to_uint8, upscale
+
+    cols = [f for f in STRIP_FRAMES if f <= long]
+    size = rows[0][1].shape[-1]
+    scale = max(1, 64 // size)
+    label_w, gap = 170, 2
+    cell = size * scale
+    img = Image.new("RGB", (label_w + len(cols) * (cell + gap), 14 + len(rows) * (cell + gap)), "white")
+    draw = ImageDraw.Draw(img)
+    for j, f in enumerate(cols):
+        draw.text((label_w + j * (cell + gap) + 2, 1), f"frame {f}", fill="black")
+    for i, (label, video) in enumerate(rows):
+        y = 14 + i * (cell + gap)
+        draw.text((2, y + cell // 2 - 6), label[:28], fill="black")
+        for j, f in enumerate(cols):
+            if f <= video.shape[1]:
+                tile = upscale(to_uint8(video[window, f - 1:f]), scale)[0]
+                img.paste(Image.fromarray(tile), (label_w + j * (cell + gap), y))
+    img.save(path)
+    return path
+
+
+def _plot(results: dict, path: Path) -> None:
+    from .plots import plot_curves
+
+    curves = {}
+    for name, m in results["models"].items():
+        for set_name, r in m["sets"].items():
+            v = r["per_frame"]["free"]["ssim"]
+            curves[f"{name} ({set_name})"] = (list(range(1, len(v) + 1)), v)
+    plot_curves(curves, "generated frame", "SSIM (free rollout)", path, "follow: SSIM vs frame")

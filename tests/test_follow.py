@@ -1,0 +1,99 @@
+"""The follow benchmark: held-out windows in the training mazes and in unseen mazes, scored per frame."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lssvwm.cli import main
+from lssvwm.data.episodes import episode_files, load_episode
+from lssvwm.follow import evaluate_follow, score, summarize, window_sets
+from lssvwm.metrics import ssim
+
+
+@pytest.fixture(scope="module")
+def maze_data(tmp_path_factory):
+    """8 episodes cycling through 2 fixed mazes, 16x16 (the tiny preset's size)."""
+    from lssvwm.data.episodes import generate_dataset
+
+    root = tmp_path_factory.mktemp("follow_data")
+    generate_dataset(root, episodes=8, steps=30, resolution=16, seed=3, mazes=2, progress=False)
+    return root
+
+
+def test_window_sets_use_the_training_mazes_and_unseen_ones(maze_data, tmp_path):
+    sets = window_sets(maze_data, tmp_path, context=4, frames=10, windows=3)
+    assert set(sets) == {"train-mazes", "unseen-mazes"}
+    for w in sets.values():
+        assert w["frames"].shape == (3, 14, 3, 16, 16) and w["actions"].shape == (3, 14)
+    train_layouts = {load_episode(f)["maze_layout"][0].tobytes() for f in episode_files(maze_data)}
+    assert len(train_layouts) == 2
+    folders = {p.name.split("_")[1]: p for p in tmp_path.glob("windows_*")}
+    seen = [load_episode(f)["maze_layout"][0].tobytes() for f in episode_files(folders["train-mazes"])]
+    unseen = [load_episode(f)["maze_layout"][0].tobytes() for f in episode_files(folders["unseen-mazes"])]
+    assert set(seen) <= train_layouts and not set(unseen) & train_layouts
+    # new trajectories, not copies of training episodes
+    train_starts = {load_episode(f)["image"][:14].tobytes() for f in episode_files(maze_data)}
+    assert not {load_episode(f)["image"][:14].tobytes() for f in episode_files(folders["train-mazes"])} & train_starts
+    again = window_sets(maze_data, tmp_path / "again", context=4, frames=10, windows=3)
+    assert torch.equal(again["unseen-mazes"]["frames"], sets["unseen-mazes"]["frames"])  # fixed seeds
+
+
+def test_data_without_a_generator_uses_the_validation_split(maze_data, tmp_path):
+    copy = tmp_path / "videos_like"
+    shutil.copytree(maze_data, copy)
+    (copy / "meta.json").unlink()  # no generator to rebuild windows with
+    sets = window_sets(copy, tmp_path, context=4, frames=10, windows=5, val_fraction=0.25)
+    assert list(sets) == ["val"] and sets["val"]["frames"].shape[0] == 2  # the 2 validation episodes
+    with pytest.raises(ValueError, match="no validation episode has the 100 frames"):
+        window_sets(copy, tmp_path, context=50, frames=50, windows=2, val_fraction=0.25)
+
+
+def test_summary_bins_and_drift():
+    per_frame = {"ssim": list(np.linspace(1.0, 0.0, 200))}
+    s = summarize(per_frame, 48)
+    v = np.linspace(1.0, 0.0, 200)
+    assert s["ssim"]["1-8"] == pytest.approx(v[:8].mean())
+    assert s["ssim"]["25-48"] == pytest.approx(v[24:48].mean())
+    assert s["ssim"]["all"] == pytest.approx(v[:48].mean())
+    assert s["ssim_long"]["101-200"] == pytest.approx(v[100:].mean())
+    assert s["ssim_drift"] == pytest.approx(v[:8].mean() - v[24:48].mean())
+
+
+def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
+    res = evaluate_follow([str(tiny_run), str(tiny_run)], data=str(maze_data), out=tmp_path, context=4, frames=48,
+                          long=60, windows=2, sampling={"steps": 1}, progress=False)
+    assert len(res["models"]) == 2  # two runs of the same name keep two rows
+    for m in res["models"].values():
+        for set_name in ("train-mazes", "unseen-mazes"):
+            r = m["sets"][set_name]
+            assert len(r["per_frame"]["free"]["ssim"]) == 60 and len(r["per_frame"]["teacher_forced"]["ssim"]) == 48
+            assert set(r["free"]["ssim"]) == {"1-8", "9-24", "25-48", "all"}
+            assert r["free"]["ssim_drift"] == pytest.approx(r["free"]["ssim"]["1-8"] - r["free"]["ssim"]["25-48"])
+        assert m["sampling"]["steps"] == 1
+    # the baseline is what repeating the last context frame scores
+    win = window_sets(maze_data, tmp_path, 4, 60, 2)["unseen-mazes"]
+    ctx, gt = win["frames"][:, :4], win["frames"][:, 4:]
+    direct = ssim(ctx[:, -1:].expand_as(gt), gt).mean(0)[:48].mean()
+    assert res["sets"]["unseen-mazes"]["repeat_last_frame"]["ssim"]["all"] == pytest.approx(float(direct), abs=1e-6)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["models"].keys() == res["models"].keys()
+    for f in ("strip_train-mazes.png", "strip_unseen-mazes.png", "ssim_vs_frame.png"):
+        assert (tmp_path / f).stat().st_size > 1000
+
+
+def test_identical_prediction_scores_perfectly():
+    gt = torch.rand(2, 10, 3, 16, 16) * 2 - 1
+    pf = score(gt.clone(), gt)
+    assert min(pf["ssim"]) > 0.999 and min(pf["psnr"]) > 90
+
+
+def test_cli_eval_follow(tiny_run, maze_data, tmp_path, capsys):
+    out = tmp_path / "follow"
+    rc = main(["eval", "follow", "--ckpt", str(tiny_run), "--data", str(maze_data), "--context", "4", "--frames",
+               "8", "--long", "10", "--windows", "2", "--out", str(out), "--steps", "1", "--device", "cpu"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "train-mazes" in printed and "repeat last frame" in printed
+    assert (out / "results.json").exists()
