@@ -166,10 +166,27 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0
     long_context_prob: float = 0.5  # the paper's long-context training: P(clean prefix)
     min_clean_prefix: int = 1
+    # Training on the model's own rollouts (not in the paper; Self Forcing / BAgger-style, see diffusion.py): with
+    # this probability a step replaces 1..own_rollout_frames frames after a true prefix by the model's own free
+    # rollout (no gradient) and trains the frames after them against the truth
+    own_rollout_prob: float = 0.0
+    own_rollout_frames: int = 4
     # Extras NOT in the paper; off by default.
     clean_frame_prob: float = 0.0  # each frame clean (no loss) with this probability, see diffusion.py
     state_penalty: float = 0.0
     curriculum_steps: int = 0  # > 0: clip length grows linearly from clip_len/4 to clip_len over these steps
+
+    def validate(self) -> None:
+        for name in ("long_context_prob", "own_rollout_prob", "clean_frame_prob"):
+            if not _finite_in(getattr(self, name), 0.0, 1.0):
+                raise ConfigError(f"diffusion.{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+        if not _finite_in(self.min_snr_gamma, 0.0, float("inf"), high_open=True) or self.min_snr_gamma <= 0:
+            raise ConfigError(f"diffusion.min_snr_gamma must be a positive number, got {self.min_snr_gamma!r}")
+        if not _finite_in(self.state_penalty, 0.0, float("inf"), high_open=True):
+            raise ConfigError(f"diffusion.state_penalty must be a number >= 0, got {self.state_penalty!r}")
+        for name, low in (("min_clean_prefix", 1), ("own_rollout_frames", 1), ("curriculum_steps", 0)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise ConfigError(f"diffusion.{name} must be an integer >= {low}, got {getattr(self, name)!r}")
 
 
 SCHEDULES = ("uniform", "logsnr", "edm")
@@ -261,6 +278,12 @@ class RunConfig(_YamlSections):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def validate(self) -> None:
+        """Every section's values, with errors that name the field (also for configs built in Python)."""
+        self.model.validate()
+        self.diffusion.validate()
+        self.sampling.validate()
+
 
 def _plain(x):
     if isinstance(x, dict):
@@ -321,7 +344,9 @@ def config_from_dict(data: dict) -> RunConfig:
     model.validate()
     sampling_cfg = _build(SamplingConfig, sampling, "sampling")
     sampling_cfg.validate()
-    return RunConfig(model=model, diffusion=_build(DiffusionConfig, diffusion, "diffusion"), sampling=sampling_cfg,
+    diffusion_cfg = _build(DiffusionConfig, diffusion, "diffusion")
+    diffusion_cfg.validate()
+    return RunConfig(model=model, diffusion=diffusion_cfg, sampling=sampling_cfg,
                      train=_build(TrainConfig, data.get("train") or {}, "train"))
 
 

@@ -90,6 +90,52 @@ def training_noise(shape: tuple, cfg: DiffusionConfig, generator: torch.Generato
     return levels, mask, noise
 
 
+def own_rollout_plan(frames: int, cfg: DiffusionConfig, generator: torch.Generator | None = None
+                     ) -> tuple[int, int] | None:
+    """Whether this training step trains on the model's own rollout (probability ``own_rollout_prob``) and, if so,
+    ``(n, r)``: ``n >= 1`` true context frames, then ``r`` in ``1..own_rollout_frames`` generated ones, leaving at
+    least one frame after them to train. Always draws the same numbers from ``generator`` (exact resume)."""
+    u, ur, un = torch.rand(3, generator=generator).tolist()
+    if cfg.own_rollout_prob <= 0 or frames < 3 or u >= cfg.own_rollout_prob:
+        return None
+    r = 1 + int(ur * min(cfg.own_rollout_frames, frames - 2))  # 1 .. min(R, T-2)
+    n = 1 + int(un * (frames - 1 - r))  # 1 .. T-1-r
+    return n, r
+
+
+@torch.no_grad()
+def own_rollout_history(model, frames: torch.Tensor, actions: torch.Tensor, n: int, r: int, sampling: SamplingConfig,
+                        generators: list[torch.Generator] | None = None, clamp: tuple[float, float] | None = None
+                        ) -> torch.Tensor:
+    """``frames`` (B, T, C, H, W) with frames ``n .. n+r-1`` replaced by the model's own free rollout from the true
+    frames ``0 .. n-1``, sampled as at inference (``sampling``: steps, grid, eta, stabilization; ``clamp``: the
+    codec's range). No gradient flows through it. ``generators``: one per clip, so that a clip's rollout does not
+    depend on which process (or batch) it is in."""
+    module = getattr(model, "module", model)  # not through DDP: this forward has no backward
+    cache = prefill(module, frames[:, :n], actions[:, :n], sampling.stabilization, generators)
+    out = frames.clone()
+    shape = (frames.shape[0],) + tuple(frames.shape[2:])
+    for j in range(n, n + r):
+        x = denoise_frame(module, cache, actions[:, j], shape, sampling, generators, frames.device, clamp)
+        cache = commit_frame(module, cache, x, actions[:, j], sampling.stabilization, generators)
+        out[:, j] = x.to(out.dtype)
+    return out
+
+
+def own_rollout_batch(model, frames: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor,
+                      plan: tuple[int, int], sampling: SamplingConfig, generators=None, clamp=None):
+    """A training batch on the model's own rollout: frames ``n .. n+r-1`` generated (see
+    :func:`own_rollout_history`); the first ``n + r`` frames are context labelled with the stabilization level
+    (as at inference) and carry no loss; the frames after them keep their levels and are trained against the
+    true frames. Returns (frames, levels, mask)."""
+    n, r = plan
+    frames = own_rollout_history(model, frames, actions, n, r, sampling, generators, clamp)
+    levels, mask = levels.clone(), mask.clone()
+    levels[:, :n + r] = sampling.stabilization
+    mask[:, :n + r] = 0.0
+    return frames, levels, mask
+
+
 def diffusion_loss(model, frames: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor,
                    noise: torch.Tensor, cfg: DiffusionConfig, normalizer: float | None = None
                    ) -> tuple[torch.Tensor, dict]:
@@ -151,6 +197,18 @@ def sampling_grid(steps: int, schedule: str = "uniform") -> torch.Tensor:
     return torch.cat([one, inner, zero])
 
 
+def randn(shape: tuple, generator=None, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU (reproducible on any device); ``generator`` may be one generator or
+    a list of one per row of the batch (then each row's draws depend only on its own generator)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        x = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in generator])
+    else:
+        x = torch.randn(shape, generator=generator, dtype=dtype)
+    return x.to(device)
+
+
 def _model_dtype(model) -> torch.dtype:
     params = getattr(model, "parameters", None)
     return next(params()).dtype if params is not None else torch.float32  # fp64 models sample in fp64
@@ -165,7 +223,7 @@ def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: Samplin
     spaces whose range is known (pixels in [-1, 1]), never for latents."""
     b = shape[0]
     dtype = _model_dtype(model)
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    x = randn(shape, generator, dtype, device)
     ts = sampling_grid(cfg.steps, cfg.schedule)
     for i in range(cfg.steps):
         t = torch.full((b,), float(ts[i]), device=device, dtype=dtype)
@@ -180,7 +238,7 @@ def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: Samplin
             c = cfg.eta * (s_next / s) * math.sqrt(max(0.0, 1.0 - (a / a_next) ** 2))
         x = a_next * x0 + math.sqrt(max(0.0, s_next**2 - c**2)) * eps
         if c > 0:
-            x = x + c * torch.randn(shape, generator=generator, dtype=dtype).to(device)
+            x = x + c * randn(shape, generator, dtype, device)
     return x  # at t = 0 the last step returns x0 exactly
 
 
@@ -190,8 +248,7 @@ def commit_frame(model, cache, frame: torch.Tensor, action: torch.Tensor, stabil
     b = frame.shape[0]
     level = torch.full((b,), float(stabilization), device=frame.device, dtype=frame.dtype)
     if stabilization > 0:
-        frame = add_noise(frame, level, torch.randn(frame.shape, generator=generator, dtype=frame.dtype
-                                                    ).to(frame.device))
+        frame = add_noise(frame, level, randn(frame.shape, generator, frame.dtype, frame.device))
     _, cache = model.step(frame, level, action, cache)
     return cache
 
@@ -205,7 +262,7 @@ def prefill(model, context_frames: torch.Tensor, context_actions: torch.Tensor, 
     x = context_frames.to(_model_dtype(model))
     levels = torch.full((b, n), float(stabilization), device=x.device, dtype=x.dtype)
     if stabilization > 0:
-        x = add_noise(x, levels, torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
+        x = add_noise(x, levels, randn(x.shape, generator, x.dtype, x.device))
     _, cache = model(x, levels, context_actions)
     return cache
 

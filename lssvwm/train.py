@@ -20,7 +20,7 @@ import torch.distributed as dist
 from .checkpoint import find_checkpoint, frame_codec, load_state, load_weights, save_checkpoint
 from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
-from .diffusion import diffusion_loss, training_noise
+from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, training_noise
 from .models.world_model import WorldModel
 
 
@@ -157,6 +157,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     """Train; returns the run folder. ``stop_after`` ends the process-local loop early (tests: a 'kill')."""
     from tqdm import tqdm
 
+    cfg.validate()
     rank, world, device = setup_distributed()
     t = cfg.train
     run = Path(t.out)
@@ -208,6 +209,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
             frames, actions = frames[:, :length], actions[:, :length]
         gen = torch.Generator().manual_seed(_seed(t.seed, step, 1))
         levels, mask, noise = training_noise((t.batch_size,) + tuple(frames.shape[1:]), cfg.diffusion, gen)
+        plan = own_rollout_plan(frames.shape[1], cfg.diffusion, torch.Generator().manual_seed(_seed(t.seed, step, 3)))
+        if plan is not None:  # the first n + r frames become context: true, then the model's own rollout
+            clip_gens = [torch.Generator().manual_seed(_seed(t.seed, step, 2, i))
+                         for i in range(rank * per_rank, (rank + 1) * per_rank)]  # one per clip of the global batch
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                frames, levels, mask = own_rollout_batch(ddp, frames, actions, levels, mask, plan, cfg.sampling,
+                                                         clip_gens, codec.value_range)  # global levels and mask
         normalizer = float(mask.sum().clamp(min=1)) / world  # DDP averages gradients over ranks
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, stats = diffusion_loss(ddp, frames, actions, levels[mine].to(device), mask[mine].to(device),
@@ -236,11 +244,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         if rank == 0:
             rec = {"step": step + 1, "loss": logged.item(), "lr": lr, "grad_norm": float(grad_norm),
                    "time": round(elapsed, 3), **stats}
+            if plan is not None:
+                rec["own_rollout"] = list(plan)
             log.write(json.dumps(rec) + "\n")
             log.flush()
             if tb is not None:
                 for key, value in rec.items():
-                    if key != "step":
+                    if key != "step" and isinstance(value, (int, float)):
                         tb.add_scalar(f"train/{key}", value, step + 1)
             bar.update()
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.1e}")

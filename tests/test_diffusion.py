@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import types
 
@@ -273,3 +274,85 @@ def test_teacher_forced_rollout_is_one_step_ahead_prediction():
         torch.testing.assert_close(tf[:, i].double(), ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(tf[:, 0], free[:, 0])  # the first frame has the same history either way
     assert (tf[:, 1:] - free[:, 1:]).abs().max() > 1e-3
+
+
+# -- training on the model's own rollouts ------------------------------------------------------------------------
+def _noisy_tiny(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    model = WorldModel(model_preset("tiny")).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_own_rollout_plan():
+    from lssvwm.diffusion import own_rollout_plan
+
+    cfg = DiffusionConfig(own_rollout_prob=1.0, own_rollout_frames=4)
+    plans = [own_rollout_plan(10, cfg, torch.Generator().manual_seed(i)) for i in range(300)]
+    assert all(p is not None and p[0] >= 1 and 1 <= p[1] <= 4 and sum(p) <= 9 for p in plans)
+    assert {p[1] for p in plans} == {1, 2, 3, 4} and len({p[0] for p in plans}) >= 5
+    half = [own_rollout_plan(10, DiffusionConfig(own_rollout_prob=0.5), torch.Generator().manual_seed(i))
+            for i in range(400)]
+    assert 0.4 < sum(p is not None for p in half) / 400 < 0.6
+    g0, g1 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    own_rollout_plan(10, DiffusionConfig(own_rollout_prob=0.0), g0)
+    own_rollout_plan(10, DiffusionConfig(own_rollout_prob=1.0), g1)
+    assert torch.equal(torch.rand(4, generator=g0), torch.rand(4, generator=g1))  # the same draws either way
+
+
+def test_own_rollout_history_is_an_inference_rollout_without_gradient():
+    from lssvwm.diffusion import own_rollout_history
+
+    model = _noisy_tiny()
+    g = torch.Generator().manual_seed(1)
+    frames = torch.rand(2, 8, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    acts = torch.randint(0, 6, (2, 8), generator=g)
+    cfg = SamplingConfig(steps=2, stabilization=0.3)
+    out = own_rollout_history(model, frames, acts, 3, 2, cfg, [torch.Generator().manual_seed(s) for s in (10, 11)])
+    assert not out.requires_grad and out.grad_fn is None  # no gradient through the rollout
+    assert torch.equal(out[:, :3], frames[:, :3]) and torch.equal(out[:, 5:], frames[:, 5:])
+    assert (out[:, 3:5] - frames[:, 3:5]).abs().max() > 0.1
+    for i, seed in enumerate((10, 11)):  # each clip: exactly what the Sampler generates from its context
+        ref = Sampler(model, dataclasses.replace(cfg, seed=seed)).rollout(frames[i:i + 1, :3], acts[i:i + 1, :3],
+                                                                          acts[i:i + 1, 3:5])
+        torch.testing.assert_close(out[i:i + 1, 3:5], ref.to(out), rtol=1e-9, atol=1e-9)
+
+
+def test_own_rollout_loss_touches_only_the_frames_after_the_rollout():
+    from lssvwm.diffusion import diffusion_loss, own_rollout_batch
+
+    model = _noisy_tiny()
+    g = torch.Generator().manual_seed(2)
+    frames = torch.rand(2, 8, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    acts = torch.randint(0, 6, (2, 8), generator=g)
+    levels, mask = torch.rand(2, 8, generator=g, dtype=torch.float64), torch.ones(2, 8, dtype=torch.float64)
+    noise = torch.randn(frames.shape, generator=g, dtype=torch.float64)
+    cfg = SamplingConfig(steps=1, stabilization=0.3)
+    f2, lv2, m2 = own_rollout_batch(model, frames, acts, levels, mask, (3, 2), cfg, [torch.Generator()] * 2)
+    assert (lv2[:, :5] == 0.3).all() and (m2[:, :5] == 0).all() and torch.equal(lv2[:, 5:], levels[:, 5:])
+    assert (m2[:, 5:] == 1).all()
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, pred):
+            super().__init__()
+            self.pred = pred
+
+        def forward(self, x, lv, a, cache=None):
+            return self.pred, None
+
+    pred = torch.randn(frames.shape, dtype=torch.float64)
+    base, _ = diffusion_loss(Fixed(pred), f2, acts, lv2, m2, noise, DiffusionConfig())
+    garbage = pred.clone()
+    garbage[:, :5] += 100.0  # the true prefix and the generated frames: context, no loss
+    same, _ = diffusion_loss(Fixed(garbage), f2, acts, lv2, m2, noise, DiffusionConfig())
+    assert same == base
+    later = pred.clone()
+    later[:, 5] += 1.0
+    moved, _ = diffusion_loss(Fixed(later), f2, acts, lv2, m2, noise, DiffusionConfig())
+    assert moved != base
+    # the targets are the true frames: predicting exactly their v gives zero loss on the trained frames
+    perfect = v_target(frames, noise, lv2)
+    zero, _ = diffusion_loss(Fixed(perfect), f2, acts, lv2, m2, noise, DiffusionConfig())
+    assert zero < 1e-20

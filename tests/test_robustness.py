@@ -38,8 +38,10 @@ def _losses(run):
 
 
 def test_ddp_two_cpu_processes_equal_one_process(tiny_data, tmp_path):
-    """2 gloo processes with the global batch split between them end where 1 process does (fp32, 1e-5)."""
-    sets = ["train.steps=4", "train.ckpt_every=4"]
+    """2 gloo processes with the global batch split between them end where 1 process does (fp32, 1e-5), also
+    when steps train on the model's own rollouts (each clip's rollout depends only on its own seed)."""
+    sets = ["train.steps=4", "train.ckpt_every=4", "diffusion.own_rollout_prob=0.5", "sampling.steps=1",
+            "sampling.stabilization=0.3"]
     one = subprocess.run(_train_cmd(tiny_data, tmp_path / "one", *sets), capture_output=True, text=True, env=_env())
     assert one.returncode == 0, one.stderr
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lssvwm.cli",
@@ -48,6 +50,8 @@ def test_ddp_two_cpu_processes_equal_one_process(tiny_data, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert "x2" in two.stdout  # two processes really ran
     np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5)
+    kinds = ["own_rollout" in json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    assert any(kinds) and not all(kinds)
     a = load_file(str(find_checkpoint(tmp_path / "one") / "model.safetensors"))
     b = load_file(str(find_checkpoint(tmp_path / "two") / "model.safetensors"))
     for k in a:

@@ -27,10 +27,19 @@ def losses(run):
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("autocast", ["none", "bf16"])
-def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast):
-    full = train(tiny_cfg(tiny_data, tmp_path / "full", autocast=autocast), progress=False)
-    part = tiny_cfg(tiny_data, tmp_path / "part", autocast=autocast)
+@pytest.mark.parametrize("autocast, own_rollout", [("none", 0.0), ("bf16", 0.0), ("none", 0.5)])
+def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout):
+    def cfg(out):
+        c = tiny_cfg(tiny_data, out, autocast=autocast)
+        c.diffusion.own_rollout_prob = own_rollout
+        c.sampling.stabilization = 0.3
+        return c
+
+    full = train(cfg(tmp_path / "full"), progress=False)
+    if own_rollout:  # both kinds of step happened
+        kinds = ["own_rollout" in json.loads(x) for x in (full / "log.jsonl").read_text().splitlines()]
+        assert any(kinds) and not all(kinds)
+    part = cfg(tmp_path / "part")
     train(part, progress=False, stop_after=3)  # the process "dies" after step 3 (checkpoint at step 3)
     assert len(losses(tmp_path / "part")) == 3
     train(part, resume=True, progress=False)
