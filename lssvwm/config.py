@@ -166,6 +166,9 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0
     long_context_prob: float = 0.5  # the paper's long-context training: P(clean prefix)
     min_clean_prefix: int = 1
+    # the level the context frames of training (the long-context prefix) are labelled and noised with; 0 = clean,
+    # the sampler's stabilization level = as committed frames are seen at inference
+    context_level: float = 0.0
     # Training on the model's own rollouts (not in the paper; Self Forcing / BAgger-style, see diffusion.py): with
     # this probability a step replaces 1..own_rollout_frames frames after a true prefix by the model's own free
     # rollout (no gradient) and trains the frames after them against the truth
@@ -180,6 +183,8 @@ class DiffusionConfig:
         for name in ("long_context_prob", "own_rollout_prob", "clean_frame_prob"):
             if not _finite_in(getattr(self, name), 0.0, 1.0):
                 raise ConfigError(f"diffusion.{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+        if not _finite_in(self.context_level, 0.0, 1.0, high_open=True):
+            raise ConfigError(f"diffusion.context_level must be a noise level in [0, 1), got {self.context_level!r}")
         if not _finite_in(self.min_snr_gamma, 0.0, float("inf"), high_open=True) or self.min_snr_gamma <= 0:
             raise ConfigError(f"diffusion.min_snr_gamma must be a positive number, got {self.min_snr_gamma!r}")
         if not _finite_in(self.state_penalty, 0.0, float("inf"), high_open=True):

@@ -65,7 +65,9 @@ def loss_weight(t: torch.Tensor, gamma: float) -> torch.Tensor:
 def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: torch.Generator | None = None,
                     device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise levels (B, T) and loss mask (B, T): independent levels per frame (Diffusion Forcing), and with
-    probability ``long_context_prob`` a clean prefix of random length in [min_clean_prefix, T-1], no loss."""
+    probability ``long_context_prob`` a clean prefix of random length in [min_clean_prefix, T-1], no loss. Context
+    frames are labelled (and noised) with ``context_level`` (0: clean; the sampler's stabilization level: as the
+    context is seen at inference)."""
     levels = torch.rand(batch, frames, generator=generator)
     clean = torch.zeros(batch, frames, dtype=torch.bool)
     if frames > 1 and cfg.long_context_prob > 0:
@@ -75,7 +77,7 @@ def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: to
         clean |= use[:, None] & (torch.arange(frames)[None, :] < prefix[:, None])
     if cfg.clean_frame_prob > 0:  # not from the paper: clean context frames scattered through the clip
         clean |= torch.rand(batch, frames, generator=generator) < cfg.clean_frame_prob
-    levels = torch.where(clean, 0.0, levels)
+    levels = torch.where(clean, cfg.context_level, levels)
     mask = (~clean).float()
     return levels.to(device), mask.to(device)
 

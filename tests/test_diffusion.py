@@ -182,6 +182,10 @@ def test_long_context_prefix_is_clean_and_masked():
     assert abs(frac - 0.3) < 0.03
     _, m0 = training_levels(100, 10, DiffusionConfig(long_context_prob=0.0), torch.Generator().manual_seed(1))
     assert (m0 == 1).all()
+    # context labelled with the stabilization level instead of clean: same frames chosen, same mask
+    lv3, m3 = training_levels(64, 10, DiffusionConfig(long_context_prob=1.0, context_level=0.3),
+                              torch.Generator().manual_seed(0))
+    assert torch.equal(m3, mask) and (lv3[mask == 0] == 0.3).all() and torch.equal(lv3[mask == 1], levels[mask == 1])
 
 
 class Fixed(torch.nn.Module):
