@@ -336,7 +336,8 @@ def recall_experiment(out: str, steps: int = 3000, length: int = 24, clips: int 
     """Train tiny models of each variant on the same recall data, steps and seed; recall PSNR vs D."""
     from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
     from lssvwm.checkpoint import load_model
-    from lssvwm.data.recall import NUM_ACTIONS, generate_recall_dataset, recall_psnr
+    from lssvwm.data.recall import NUM_ACTIONS, generate_recall_dataset
+    from lssvwm.evaluation import recall_psnr
     from lssvwm.train import train
 
     out = Path(out)

@@ -8,8 +8,10 @@ a process killed at any moment leaves the previous checkpoint loadable.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,36 +36,57 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, cfg: RunConfig, model
                     keep: int = 2) -> Path:
     ckpts = Path(run_dir) / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
+    clean_stale(ckpts)  # a killed or failed writer's leftovers would only take the space this write needs
     final = ckpts / f"step_{step:07d}"
     tmp = ckpts / f".tmp_step_{step:07d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_state_dict(model), tmp / "model.safetensors")
-    save_file(_state_dict(ema), tmp / "ema.safetensors")
-    cfg.save(tmp / "config.yaml")
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = ckpts / "latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, ckpts / "latest")
+    try:
+        save_file(_state_dict(model), tmp / "model.safetensors")
+        save_file(_state_dict(ema), tmp / "ema.safetensors")
+        cfg.save(tmp / "config.yaml")
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, **extra}, tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer = ckpts / "latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, ckpts / "latest")
+    finally:  # a failed write (a full disk, ...) leaves the previous checkpoint and no partial folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        (ckpts / "latest.tmp").unlink(missing_ok=True)
     old = sorted(p for p in ckpts.glob("step_*") if p.is_dir() and p != final)
     for p in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
-    for stale in ckpts.glob(".tmp_step_*"):  # left by a killed writer
-        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
+def clean_stale(ckpts: Path) -> None:
+    """Remove the temporary folders and pointer of writers that were killed (or failed) mid-write."""
+    for stale in ckpts.glob(".tmp_step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    (ckpts / "latest.tmp").unlink(missing_ok=True)
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """A run folder (-> its latest checkpoint) or a checkpoint folder."""
+    """A run folder (-> its latest checkpoint), a checkpoint folder, a folder in the Hugging Face layout
+    (``config.json`` + ``model.safetensors``), the name of shipped weights (``maze-small``) or a Hugging Face Hub
+    repo id (``user/repo``, downloaded when ``huggingface_hub`` is installed and the machine is online)."""
+    pretrained = resolve_pretrained(path)
+    if pretrained is not None:
+        return pretrained
     path = Path(path)
     if (path / "model.safetensors").exists():
         return path
     pointer = path / "checkpoints" / "latest"
     if pointer.exists():
-        ckpt = path / "checkpoints" / pointer.read_text().strip()
+        try:
+            name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError as e:
+            raise CheckpointError(f"{pointer}: unreadable: {e.strerror or e}") from e
+        if not re.fullmatch(r"step_\d{1,12}", name):  # a plain folder name: never a path out of the run
+            raise CheckpointError(f"{pointer}: must name a checkpoint folder step_<N> inside {pointer.parent}, got "
+                                  f"{name[:80]!r}")
+        ckpt = path / "checkpoints" / name
         if (ckpt / "model.safetensors").exists():
             return ckpt
         raise CheckpointError(f"{pointer}: points to {ckpt}, which has no model.safetensors")
@@ -90,6 +113,10 @@ def load_weights(model: torch.nn.Module, file: str | os.PathLike) -> None:
         if shapes:
             parts.append("shape mismatch " + "; ".join(shapes[:8]))
         raise CheckpointError(f"{file}: does not match the model config: " + "; ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{file}: tensors with NaN or infinite values: {bad[:8]}{' ...' if len(bad) > 8 else ''}"
+                              f" (the run diverged before this checkpoint, or the file is damaged)")
     getattr(model, "module", model).load_state_dict(state)
 
 
@@ -109,10 +136,106 @@ def load_model(path: str | os.PathLike, ema: bool = True, device="cpu"):
     from .models.world_model import WorldModel
 
     ckpt = find_checkpoint(path)
-    cfg = load_config(ckpt / "config.yaml")
+    if is_pretrained(ckpt):  # one set of weights (the EMA's, when saved from a run)
+        cfg, weights = load_pretrained_config(ckpt), ckpt / PRETRAINED_WEIGHTS
+    else:
+        cfg, weights = load_config(ckpt / "config.yaml"), ckpt / ("ema.safetensors" if ema else "model.safetensors")
     model = WorldModel(cfg.model)
-    load_weights(model, ckpt / ("ema.safetensors" if ema else "model.safetensors"))
+    load_weights(model, weights)
     return model.to(device).eval(), cfg, ckpt
+
+
+# -- the Hugging Face layout: config.json + model.safetensors -------------------------------------------------------
+PRETRAINED_CONFIG, PRETRAINED_WEIGHTS = "config.json", "model.safetensors"
+SHIPPED = Path(__file__).resolve().parent / "weights"  # in an installed wheel
+SHIPPED_SOURCE = Path(__file__).resolve().parent.parent / "weights"  # in a source checkout
+
+
+def shipped_weights() -> dict[str, Path]:
+    """Names of the trained weights that come with lssvwm -> their folders (see weights/README.md)."""
+    out: dict[str, Path] = {}
+    for root in (SHIPPED, SHIPPED_SOURCE):
+        for p in sorted(root.iterdir()) if root.is_dir() else []:
+            if is_pretrained(p):
+                out.setdefault(p.name, p)
+    return out
+
+
+def is_pretrained(folder: Path) -> bool:
+    return (folder / PRETRAINED_CONFIG).is_file() and (folder / PRETRAINED_WEIGHTS).is_file()
+
+
+def resolve_pretrained(name: str | os.PathLike) -> Path | None:
+    """A folder in the Hugging Face layout for ``name`` (a folder, a shipped name, or a hub repo id), or None when
+    ``name`` is none of these (then it is a run or checkpoint folder)."""
+    path = Path(name)
+    if path.is_dir():
+        return path if is_pretrained(path) else None
+    shipped = shipped_weights()
+    if str(name) in shipped:
+        return shipped[str(name)]
+    if not path.exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(name)):
+        return _download(str(name))
+    return None
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise CheckpointError(f"{repo_id}: no such folder or shipped weights ({', '.join(shipped_weights()) or 'none'})"
+                              f"; to download it from the Hugging Face Hub, pip install 'lssvwm[hub]'") from e
+    try:
+        folder = Path(snapshot_download(repo_id=repo_id, allow_patterns=[PRETRAINED_CONFIG, PRETRAINED_WEIGHTS,
+                                                                          "README.md"]))
+    except Exception as e:  # noqa: BLE001 - offline, no such repo, ...: one message
+        raise CheckpointError(f"{repo_id}: could not download from the Hugging Face Hub: "
+                              f"{' '.join(str(e).split())[:200]}") from e
+    if not is_pretrained(folder):
+        raise CheckpointError(f"{repo_id}: the repo has no {PRETRAINED_CONFIG} + {PRETRAINED_WEIGHTS}")
+    return folder
+
+
+def load_pretrained_config(folder: Path) -> RunConfig:
+    """The run config saved as ``config.json`` (JSON is YAML: the same checks as a config.yaml)."""
+    from .config import ConfigError, config_from_dict, read_yaml
+
+    try:
+        return config_from_dict(read_yaml(folder / PRETRAINED_CONFIG))
+    except ConfigError as e:
+        raise CheckpointError(f"{folder / PRETRAINED_CONFIG}: {e}") from e
+
+
+def save_pretrained(model: torch.nn.Module, cfg: RunConfig, folder: str | os.PathLike,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` (the whole run config: model, diffusion, sampling defaults, training) and
+    ``model.safetensors`` (``dtype``: e.g. torch.bfloat16 to halve the size; loading casts back), atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+             for k, v in _state_dict(model).items()}
+    tmp = folder / (PRETRAINED_WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "library": "lssvwm"})
+    os.replace(tmp, folder / PRETRAINED_WEIGHTS)
+    tmp = folder / (PRETRAINED_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    os.replace(tmp, folder / PRETRAINED_CONFIG)
+    return folder
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload a folder in the Hugging Face layout (see :func:`save_pretrained`) to ``repo_id``; returns its URL."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError as e:
+        raise CheckpointError("push_to_hub needs huggingface_hub: pip install 'lssvwm[hub]'") from e
+    folder = Path(folder)
+    if not is_pretrained(folder):
+        raise CheckpointError(f"{folder}: no {PRETRAINED_CONFIG} + {PRETRAINED_WEIGHTS} (use save_pretrained first)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    return f"https://huggingface.co/{repo_id}"
 
 
 @dataclass

@@ -12,16 +12,91 @@
     lssvwm eval follow --ckpt A [--ckpt B ...] [--context 32] [--frames 48] [--long 200] [--windows 8]
     lssvwm play --ckpt RUN [--port 8765] [--record DIR]
     lssvwm demo [--out runs/demo] [--minutes 14]
+
+Every failure ends in one line on stderr (``error: ...``) and a non-zero exit: 2 for input the user can fix,
+1 for anything else; ``--debug`` (or ``LSSVWM_DEBUG=1``) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
-import yaml
+from .config import SCHEDULES, VARIANTS, ConfigError
 
-from .config import SCHEDULES, ConfigError
+
+# -- argument types: bad values are refused while parsing, with the option's name ------------------------------
+def _int_at_least(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {'>= %d' % low if high is None else f'in [{low}, {high}]'}, "
+                                             f"got {value}")
+        return value
+    return parse
+
+
+def _float_in(low: float, high: float, high_open: bool = False, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (low < value if low_open else low <= value) and (
+            value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}"
+                                             f"{')' if high_open else ']'}, got {text}")
+        return value
+    return parse
+
+
+def _video_path(text: str) -> Path:
+    from .video import VIDEO_SUFFIXES
+
+    path = Path(text)
+    if path.suffix not in VIDEO_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text}: a video file must end in .mp4 or .gif")
+    if path.exists() and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder, not a video file")
+    return path
+
+
+def _even_resolution(text: str) -> int:
+    value = _int_at_least(8, 1024)(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"must be even, got {value}")
+    return value
+
+
+def _odd_size(text: str) -> int:
+    value = _int_at_least(5, 101)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be odd (walls between cells), got {value}")
+    return value
+
+
+POSITIVE, NONNEG = _int_at_least(1), _int_at_least(0)
+
+
+def _writable_dir(path: str | Path, what: str) -> Path:
+    """Create ``path`` (a folder) if needed and check that files can be written in it, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: folder is not writable")
+    return path
+
+
+def _check_output_file(path: Path) -> None:
+    _writable_dir(path.parent if str(path.parent) else Path("."), "--out")
 
 
 def _data_maze(a):
@@ -39,12 +114,11 @@ def _data_memory_maze(a):
 
 
 def _train_ae(a):
-    from .config import ae_config_from_dict, autoencoder_preset, load_ae_config
+    from .config import layered_config
     from .train_ae import train_autoencoder
 
-    base = _layered_config(a, load_ae_config, "autoencoder", bool(a.preset),
-                           lambda: autoencoder_preset(a.preset or "memory-maze").__dict__.copy())
-    run = train_autoencoder(ae_config_from_dict(base), resume=a.resume, progress=not a.no_progress)
+    cfg = layered_config("ae", a.config, a.preset, None, a.set, a.data, a.out, a.resume)
+    run = train_autoencoder(cfg, resume=a.resume, progress=not a.no_progress)
     print(f"run: {run}")
 
 
@@ -55,8 +129,11 @@ def _data_preview(a):
     from .video import side_by_side, top_down_map, upscale, write_video
 
     files = episode_files(a.dir)
-    if not 0 <= a.episode < len(files):
-        raise SystemExit(f"error: --episode must be in [0, {len(files)}), got {a.episode}")
+    if a.episode >= len(files):
+        raise ConfigError(f"--episode must be in [0, {len(files)}) for the {len(files)} episodes of {a.dir}, got "
+                          f"{a.episode}")
+    out = a.out or Path(a.dir) / f"preview_{a.episode:06d}.mp4"
+    _check_output_file(Path(out))
     ep = load_episode(files[a.episode])
     frames = ep["image"][: a.frames]
     res = frames.shape[1]
@@ -72,7 +149,6 @@ def _data_preview(a):
             positions = ep["agent_pos"][: a.frames]
         cell = max(4, view.shape[1] // layout.shape[0])
         panels.append(top_down_map(layout, positions, cell))
-    out = Path(a.out or Path(a.dir) / f"preview_{a.episode:06d}.mp4")
     write_video(out, side_by_side(*panels), fps=a.fps)
     print(f"preview: {out}")
 
@@ -88,49 +164,19 @@ def _model_info(a):
           f"({model.num_params() / 1e6:.2f}M); frames {cfg.channels}x{cfg.frame_size}x{cfg.frame_size}, "
           f"patch {cfg.patch_size} -> {grid}x{grid} tokens, d_model {cfg.d_model}")
     for i, layer in enumerate(cfg.layers):
-        print(f"  layer {i:2d}: ssm block {layer['ssm']!s:>8}  attention window {layer['attn']}")
-
-
-def _parse_sets(pairs: list[str]) -> dict:
-    out: dict = {}
-    for pair in pairs or []:
-        if "=" not in pair or "." not in pair.split("=", 1)[0]:
-            raise SystemExit(f"error: --set expects section.field=value (e.g. train.steps=500), got {pair!r}")
-        key, value = pair.split("=", 1)
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
-    return out
-
-
-def _layered_config(a, load, section: str, preset_given: bool, preset) -> dict:
-    """--config (or, with --resume, the run's own config.yaml; else defaults), then the preset replaces
-    ``section`` when given (or when there is no config), then --set, --data, --out. Returns a plain dict."""
-    config = a.config
-    if not config and getattr(a, "resume", False) and a.out and (Path(a.out) / "config.yaml").exists():
-        config = Path(a.out) / "config.yaml"
-    base = load(config).to_dict() if config else {}
-    if preset_given or not config:
-        base[section] = preset()
-    for name, values in _parse_sets(a.set).items():
-        base.setdefault(name, {}).update(values)
-    base.setdefault("train", {})
-    if a.data:
-        base["train"]["data"] = a.data
-    if a.out:
-        base["train"]["out"] = a.out
-    return base
+        print(f"  layer {i:2d}: ssm block {layer.ssm!s:>8}  attention window {layer.attn}")
 
 
 def build_run_config(a):
     """--config (or, with --resume, the run's own config.yaml; else defaults), then --preset/--variant
-    (replace the model), then --set, --data, --out."""
-    from .config import config_from_dict, load_config, model_preset
+    (replace the model), then --set, --data, --out (see config.layered_config)."""
+    from .config import layered_config, parse_overrides
 
-    base = _layered_config(a, load_config, "model", bool(a.preset or a.variant),
-                           lambda: model_preset(a.preset or "small", a.variant or "hybrid").__dict__.copy())
-    if getattr(a, "skip_bad_files", False):
-        base["train"]["skip_bad_files"] = True
-    return config_from_dict(base)
+    sets = parse_overrides(a.set)
+    for flag in ("skip_bad_files", "tensorboard"):
+        if getattr(a, flag, False):
+            sets.setdefault("train", {})[flag] = True
+    return layered_config("run", a.config, a.preset, a.variant, sets, a.data, a.out, a.resume)
 
 
 def _train(a):
@@ -146,11 +192,16 @@ def _generate(a):
     from .generate import comparison_video, episode_rollout, frame_metrics, write_metrics
     from .video import write_video
 
+    _check_output_file(a.out)
     run = load_run(a.ckpt, device=_device(a.device))
+    sampler = run.sampler(**_sampling_overrides(a))
     ds = EpisodeWindows(a.data, 1, a.split, run.cfg.train.val_fraction, layout=run.cfg.train.data_layout)
+    if a.episode >= len(ds.files):
+        raise ConfigError(f"--episode must be in [0, {len(ds.files)}) for the {len(ds.files)} '{a.split}' episodes of "
+                          f"{a.data}, got {a.episode}")
     ep = ds.episode(a.episode)
-    ctx, gt, pred = episode_rollout(run.sampler(**_sampling_overrides(a)), ep, a.context, a.frames, start=a.start,
-                                    progress=True, teacher_forcing=a.teacher_forcing)
+    ctx, gt, pred = episode_rollout(sampler, ep, a.context, a.frames, start=a.start, progress=True,
+                                    teacher_forcing=a.teacher_forcing)
     metrics = frame_metrics(gt, pred)
     write_video(a.out, comparison_video(ctx, gt, pred), fps=a.fps)
     write_metrics(Path(a.out).with_suffix(".json"), metrics)
@@ -166,16 +217,26 @@ def _play(a):
     if a.host not in ("127.0.0.1", "localhost", "::1") and not a.allow_remote:
         raise SystemExit(f"error: --host {a.host} exposes the server beyond this machine; add --allow-remote to "
                          f"confirm")
+    if a.record:
+        _writable_dir(a.record, "--record")
+    if a.context and not Path(a.context).exists():
+        raise ConfigError(f"--context {a.context}: no such dataset folder or episode file")
     factory = EnvFactory(a.ckpt, context=a.context, device=_device(a.device), **_sampling_overrides(a))
     try:
         asyncio.run(serve(factory, a.host, a.port, a.record))
     except KeyboardInterrupt:
         pass
+    except OSError as e:
+        if e.errno in (98, 48, 10048):  # address in use (Linux, macOS, Windows)
+            raise ConfigError(f"--port {a.port} is in use on {a.host}: choose another --port (0 = any free port)"
+                              ) from e
+        raise
 
 
 def _eval_memory(a):
     from .evaluation import evaluate_models
 
+    _writable_dir(a.out, "--out")
     evaluate_models(a.ckpt, a.task, a.context, a.frames, a.out, a.episodes, a.seed, _sampling_overrides(a),
                     a.data, _device(a.device))
 
@@ -183,6 +244,7 @@ def _eval_memory(a):
 def _eval_follow(a):
     from .follow import evaluate_follow
 
+    _writable_dir(a.out, "--out")
     evaluate_follow(a.ckpt, a.data, a.out, a.context, a.frames, a.long, a.windows, a.seed, _sampling_overrides(a),
                     _device(a.device))
 
@@ -190,6 +252,7 @@ def _eval_follow(a):
 def _demo(a):
     from .demo import run_demo
 
+    _writable_dir(a.out, "--out")
     run_demo(out=a.out, minutes=a.minutes, preset=a.preset)
 
 
@@ -201,167 +264,228 @@ def _device(name: str | None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return name
 
 
 def _sampling_args(p, seed: bool = True) -> None:
     """Sampling options shared by generate, eval and play; each defaults to the run's own setting."""
     g = p.add_argument_group("sampling (default: the run's own settings)")
-    g.add_argument("--steps", type=int, help="denoising steps per frame")
-    g.add_argument("--stabilization", type=float, help="noise level committed frames are labelled with, in [0, 1)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="step grid")
-    g.add_argument("--eta", type=float, help="0: deterministic DDIM, 1: ancestral sampling")
+    g.add_argument("--steps", type=POSITIVE, help="denoising steps per frame")
+    g.add_argument("--stabilization", type=_float_in(0, 1, high_open=True),
+                   help="noise level committed frames are labelled with, in [0, 1)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="step grid: uniform in t, uniform in log-SNR, or EDM's")
+    g.add_argument("--eta", type=_float_in(0, 1), help="0: deterministic DDIM, 1: ancestral sampling")
     if seed:
-        g.add_argument("--seed", type=int, help="sampling seed")
+        g.add_argument("--seed", type=NONNEG, help="sampling seed")
 
 
 def _sampling_overrides(a) -> dict:
-    return {k: getattr(a, k, None) for k in ("steps", "stabilization", "schedule", "eta", "seed")}
+    """The sampling options this command has and the user gave (the rest stay the run's settings)."""
+    return {k: v for k in ("steps", "stabilization", "schedule", "eta", "seed") if (v := getattr(a, k, None)) is not None}
 
 
 def _generation_args(p) -> None:
     """Options shared by the dataset generators."""
-    p.add_argument("--out", required=True)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mazes", type=int, default=0,
-                   help="0: a new maze per episode; K: episodes cycle through K fixed mazes (new trajectories)")
+    p.add_argument("--out", required=True, help="dataset folder (created; an unfinished one is completed)")
+    p.add_argument("--workers", type=POSITIVE, default=1, help="worker processes (default 1)")
+    p.add_argument("--seed", type=NONNEG, default=0, help="dataset seed: episode i's seed depends on it (default 0)")
+    p.add_argument("--mazes", type=NONNEG, default=0,
+                   help="0: a new maze per episode; K: episodes cycle through K fixed mazes (default 0)")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="lssvwm", description="Long-context state-space video world models")
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default when it has a real one (not None/False) and its help does not already say it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .config import MODEL_PRESETS
+
+    p = argparse.ArgumentParser(prog="lssvwm", description="Long-context state-space video world models",
+                                formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"lssvwm {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or LSSVWM_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
+    def cmd(parent, name, fn, **kw):
+        q = parent.add_parser(name, formatter_class=_Help, **kw)
+        q.set_defaults(fn=fn)
+        return q
+
     data = sub.add_parser("data", help="make or inspect datasets").add_subparsers(dest="data_cmd", required=True)
-    m = data.add_parser("maze", help="generate built-in maze episodes")
-    m.add_argument("--episodes", type=int, default=100)
-    m.add_argument("--steps", type=int, default=1000)
-    m.add_argument("--resolution", type=int, default=64)
-    m.add_argument("--size", type=int, default=9, help="maze grid size (odd)")
+    m = cmd(data, "maze", _data_maze, help="generate built-in maze episodes")
+    m.add_argument("--episodes", type=POSITIVE, default=100, help="number of episodes")
+    m.add_argument("--steps", type=POSITIVE, default=1000, help="steps per episode (an episode has steps+1 frames)")
+    m.add_argument("--resolution", type=_even_resolution, default=64, help="frame size in pixels (even, 8-1024)")
+    m.add_argument("--size", type=_odd_size, default=9, help="maze grid size in cells (odd, 5-101)")
     _generation_args(m)
-    m.set_defaults(fn=_data_maze)
-    mm = data.add_parser("memory-maze", help="generate real Memory Maze episodes (extra: lssvwm[memory-maze])")
-    mm.add_argument("--maze", default="9x9", choices=["9x9", "11x11", "13x13", "15x15"])
-    mm.add_argument("--episodes", type=int, default=10)
-    mm.add_argument("--steps", type=int, default=1000, help="at most the time limit: 1000 steps for 9x9")
+    mm = cmd(data, "memory-maze", _data_memory_maze, help="generate real Memory Maze episodes (extra: "
+                                                          "lssvwm[memory-maze])")
+    mm.add_argument("--maze", default="9x9", choices=["9x9", "11x11", "13x13", "15x15"], help="maze size")
+    mm.add_argument("--episodes", type=POSITIVE, default=10, help="number of episodes")
+    mm.add_argument("--steps", type=POSITIVE, default=1000, help="steps per episode, at most the time limit "
+                                                                 "(1000 for 9x9)")
     _generation_args(mm)
-    mm.set_defaults(fn=_data_memory_maze)
-    pv = data.add_parser("preview", help="video of an episode beside a top-down map")
-    pv.add_argument("dir")
-    pv.add_argument("--episode", type=int, default=0)
-    pv.add_argument("--frames", type=int, default=300)
-    pv.add_argument("--fps", type=int, default=10)
-    pv.add_argument("--out")
-    pv.set_defaults(fn=_data_preview)
+    pv = cmd(data, "preview", _data_preview, help="video of an episode beside a top-down map")
+    pv.add_argument("dir", help="dataset folder")
+    pv.add_argument("--episode", type=NONNEG, default=0, help="episode index (sorted by file name)")
+    pv.add_argument("--frames", type=POSITIVE, default=300, help="frames to show")
+    pv.add_argument("--fps", type=POSITIVE, default=10, help="video frames per second")
+    pv.add_argument("--out", type=_video_path, help="video file (.mp4 or .gif); default DIR/preview_<episode>.mp4")
 
     model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_cmd", required=True)
-    mi = model.add_parser("info", help="parameter count and layer plan of a preset")
-    mi.add_argument("preset")
-    mi.add_argument("--variant", default="hybrid")
-    mi.set_defaults(fn=_model_info)
+    mi = cmd(model, "info", _model_info, help="parameter count and layer plan of a preset")
+    mi.add_argument("preset", choices=list(MODEL_PRESETS), help="model preset")
+    mi.add_argument("--variant", default="hybrid", choices=VARIANTS, help="layer plan")
 
-    t = sub.add_parser("train", help="train a world model (torchrun for several processes)")
-    t.add_argument("--config", help="YAML run config")
-    t.add_argument("--preset")
-    t.add_argument("--variant")
-    t.add_argument("--data")
-    t.add_argument("--out")
-    t.add_argument("--resume", action="store_true")
+    t = cmd(sub, "train", _train, help="train a world model (torchrun for several processes)")
+    t.add_argument("--config", help="YAML run config (default: the preset's, or the run's own with --resume)")
+    t.add_argument("--preset", choices=list(MODEL_PRESETS), help="model preset (replaces the config's model; "
+                                                                 "default small)")
+    t.add_argument("--variant", choices=VARIANTS, help="layer plan (default hybrid)")
+    t.add_argument("--data", help="dataset folder (train.data)")
+    t.add_argument("--out", help="run folder (train.out)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override config fields; may be repeated")
-    t.add_argument("--no-progress", action="store_true")
+                   help="override config fields, e.g. train.steps=500; may be repeated")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (train.tensorboard)")
     t.add_argument("--skip-bad-files", action="store_true",
                    help="skip and count unreadable episode files (default: stop before training)")
-    t.set_defaults(fn=_train)
 
-    ae = sub.add_parser("train-ae", help="train the frame autoencoder (for latent world models)")
+    ae = cmd(sub, "train-ae", _train_ae, help="train the frame autoencoder (for latent world models)")
     ae.add_argument("--config", help="YAML autoencoder config (sections autoencoder, train)")
-    ae.add_argument("--preset", help="tiny | memory-maze (4x) | minecraft (8x); default memory-maze")
-    ae.add_argument("--data")
-    ae.add_argument("--out")
-    ae.add_argument("--resume", action="store_true")
-    ae.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE")
-    ae.add_argument("--no-progress", action="store_true")
-    ae.set_defaults(fn=_train_ae)
+    ae.add_argument("--preset", choices=["tiny", "memory-maze", "minecraft"],
+                    help="tiny | memory-maze (4x) | minecraft (8x); default memory-maze")
+    ae.add_argument("--data", help="dataset folder (train.data)")
+    ae.add_argument("--out", help="run folder (train.out)")
+    ae.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    ae.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override config fields; may be repeated")
+    ae.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    g = sub.add_parser("generate", help="roll out a trained model from an episode's context")
+    g = cmd(sub, "generate", _generate, help="roll out a trained model from an episode's context")
     g.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
-    g.add_argument("--data", required=True)
-    g.add_argument("--split", default="val", choices=["train", "val", "all"])
-    g.add_argument("--episode", type=int, default=0)
-    g.add_argument("--start", type=int, default=0)
-    g.add_argument("--context", type=int, default=16)
-    g.add_argument("--frames", type=int, default=32)
-    g.add_argument("--fps", type=int, default=8)
-    g.add_argument("--out", default="rollout.mp4")
+    g.add_argument("--data", required=True, help="dataset folder to take the episode from")
+    g.add_argument("--split", default="val", choices=["train", "val", "all"], help="which episodes")
+    g.add_argument("--episode", type=NONNEG, default=0, help="episode index within the split")
+    g.add_argument("--start", type=NONNEG, default=0, help="first context frame")
+    g.add_argument("--context", type=POSITIVE, default=16, help="true context frames")
+    g.add_argument("--frames", type=POSITIVE, default=32, help="frames to generate")
+    g.add_argument("--fps", type=POSITIVE, default=8, help="video frames per second")
+    g.add_argument("--out", type=_video_path, default=Path("rollout.mp4"),
+                   help="video (.mp4 or .gif); the metrics go beside it as .json")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     _sampling_args(g)
     g.add_argument("--teacher-forcing", action="store_true",
                    help="predict each frame from the true frames before it (one step ahead), not from its own")
-    g.set_defaults(fn=_generate)
 
     ev = sub.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_cmd", required=True)
-    em = ev.add_parser("memory", help="spatial retrieval / reasoning, models side by side (built-in maze, or the "
-                                      "real Memory Maze when the training data came from it)")
+    em = cmd(ev, "memory", _eval_memory, help="spatial retrieval / reasoning, models side by side (built-in maze, or "
+                                              "the real Memory Maze when the training data came from it)")
     em.add_argument("--ckpt", action="append", required=True, help="run or checkpoint folder; repeat to compare")
-    em.add_argument("--task", choices=["retrieval", "reasoning"], default="retrieval")
-    em.add_argument("--context", type=int, default=64)
-    em.add_argument("--frames", type=int, default=64)
-    em.add_argument("--episodes", type=int, default=4)
-    em.add_argument("--seed", type=int, default=0, help="task-set seed (also seeds sampling, per episode)")
+    em.add_argument("--task", choices=["retrieval", "reasoning"], default="retrieval", help="memory task")
+    em.add_argument("--context", type=POSITIVE, default=64, help="context frames (the exploration)")
+    em.add_argument("--frames", type=POSITIVE, default=64, help="frames to generate")
+    em.add_argument("--episodes", type=POSITIVE, default=4, help="task episodes")
+    em.add_argument("--seed", type=NONNEG, default=0, help="task-set seed (also seeds sampling, per episode)")
     em.add_argument("--data", help="training data folder whose meta.json names the mazes (default: the run's)")
     em.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     _sampling_args(em, seed=False)
-    em.add_argument("--out", default="runs/eval")
-    em.set_defaults(fn=_eval_memory)
+    em.add_argument("--out", default="runs/eval", help="output folder")
 
-    ef = ev.add_parser("follow", help="does the model keep to the true path? held-out trajectories in the training "
-                                      "mazes and in unseen mazes, free and teacher-forced, scored per frame")
+    ef = cmd(ev, "follow", _eval_follow, help="does the model keep to the true path? held-out trajectories in the "
+                                              "training mazes and in unseen mazes, free and teacher-forced")
     ef.add_argument("--ckpt", action="append", required=True, help="run or checkpoint folder; repeat to compare")
     ef.add_argument("--data", help="the training data folder (default: the first run's)")
-    ef.add_argument("--context", type=int, default=32, help="true context frames (default 32)")
-    ef.add_argument("--frames", type=int, default=48, help="generated frames of the main scores (default 48)")
-    ef.add_argument("--long", type=int, default=200, help="length of the long rollout (default 200)")
-    ef.add_argument("--windows", type=int, default=8, help="held-out trajectories per window set (default 8)")
-    ef.add_argument("--seed", type=int, default=0, help="window-set seed (default 0)")
-    ef.add_argument("--out", default="runs/follow", help="output folder (default runs/follow)")
+    ef.add_argument("--context", type=POSITIVE, default=32, help="true context frames")
+    ef.add_argument("--frames", type=POSITIVE, default=48, help="generated frames of the main scores")
+    ef.add_argument("--long", type=POSITIVE, default=200, help="length of the long rollout (>= --frames)")
+    ef.add_argument("--windows", type=POSITIVE, default=8, help="held-out trajectories per window set")
+    ef.add_argument("--seed", type=NONNEG, default=0, help="window-set seed")
+    ef.add_argument("--out", default="runs/follow", help="output folder")
     ef.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     _sampling_args(ef, seed=False)
-    ef.set_defaults(fn=_eval_follow)
 
-    pl = sub.add_parser("play", help="play a trained model in the browser (WebSocket server)")
-    pl.add_argument("--ckpt", required=True)
+    pl = cmd(sub, "play", _play, help="play a trained model in the browser (WebSocket server)")
+    pl.add_argument("--ckpt", required=True, help="run or checkpoint folder")
     pl.add_argument("--context", help="dataset folder or episode .npz for the start clip (default: the run's data)")
-    pl.add_argument("--host", default="127.0.0.1")
-    pl.add_argument("--port", type=int, default=8765)
+    pl.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    pl.add_argument("--port", type=_int_at_least(0, 65535), default=8765, help="port (0 = any free port)")
     pl.add_argument("--allow-remote", action="store_true", help="required for a --host other than loopback")
     pl.add_argument("--record", metavar="DIR", help="save recordings (episode .npz + .mp4) here")
     pl.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     _sampling_args(pl, seed=False)
-    pl.set_defaults(fn=_play)
 
-    d = sub.add_parser("demo", help="data -> train -> rollout on the built-in maze, on CPU")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--minutes", type=float, default=14.0, help="training time budget (minutes)")
-    d.add_argument("--preset", default="small")
-    d.set_defaults(fn=_demo)
+    d = cmd(sub, "demo", _demo, help="data -> train -> rollout on the built-in maze, on CPU")
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--minutes", type=_float_in(0, 24 * 60, low_open=True), default=14.0,
+                   help="training time budget (minutes)")
+    d.add_argument("--preset", default="small", choices=list(MODEL_PRESETS), help="model preset")
+    return p
 
-    a = p.parse_args(argv)
+
+# optional packages -> the extra that installs them
+OPTIONAL_PACKAGES = {"memory_maze": "memory-maze", "dm_control": "memory-maze", "mujoco": "memory-maze",
+                     "gym": "memory-maze", "labmaze": "memory-maze", "websockets": "web", "fla": "gpu",
+                     "lpips": None, "playwright": None, "tensorboard": None, "av": None}
+
+
+def describe_error(e: BaseException) -> tuple[str, int]:
+    """One line for the user and the exit code: 2 = input the user can fix, 1 = anything else."""
     from .checkpoint import CheckpointError
-    from .config import ConfigError
     from .data.episodes import EpisodeFormatError
 
+    if isinstance(e, (ConfigError, EpisodeFormatError, CheckpointError)):
+        return str(e), 2
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in OPTIONAL_PACKAGES:
+        name = e.name.split(".")[0]
+        extra = OPTIONAL_PACKAGES[name]
+        how = f"pip install 'lssvwm[{extra}]'" if extra else f"pip install {name}"
+        return f"this needs the optional package '{name}': {how}", 2
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return ("out of memory: use a smaller model, batch (train.batch_size), clip (train.clip_len) or fewer "
+                "frames", 1)
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e}", 1
+    if isinstance(e, ValueError):  # the library's own checks of values it was given
+        return " ".join(str(e).split()) or type(e).__name__, 2
+    first = (str(e).strip().splitlines() or [""])[0]
+    return (f"{type(e).__name__}: {first} (unexpected: please report it; --debug or LSSVWM_DEBUG=1 shows the "
+            f"traceback)", 1)
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    if a.debug or os.environ.get("LSSVWM_DEBUG"):
+        a.fn(a)
+        return 0
     try:
         a.fn(a)
-    except (ConfigError, EpisodeFormatError, CheckpointError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except RecursionError:
+        print("error: input nested too deeply", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the one place every failure becomes one line
+        message, code = describe_error(e)
+        print(f"error: {message}", file=sys.stderr)
+        return code
     return 0
 
 

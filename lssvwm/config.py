@@ -16,6 +16,7 @@ mamba2-local         one full-frame SSM scan per layer + frame-local attention (
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import yaml
 
 VARIANTS = ("hybrid", "full-transformer", "window-transformer", "mamba2", "mamba2-local")
+MAX_WINDOW = 100_000  # frames; a longer window is the same as "all" for any clip that fits in memory
+LAYOUTS = ("auto", "episodes", "teco", "videos")
 
 
 class ConfigError(ValueError):
@@ -33,10 +36,40 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 6, 6, 60, 60, 40
+
+
+def _show(value) -> str:
+    """A short repr for error messages: bounded in depth and length, so a YAML alias bomb or a huge value is never
+    expanded."""
+    return _REPR.repr(value)
+
+
 @dataclass(frozen=True)
 class LayerSpec:
+    """One layer's token mixers. YAML writes it as a mapping: ``{ssm: [4, 4], attn: 8}``."""
+
     ssm: Any = None  # None (no SSM), "full" (one scan over the whole frame), or (b_h, b_w)
     attn: Any = None  # None (no attention), "all" (every past frame), or a window of k frames
+
+    @classmethod
+    def parse(cls, value, where: str) -> "LayerSpec":
+        """A LayerSpec from a LayerSpec or a ``{ssm, attn}`` mapping, with errors that name ``where``."""
+        if isinstance(value, LayerSpec):
+            ssm, attn = value.ssm, value.attn
+        elif isinstance(value, dict) and not set(value) - {"ssm", "attn"}:
+            ssm, attn = value.get("ssm"), value.get("attn")
+        else:
+            raise ConfigError(f"{where} must be a mapping with keys 'ssm' and 'attn', got {_show(value)}")
+        if ssm is not None and ssm != "full":
+            if not (isinstance(ssm, (list, tuple)) and len(ssm) == 2 and all(_is_int(v) for v in ssm)):
+                raise ConfigError(f"{where}.ssm must be null, 'full' or [b_h, b_w], got {_show(ssm)}")
+            ssm = (int(ssm[0]), int(ssm[1]))
+        if attn is not None and attn != "all" and not (_is_int(attn) and 1 <= attn <= MAX_WINDOW):
+            raise ConfigError(f"{where}.attn must be null, 'all' or a window of 1 to {MAX_WINDOW} frames, got "
+                              f"{_show(attn)}")
+        return cls(ssm, attn)
 
 
 @dataclass
@@ -54,7 +87,7 @@ class ModelConfig:
     attn_chunk: int | None = None  # frames per attention chunk; None = half the window
     num_actions: int = 6  # discrete action ids (plus -1 = none); ignored when action_dim > 0
     action_dim: int = 0  # > 0: continuous action vectors of this size
-    layers: list = field(default_factory=list)  # [{"ssm": ..., "attn": ...}, ...]
+    layers: list[LayerSpec] = field(default_factory=list)  # one LayerSpec per layer (YAML: {ssm: ..., attn: ...})
     gradient_checkpointing: bool = False
     # Not from the paper (DIAMOND-style): each frame's tokens also embed the previous input frame's patches at the
     # same place, a direct path for "copy and shift what was there" that attention otherwise has to learn.
@@ -63,36 +96,26 @@ class ModelConfig:
     # each predicted frame, zero-initialised, which can smooth the seams between patches.
     final_conv: bool = False
 
-    def layer_specs(self) -> list[LayerSpec]:
-        out = []
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, dict) or set(layer) - {"ssm", "attn"}:
-                raise ConfigError(f"model.layers[{i}] must be a mapping with keys 'ssm' and 'attn', got {layer!r}")
-            ssm, attn = layer.get("ssm"), layer.get("attn")
-            if ssm is not None and ssm != "full":
-                if not (isinstance(ssm, (list, tuple)) and len(ssm) == 2 and all(isinstance(v, int) for v in ssm)):
-                    raise ConfigError(f"model.layers[{i}].ssm must be null, 'full' or [b_h, b_w], got {ssm!r}")
-                ssm = tuple(ssm)
-            if attn is not None and attn != "all" and not (isinstance(attn, int) and attn >= 1):
-                raise ConfigError(f"model.layers[{i}].attn must be null, 'all' or a window >= 1 frame, got {attn!r}")
-            out.append(LayerSpec(ssm, attn))
-        return out
+    def __post_init__(self):
+        if isinstance(self.layers, (list, tuple)):  # parsed once, here; YAML gives mappings
+            self.layers = [LayerSpec.parse(layer, f"model.layers[{i}]") for i, layer in enumerate(self.layers)]
 
     def validate(self) -> None:
         for name in ("channels", "frame_size", "patch_size", "d_model", "n_heads", "d_state", "expand", "ssm_headdim",
                      "ssm_chunk", "num_actions"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"model.{name} must be a positive integer, got {_show(value)}")
         if not _is_int(self.action_dim) or self.action_dim < 0:
             raise ConfigError(f"model.action_dim must be an integer >= 0 (0 = discrete actions), got "
-                              f"{self.action_dim!r}")
+                              f"{_show(self.action_dim)}")
         if self.attn_chunk is not None and (not _is_int(self.attn_chunk) or self.attn_chunk < 1):
-            raise ConfigError(f"model.attn_chunk must be null or a positive integer, got {self.attn_chunk!r}")
+            raise ConfigError(f"model.attn_chunk must be null or a positive integer, got {_show(self.attn_chunk)}")
         if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
-            raise ConfigError(f"model.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+            raise ConfigError(f"model.mlp_ratio must be a positive number, got {_show(self.mlp_ratio)}")
         if not isinstance(self.layers, list):
-            raise ConfigError(f"model.layers must be a list of {{ssm, attn}} mappings, got {self.layers!r}")
+            raise ConfigError(f"model.layers must be a list of {{ssm, attn}} mappings, got {_show(self.layers)}")
+        self.__post_init__()  # layers assigned after construction are parsed too
         if self.frame_size % self.patch_size:
             raise ConfigError(f"model.frame_size={self.frame_size} must be divisible by model.patch_size="
                               f"{self.patch_size}")
@@ -105,57 +128,116 @@ class ModelConfig:
         if not self.layers:
             raise ConfigError("model.layers is empty: give a layer plan or use a preset/variant")
         grid = self.frame_size // self.patch_size
-        for i, spec in enumerate(self.layer_specs()):
-            if isinstance(spec.ssm, tuple) and (grid % spec.ssm[0] or grid % spec.ssm[1] or min(spec.ssm) < 1):
+        for i, spec in enumerate(self.layers):  # (a layer with neither mixer is an MLP-only layer: allowed)
+            if isinstance(spec.ssm, tuple) and (min(spec.ssm) < 1 or grid % spec.ssm[0] or grid % spec.ssm[1]):
                 raise ConfigError(f"model.layers[{i}].ssm block {list(spec.ssm)} must divide the token grid "
                                   f"{grid}x{grid} (frame_size/patch_size)")
-            if spec.ssm is None and spec.attn is None:
-                pass  # an MLP-only layer is allowed
 
 
-def layer_plan(variant: str, n_layers: int, grid: int, window: int) -> list[dict]:
+def param_count(cfg: ModelConfig) -> int:
+    """The number of parameters of ``WorldModel(cfg)``, computed from the config alone (so that absurd sizes are
+    refused before anything is allocated). Tests hold it equal to the built model's count."""
+    d, p, c = cfg.d_model, cfg.patch_size, cfg.channels
+    grid = cfg.frame_size // p
+    total = c * p * p * d + d + grid * grid * d  # patch embedding, 2D positions
+    total += (c * p * p * d + d) if cfg.prev_frame else 0
+    total += 256 * d + d + d * d + d  # noise-level MLP
+    if cfg.action_dim > 0:
+        total += cfg.action_dim * d + d + d * d + d
+    else:
+        total += (cfg.num_actions + 1) * d
+    d_inner = cfg.expand * d
+    nheads, conv_dim = d_inner // cfg.ssm_headdim, d_inner + 2 * cfg.d_state
+    hidden = int(d * cfg.mlp_ratio)
+    for spec in cfg.layers:
+        mixers = 1 + (spec.ssm is not None) + (spec.attn is not None)
+        total += d * 3 * mixers * d + 3 * mixers * d  # adaLN
+        total += d * hidden + hidden + hidden * d + d  # MLP
+        if spec.attn is not None:
+            total += d * 3 * d + 3 * d + 2 * (d // cfg.n_heads) + d * d + d
+        if spec.ssm is not None:
+            total += d * (2 * d_inner + 2 * cfg.d_state + nheads) + conv_dim * 5 + 3 * nheads + d_inner + d_inner * d
+    total += d * 2 * d + 2 * d + d * p * p * c + p * p * c  # final adaLN, output
+    total += (c * c * 9 + c) if cfg.final_conv else 0
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process could still get (Linux: MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(what: str, nbytes: float, hint: str, limit: int | None = None) -> None:
+    """A ConfigError when ``nbytes`` exceed the memory available (``limit``, default: this machine's)."""
+    limit = available_memory() if limit is None else limit
+    if limit is not None and nbytes > limit:
+        raise ConfigError(f"{what} needs about {nbytes / 2**30:.1f} GiB but only {limit / 2**30:.1f} GiB of memory "
+                          f"is available; {hint}")
+
+
+def training_bytes(cfg: ModelConfig, batch: int, clip_len: int) -> float:
+    """A lower estimate of a training step's memory: 20 bytes per parameter (weights, gradients, AdamW, EMA) and
+    about 200 bytes per token x d_model x layer of activations (measured: ~300 on CPU, ~245 on an H100)."""
+    grid = cfg.frame_size // cfg.patch_size
+    layers = max(1, len(cfg.layers))
+    per_layer = 200.0 * batch * clip_len * grid * grid * cfg.d_model
+    acts = per_layer * (2 if cfg.gradient_checkpointing else layers)  # checkpointing keeps about one layer's worth
+    return 20.0 * param_count(cfg) + acts
+
+
+def layer_plan(variant: str, n_layers: int, grid: int, window: int) -> list[LayerSpec]:
     """The per-layer (SSM block, attention window) plan of a model variant; see the module docstring."""
     if variant not in VARIANTS:
-        raise ConfigError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown model variant {_show(variant)}; choose one of {', '.join(VARIANTS)}")
     half, quarter = max(1, grid // 2), max(1, grid // 4)
-    blocks = ["full", [half, half], "full", [quarter, quarter]]
-    plan = []
-    for i in range(n_layers):
-        if variant == "hybrid":
-            plan.append({"ssm": blocks[i % len(blocks)], "attn": window})
-        elif variant == "full-transformer":
-            plan.append({"ssm": None, "attn": "all"})
-        elif variant == "window-transformer":
-            plan.append({"ssm": None, "attn": window})
-        elif variant == "mamba2":
-            plan.append({"ssm": "full", "attn": None})
-        else:
-            plan.append({"ssm": "full", "attn": window})
-    return plan
+    blocks = ["full", (half, half), "full", (quarter, quarter)]  # hybrid: full-frame and small blocks alternate
+    plan = {"hybrid": lambda i: LayerSpec(blocks[i % len(blocks)], window),
+            "full-transformer": lambda i: LayerSpec(None, "all"),
+            "window-transformer": lambda i: LayerSpec(None, window),
+            "mamba2": lambda i: LayerSpec("full", None),
+            "mamba2-local": lambda i: LayerSpec("full", window)}[variant]
+    return [plan(i) for i in range(n_layers)]
 
 
-# name -> (model fields, n_layers, window)
-MODEL_PRESETS: dict[str, tuple[dict, int, int]] = {
-    "tiny": (dict(frame_size=16, patch_size=4, d_model=32, n_heads=2, d_state=16, ssm_headdim=16, ssm_chunk=16), 2, 3),
-    "small": (dict(frame_size=32, patch_size=4, d_model=128, n_heads=4, d_state=32, ssm_headdim=32), 4, 8),
-    "base": (dict(frame_size=64, patch_size=4, d_model=384, n_heads=6, d_state=64, ssm_headdim=64), 12, 10),
-    "paper": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64, ssm_headdim=64),
-              12, 10),
-    "memory-maze": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64,
-                         ssm_headdim=64, num_actions=6), 12, 10),
-    "minecraft": (dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64,
-                       ssm_headdim=64, num_actions=3), 12, 10),
+@dataclass(frozen=True)
+class Preset:
+    """A named model size: ModelConfig fields, the number of layers and the attention window."""
+
+    fields: dict
+    layers: int
+    window: int
+
+
+# The paper's scale: a 768-wide, 12-layer hybrid on 16x16x4 autoencoder latents (Memory Maze: 6 actions)
+PAPER = Preset(dict(channels=4, frame_size=16, patch_size=1, d_model=768, n_heads=12, d_state=64, ssm_headdim=64),
+               layers=12, window=10)
+MODEL_PRESETS: dict[str, Preset] = {
+    "tiny": Preset(dict(frame_size=16, patch_size=4, d_model=32, n_heads=2, d_state=16, ssm_headdim=16, ssm_chunk=16),
+                   layers=2, window=3),
+    "small": Preset(dict(frame_size=32, patch_size=4, d_model=128, n_heads=4, d_state=32, ssm_headdim=32),
+                    layers=4, window=8),
+    "base": Preset(dict(frame_size=64, patch_size=4, d_model=384, n_heads=6, d_state=64, ssm_headdim=64),
+                   layers=12, window=10),
+    "paper": PAPER,
+    "memory-maze": PAPER,
+    "minecraft": dataclasses.replace(PAPER, fields={**PAPER.fields, "num_actions": 3}),  # TECO: 3 actions
 }
 
 
 def model_preset(name: str, variant: str = "hybrid", window: int | None = None, **overrides) -> ModelConfig:
     if name not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
-    fields_, n_layers, default_window = MODEL_PRESETS[name]
-    cfg = ModelConfig(**{**fields_, **overrides})
-    if window is not None and window < 1:
-        raise ConfigError(f"attention window must be >= 1 frame, got {window}")
-    cfg.layers = layer_plan(variant, n_layers, cfg.frame_size // cfg.patch_size, window or default_window)
+        raise ConfigError(f"unknown model preset {_show(name)}; choose one of {', '.join(MODEL_PRESETS)}")
+    preset = MODEL_PRESETS[name]
+    cfg = ModelConfig(**{**preset.fields, **overrides})
+    if window is not None and not (_is_int(window) and 1 <= window <= MAX_WINDOW):
+        raise ConfigError(f"attention window must be 1 to {MAX_WINDOW} frames, got {_show(window)}")
+    cfg.layers = layer_plan(variant, preset.layers, cfg.frame_size // cfg.patch_size, window or preset.window)
     cfg.validate()
     return cfg
 
@@ -174,24 +256,24 @@ class DiffusionConfig:
     # rollout (no gradient) and trains the frames after them against the truth
     own_rollout_prob: float = 0.0
     own_rollout_frames: int = 4
+    own_rollout_start: int = 0  # the first step that may train on own rollouts (early rollouts are noise)
     # Extras NOT in the paper; off by default.
     clean_frame_prob: float = 0.0  # each frame clean (no loss) with this probability, see diffusion.py
     state_penalty: float = 0.0
-    curriculum_steps: int = 0  # > 0: clip length grows linearly from clip_len/4 to clip_len over these steps
 
     def validate(self) -> None:
         for name in ("long_context_prob", "own_rollout_prob", "clean_frame_prob"):
             if not _finite_in(getattr(self, name), 0.0, 1.0):
-                raise ConfigError(f"diffusion.{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+                raise ConfigError(f"diffusion.{name} must be a probability in [0, 1], got {_show(getattr(self, name))}")
         if not _finite_in(self.context_level, 0.0, 1.0, high_open=True):
-            raise ConfigError(f"diffusion.context_level must be a noise level in [0, 1), got {self.context_level!r}")
+            raise ConfigError(f"diffusion.context_level must be a noise level in [0, 1), got {_show(self.context_level)}")
         if not _finite_in(self.min_snr_gamma, 0.0, float("inf"), high_open=True) or self.min_snr_gamma <= 0:
-            raise ConfigError(f"diffusion.min_snr_gamma must be a positive number, got {self.min_snr_gamma!r}")
+            raise ConfigError(f"diffusion.min_snr_gamma must be a positive number, got {_show(self.min_snr_gamma)}")
         if not _finite_in(self.state_penalty, 0.0, float("inf"), high_open=True):
-            raise ConfigError(f"diffusion.state_penalty must be a number >= 0, got {self.state_penalty!r}")
-        for name, low in (("min_clean_prefix", 1), ("own_rollout_frames", 1), ("curriculum_steps", 0)):
+            raise ConfigError(f"diffusion.state_penalty must be a number >= 0, got {_show(self.state_penalty)}")
+        for name, low in (("min_clean_prefix", 1), ("own_rollout_frames", 1), ("own_rollout_start", 0)):
             if not _is_int(getattr(self, name)) or getattr(self, name) < low:
-                raise ConfigError(f"diffusion.{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+                raise ConfigError(f"diffusion.{name} must be an integer >= {low}, got {_show(getattr(self, name))}")
 
 
 SCHEDULES = ("uniform", "logsnr", "edm")
@@ -209,15 +291,15 @@ class SamplingConfig:
 
     def validate(self) -> None:
         if not _is_int(self.steps) or self.steps < 1:
-            raise ConfigError(f"sampling.steps must be a positive integer, got {self.steps!r}")
+            raise ConfigError(f"sampling.steps must be a positive integer, got {_show(self.steps)}")
         if not _finite_in(self.stabilization, 0.0, 1.0, high_open=True):
-            raise ConfigError(f"sampling.stabilization must be a noise level in [0, 1), got {self.stabilization!r}")
+            raise ConfigError(f"sampling.stabilization must be a noise level in [0, 1), got {_show(self.stabilization)}")
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"sampling.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise ConfigError(f"sampling.schedule must be one of {', '.join(SCHEDULES)}, got {_show(self.schedule)}")
         if not _finite_in(self.eta, 0.0, 1.0):
-            raise ConfigError(f"sampling.eta must be in [0, 1], got {self.eta!r}")
+            raise ConfigError(f"sampling.eta must be in [0, 1], got {_show(self.eta)}")
         if not _is_int(self.seed) or self.seed < 0:
-            raise ConfigError(f"sampling.seed must be an integer >= 0, got {self.seed!r}")
+            raise ConfigError(f"sampling.seed must be an integer >= 0, got {_show(self.seed)}")
 
     def replace(self, **overrides) -> "SamplingConfig":
         """A copy with the given fields changed (None values are ignored: 'keep the run's setting')."""
@@ -252,6 +334,30 @@ class LoopConfig:
     autocast: str = "auto"  # auto: bf16 on CUDA and CPU; none: fp32
     ckpt_every: int = 200
 
+    def validate(self, section: str = "train") -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError(f"{section}.data must name the dataset folder, got {_show(self.data)}")
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError(f"{section}.out must name the run folder, got {_show(self.out)}")
+        if self.data_layout not in LAYOUTS:
+            raise ConfigError(f"{section}.data_layout must be one of {', '.join(LAYOUTS)}, got {_show(self.data_layout)}")
+        if self.autocast not in ("auto", "bf16", "none"):
+            raise ConfigError(f"{section}.autocast must be 'auto', 'bf16' or 'none', got {_show(self.autocast)}")
+        for name, low in (("batch_size", 1), ("steps", 1), ("ckpt_every", 1), ("warmup", 0), ("seed", 0)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise ConfigError(f"{section}.{name} must be an integer >= {low}, got {_show(getattr(self, name))}")
+        inf = float("inf")
+        checks = (("lr", 0.0, inf, "a positive number", lambda v: v > 0), ("grad_clip", 0.0, inf, "a positive number",
+                  lambda v: v > 0), ("weight_decay", 0.0, inf, "a number >= 0", None),
+                  ("max_minutes", 0.0, inf, "a number of minutes >= 0 (0 = no limit)", None),
+                  ("min_lr_ratio", 0.0, 1.0, "in [0, 1]", None),
+                  ("ema_decay", 0.0, 1.0, "in [0, 1)", lambda v: v < 1), ("val_fraction", 0.0, 1.0, "in [0, 1)",
+                                                                       lambda v: v < 1))
+        for name, low, high, what, extra in checks:
+            v = getattr(self, name)
+            if not _finite_in(v, low, high, high_open=high == inf) or (extra is not None and not extra(v)):
+                raise ConfigError(f"{section}.{name} must be {what}, got {_show(v)}")
+
 
 @dataclass
 class TrainConfig(LoopConfig):
@@ -261,6 +367,18 @@ class TrainConfig(LoopConfig):
     num_workers: int = 0  # DataLoader worker processes
     skip_bad_files: bool = False  # skip (and count) unreadable episode files instead of stopping
     autoencoder: str = ""  # a `lssvwm train-ae` run: the world model trains on its latents (model.channels etc.)
+    curriculum_steps: int = 0  # not from the paper: > 0 grows the clip from clip_len/4 to clip_len over these steps
+    tensorboard: bool = False  # also log to RUN/tensorboard (needs the tensorboard package)
+
+    def validate(self, section: str = "train") -> None:
+        super().validate(section)
+        for name, low in (("clip_len", 1), ("sample_every", 0), ("num_workers", 0), ("curriculum_steps", 0)):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise ConfigError(f"{section}.{name} must be an integer >= {low}, got {_show(getattr(self, name))}")
+        if self.nan_policy not in ("stop", "skip"):
+            raise ConfigError(f"{section}.nan_policy must be 'stop' or 'skip', got {_show(self.nan_policy)}")
+        if not isinstance(self.autoencoder, str):
+            raise ConfigError(f"{section}.autoencoder must be a run folder or empty, got {_show(self.autoencoder)}")
 
 
 class _YamlSections:
@@ -288,6 +406,7 @@ class RunConfig(_YamlSections):
         self.model.validate()
         self.diffusion.validate()
         self.sampling.validate()
+        self.train.validate()
 
 
 def _plain(x):
@@ -309,13 +428,13 @@ def _build(cls, data: dict, where: str):
     for name, value in data.items():
         default = getattr(cls(), name) if cls is not RunConfig else None
         if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{where}.{name} must be true/false, got {value!r}")
+            raise ConfigError(f"{where}.{name} must be true/false, got {_show(value)}")
         if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{name} must be a number, got {value!r}")
+                raise ConfigError(f"{where}.{name} must be a number, got {_show(value)}")
             value = type(default)(value) if isinstance(default, float) else value
         if isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"{where}.{name} must be a string, got {value!r}")
+            raise ConfigError(f"{where}.{name} must be a string, got {_show(value)}")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -335,10 +454,13 @@ def config_from_dict(data: dict) -> RunConfig:
         raise ConfigError(f"config: unknown section(s) {sorted(unknown)}; known: model, diffusion, sampling, train, "
                           f"preset, variant")
     diffusion, sampling = _section(data, "diffusion"), _section(data, "sampling")
+    train = _section(data, "train")
     if isinstance(diffusion, dict) and isinstance(sampling, dict):  # runs saved before the sampling section
         for old, new in LEGACY_SAMPLING_FIELDS.items():
             if old in diffusion:
                 sampling.setdefault(new, diffusion.pop(old))
+    if isinstance(diffusion, dict) and isinstance(train, dict) and "curriculum_steps" in diffusion:
+        train.setdefault("curriculum_steps", diffusion.pop("curriculum_steps"))  # moved to train
     model_data = dict(data.get("model") or {})
     if "preset" in data or "variant" in data or not model_data:  # preset (default small), then overrides
         base = model_preset(data.get("preset", "small"), data.get("variant", "hybrid"))
@@ -349,28 +471,100 @@ def config_from_dict(data: dict) -> RunConfig:
     model.validate()
     sampling_cfg = _build(SamplingConfig, sampling, "sampling")
     sampling_cfg.validate()
-    diffusion_cfg = _build(DiffusionConfig, diffusion, "diffusion")
-    diffusion_cfg.validate()
-    return RunConfig(model=model, diffusion=diffusion_cfg, sampling=sampling_cfg,
-                     train=_build(TrainConfig, data.get("train") or {}, "train"))
+    cfg = RunConfig(model=model, diffusion=_build(DiffusionConfig, diffusion, "diffusion"), sampling=sampling_cfg,
+                    train=_build(TrainConfig, train, "train"))
+    cfg.validate()
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.steps=500", "model.d_model=64"]`` -> ``{"train": {"steps": 500}, "model": {"d_model": 64}}``
+    (values are YAML: numbers, true/false, lists ...)."""
+    out: dict = {}
+    for pair in pairs or []:
+        key = pair.split("=", 1)[0]
+        if "=" not in pair or "." not in key or not all(key.split(".", 1)):
+            raise ConfigError(f"--set expects section.field=value (e.g. train.steps=500), got {_show(pair)}")
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = parse_yaml(pair.split("=", 1)[1], f"--set {key}")
+    return out
+
+
+def layered_config(kind: str, config: str | Path | None = None, preset: str | None = None,
+                   variant: str | None = None, overrides: list[str] | dict | None = None, data: str | None = None,
+                   out: str | None = None, resume: bool = False) -> "RunConfig | AERunConfig":
+    """A run config built in layers, the way ``lssvwm train`` and ``lssvwm train-ae`` build theirs: the YAML
+    ``config`` (with ``resume`` and no config: the run's own ``out/config.yaml``; else defaults), then the named
+    ``preset`` (and ``variant``) replacing the model (``kind="run"``) or autoencoder (``kind="ae"``) section, then
+    ``overrides`` (``section.field=value`` strings or a dict of sections), then ``data`` and ``out``."""
+    if kind not in ("run", "ae"):
+        raise ValueError(f"kind must be 'run' or 'ae', got {kind!r}")
+    load = load_config if kind == "run" else load_ae_config
+    if not config and resume and out and (Path(out) / "config.yaml").exists():
+        config = Path(out) / "config.yaml"
+    base = load(config).to_dict() if config else {}
+    section = "model" if kind == "run" else "autoencoder"
+    if preset or variant or not config:
+        if kind == "run":
+            base[section] = asdict(model_preset(preset or "small", variant or "hybrid"))
+        else:
+            base[section] = asdict(autoencoder_preset(preset or "memory-maze"))
+    sets = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
+    for name, values in sets.items():
+        if not isinstance(base.setdefault(name, {}), dict) or not isinstance(values, dict):
+            raise ConfigError(f"--set {name}: {name} is not a config section")
+        base[name].update(values)
+    base.setdefault("train", {})
+    if data:
+        base["train"]["data"] = str(data)
+    if out:
+        base["train"]["out"] = str(out)
+    return config_from_dict(base) if kind == "run" else ae_config_from_dict(base)
 
 
 # diffusion.<old> in configs saved before SamplingConfig existed -> sampling.<new>
 LEGACY_SAMPLING_FIELDS = {"sampling_steps": "steps", "context_noise_level": "stabilization"}
 
 
-def load_config(path: str | Path) -> RunConfig:
+MAX_YAML_BYTES = 1 << 20
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text -> plain data, or a ConfigError that says what is wrong with it (never a traceback): not YAML,
+    nested too deeply, or larger than any config needs."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters is not a config (more than {MAX_YAML_BYTES})")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(e).split())[:300]}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{where}: YAML nested too deeply") from e
+
+
+def read_yaml(path: str | Path):
+    """A YAML file -> plain data, or a ConfigError naming the file: missing, unreadable, binary, not YAML."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is not a config file (more than {MAX_YAML_BYTES})")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: config file not found") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"{path}: is a folder, not a config file") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from e
+    return parse_yaml(text, str(path))
+
+
+def load_config(path: str | Path) -> RunConfig:
     try:
-        return config_from_dict(data)
+        return config_from_dict(read_yaml(path))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(e if str(e).startswith(str(path)) else f"{path}: {e}") from e
 
 
 @dataclass
@@ -387,11 +581,11 @@ class AutoencoderConfig:
         for name in ("channels", "latent_channels", "width", "blocks"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
-                raise ConfigError(f"autoencoder.{name} must be a positive integer, got {v!r}")
+                raise ConfigError(f"autoencoder.{name} must be a positive integer, got {_show(v)}")
         if self.downsample not in (2, 4, 8):
-            raise ConfigError(f"autoencoder.downsample must be 2, 4 or 8, got {self.downsample!r}")
-        if self.kl_weight < 0:
-            raise ConfigError(f"autoencoder.kl_weight must be >= 0, got {self.kl_weight!r}")
+            raise ConfigError(f"autoencoder.downsample must be 2, 4 or 8, got {_show(self.downsample)}")
+        if not _finite_in(self.kl_weight, 0.0, float("inf"), high_open=True):
+            raise ConfigError(f"autoencoder.kl_weight must be a number >= 0, got {_show(self.kl_weight)}")
 
     def latent_shape(self, h: int, w: int, c: int) -> tuple[int, int, int]:
         """(h, w, c) of the latents of (h, w, c) frames; a ConfigError when these frames do not fit."""
@@ -423,10 +617,14 @@ class AERunConfig(_YamlSections):
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     train: AETrainConfig = field(default_factory=AETrainConfig)
 
+    def validate(self) -> None:
+        self.autoencoder.validate()
+        self.train.validate()
+
 
 def autoencoder_preset(name: str, **overrides) -> AutoencoderConfig:
     if name not in AUTOENCODER_PRESETS:
-        raise ConfigError(f"unknown autoencoder preset {name!r}; known: {sorted(AUTOENCODER_PRESETS)}")
+        raise ConfigError(f"unknown autoencoder preset {_show(name)}; known: {sorted(AUTOENCODER_PRESETS)}")
     cfg = AutoencoderConfig(**{**AUTOENCODER_PRESETS[name], **overrides})
     cfg.validate()
     return cfg
@@ -437,16 +635,14 @@ def ae_config_from_dict(data: dict) -> AERunConfig:
     if not isinstance(data, dict) or set(data) - {"autoencoder", "train"}:
         raise ConfigError(f"autoencoder config must be a mapping with sections autoencoder/train, got "
                           f"{sorted(data) if isinstance(data, dict) else type(data).__name__}")
-    ae = _build(AutoencoderConfig, data.get("autoencoder") or {}, "autoencoder")
-    ae.validate()
-    return AERunConfig(autoencoder=ae, train=_build(AETrainConfig, data.get("train") or {}, "train"))
+    cfg = AERunConfig(autoencoder=_build(AutoencoderConfig, _section(data, "autoencoder"), "autoencoder"),
+                      train=_build(AETrainConfig, _section(data, "train"), "train"))
+    cfg.validate()
+    return cfg
 
 
 def load_ae_config(path: str | Path) -> AERunConfig:
-    path = Path(path)
     try:
-        return ae_config_from_dict(yaml.safe_load(path.read_text()))
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: config file not found") from e
-    except (yaml.YAMLError, ConfigError) as e:
-        raise ConfigError(f"{path}: {e}") from e
+        return ae_config_from_dict(read_yaml(path))
+    except ConfigError as e:
+        raise ConfigError(e if str(e).startswith(str(path)) else f"{path}: {e}") from e

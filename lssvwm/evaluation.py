@@ -1,21 +1,5 @@
-"""Memory evaluation: spatial retrieval and spatial reasoning tasks, scored per frame and against memory distance.
-
-Task sets are built in the built-in maze, or in the real Memory Maze (``world="memory-maze-9x9"``, chosen by
-``evaluate_models`` when the training data's ``meta.json`` says it was generated there).
-
-- **Retrieval**: the agent explores for N steps (the context), then turns around and retraces its moves
-  backwards for M steps; the model gets the context frames and all actions and must regenerate what it saw.
-- **Reasoning**: after the context, the agent goes on exploring with goals drawn from cells it has already
-  visited, so it passes seen places, often from other directions.
-
-The environment renders the ground truth along the executed actions, so it is exact even where a wall
-collision makes a reversed move differ from the original. A task set is stored as a dataset in the
-standard episode format (plus ``context_length`` and ``memory_distance``) with its seed, so every model is
-scored on identical episodes.
-
-**Memory distance** of generated frame i: frames since the agent was last in the same maze cell during the
-context, whatever its heading (``-1`` when the context never visits that cell). Retracing turns the agent
-around, so it sees the same places (side walls, objects) from the other direction.
+"""Memory evaluation: models scored side by side on the memory task sets (:mod:`lssvwm.data.memory_tasks`), per
+frame and against memory distance; and the synthetic recall score (:func:`recall_psnr`).
 """
 from __future__ import annotations
 
@@ -25,129 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.episodes import episode_seed, fixed_maze_seed, save_episode
-from .data.maze import NUM_ACTIONS, ExplorationPolicy, MazeEnv
-
-TASKS = ("retrieval", "reasoning")
-# (move, turn) -> action id, Memory Maze's set: noop, forward, left, right, forward+left, forward+right
-_ACTION_OF = {(0, 0): 0, (1, 0): 1, (0, -1): 2, (0, 1): 3, (1, -1): 4, (1, 1): 5}
-_MOVE_TURN = {a: mt for mt, a in _ACTION_OF.items()}
-
-
-def reverse_actions(actions: list[int], turn_steps_180: int) -> list[int]:
-    """Actions that turn around and retrace ``actions`` backwards.
-
-    An action turns first, then moves. Undoing step k (turn d_k, then move) from the turned-around pose is a
-    move back, then the turn -d_k; merged with the next undo this gives (turn -d_{k+1}, move_k).
-    """
-    out = [2] * turn_steps_180  # turn left by 180 degrees
-    mt = [_MOVE_TURN[a] for a in actions]
-    for k in range(len(mt) - 1, -1, -1):
-        turn_next = -mt[k + 1][1] if k + 1 < len(mt) else 0
-        out.append(_ACTION_OF[(mt[k][0], turn_next)])
-    if mt:
-        out.append(_ACTION_OF[(0, -mt[0][1])])
-    return out
-
-
-def memory_distance(positions: np.ndarray, context: int) -> np.ndarray:
-    """For frames ``context..`` of a trajectory: frames since the agent was last in that cell in the context."""
-    cells = [tuple(c) for c in np.floor(positions).astype(int)]
-    last_seen: dict[tuple, int] = {}
-    for j in range(context):
-        last_seen[cells[j]] = j
-    return np.array([i - last_seen[cells[i]] if cells[i] in last_seen else -1
-                     for i in range(context, len(positions))], dtype=np.int64)
-
-
-def make_world(world: str, size: int, resolution: int, steps: int):
-    """The environment a task set is built in: ``maze`` (built-in, any resolution) or ``memory-maze-9x9`` etc.
-    (the real Memory Maze, 64x64, needs the ``memory-maze`` extra)."""
-    if world == "maze":
-        return MazeEnv(size=size, resolution=resolution, max_steps=steps)
-    if world.startswith("memory-maze-"):
-        from .data.memory_maze import MemoryMazeEnv, check_maze
-
-        maze = world[len("memory-maze-"):]
-        if resolution != 64:
-            raise ValueError(f"the real Memory Maze renders 64x64 frames, not {resolution}x{resolution}")
-        check_maze(maze, steps)
-        return MemoryMazeEnv(maze)
-    raise ValueError(f"world must be 'maze' or 'memory-maze-<9x9|11x11|13x13|15x15>', got {world!r}")
-
-
-def build_task_episode(task: str, seed: int, context: int, frames: int, resolution: int, size: int = 9,
-                       maze_seed: int | None = None, world: str = "maze") -> dict:
-    """One task episode: ``context + frames`` steps (``context + frames + 1`` images incl. the first).
-
-    In the real Memory Maze (``world="memory-maze-9x9"``), the rolling ball's inertia makes a retrace only
-    approximate; the ground truth is still exact (rendered along the executed actions) and memory distances
-    come from the positions reached."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    env = make_world(world, size, resolution, context + frames + 1)
-    obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
-    rng = np.random.default_rng(seed)
-    policy = ExplorationPolicy(env, rng)
-    images, pos, ang, acts = [obs["image"]], [env.pos.copy()], [env.angle], []
-
-    def do(a):
-        o, *_ = env.step(a)
-        images.append(o["image"])
-        pos.append(env.pos.copy())
-        ang.append(env.angle)
-        acts.append(a)
-
-    for _ in range(context):
-        do(policy())
-    if task == "retrieval":
-        plan = reverse_actions(acts, int(round(np.pi / env.turn_step)))
-        plan = (plan + [0] * frames)[:frames]
-        for a in plan:
-            do(a)
-    else:
-        visited = sorted({(int(np.floor(p[1])), int(np.floor(p[0]))) for p in pos})
-        policy.goal = None
-        while len(acts) < context + frames:
-            if policy.goal is None or env.cell() == policy.goal:  # next goal: a cell seen in the context
-                goal = visited[int(rng.integers(len(visited)))]
-                if goal != env.cell():
-                    from .data.maze import bfs_distances
-
-                    policy.goal, policy.dist = goal, bfs_distances(env.layout, goal)
-                    policy.best, policy.since_progress = policy.dist[env.cell()], 0
-            do(policy())
-    onehot = np.zeros((len(images), NUM_ACTIONS), np.float32)
-    onehot[np.arange(1, len(images)), acts] = 1.0
-    positions, angles = np.array(pos), np.array(ang)
-    return {
-        "image": np.stack(images), "action": onehot, "reward": np.zeros(len(images), np.float32),
-        "terminal": np.zeros(len(images), bool), "agent_pos": positions.astype(np.float32),
-        "agent_dir": np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32),
-        "maze_layout": np.repeat(env.layout[None], len(images), 0),  # 1 = wall, in ``agent_pos``'s grid
-        "context_length": np.array(context + 1),  # images 0..context are given to the model
-        "memory_distance": memory_distance(positions, context + 1),
-    }
-
-
-def build_task_set(out: str | os.PathLike, task: str, episodes: int, context: int, frames: int, resolution: int,
-                   seed: int = 0, size: int = 9, mazes: int = 0, maze_dataset_seed: int = 0,
-                   world: str = "maze") -> Path:
-    """Write (or reuse) a task set. ``mazes > 0`` draws mazes as ``lssvwm data maze --mazes`` does, so a model
-    trained on K fixed mazes is evaluated in those mazes, on new trajectories."""
-    out = Path(out)
-    meta = {"task": task, "episodes": episodes, "context": context, "frames": frames, "resolution": resolution,
-            "seed": seed, "maze_size": size, "mazes": mazes, "maze_dataset_seed": maze_dataset_seed,
-            "generator": "lssvwm.evaluation", "world": world}
-    if (out / "meta.json").exists() and json.loads((out / "meta.json").read_text()) == meta:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    for i in range(episodes):
-        ep = build_task_episode(task, episode_seed(seed + 1_000_003, i), context, frames, resolution, size,
-                                fixed_maze_seed(maze_dataset_seed, mazes, i), world)
-        save_episode(out / f"ep_{i:06d}.npz", ep)
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    return out
+from .data.memory_tasks import build_task_set
 
 
 def lpips_fn():
@@ -273,3 +135,30 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     print(f"results: {out / 'results.json'}\nplots: {out / 'psnr_vs_distance.png'}, {out / 'ssim_vs_distance.png'}\n"
           f"video (ground truth | " + " | ".join(results["models"]) + f"): {out / 'grid.mp4'}")
     return results
+
+
+def recall_psnr(model, distance: int, length: int, trials: int = 16, seed: int = 1, size: int = 16,
+                cue_frames: int = 2) -> float:
+    """Mean PSNR of the model's one-shot prediction (from pure noise) of the recall frame at ``distance``."""
+    import torch
+
+    from .data.episodes import episode_tensors
+    from .data.recall import recall_clip
+    from .diffusion import prefill, x0_eps_from_v
+    from .metrics import psnr
+
+    rng = np.random.default_rng(seed)
+    scores = []
+    with torch.no_grad():
+        for _ in range(trials):
+            clip = recall_clip(rng, length, distance, size, cue_frames)
+            r = int(clip["recall_index"])
+            tensors = episode_tensors(clip)
+            frames, acts = tensors["frames"][None], tensors["actions"][None]
+            cache = prefill(model, frames[:, :r], acts[:, :r])
+            noise = torch.randn(frames[:, r].shape, generator=torch.Generator().manual_seed(len(scores)))
+            t = torch.ones(1)  # one DDIM step from pure noise: the x0 estimate itself
+            v, _ = model.step(noise, t, acts[:, r], cache)
+            x0, _ = x0_eps_from_v(noise, v, t)
+            scores.append(float(psnr(x0.clamp(-1, 1), frames[:, r])))
+    return float(np.mean(scores))

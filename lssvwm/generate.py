@@ -66,7 +66,8 @@ def frame_metrics(gt: torch.Tensor, pred: torch.Tensor) -> dict:
 
 
 def write_sample(model, cfg, path: Path, codec=None) -> dict:
-    """A short rollout from the first validation episode (used during training), with the run's sampling."""
+    """A short rollout from the first validation episode (used during training), with the run's sampling: writes
+    the video, returns its metrics and ``image``, a strip of ground truth over prediction."""
     from .data.dataset import EpisodeWindows
     from .diffusion import Sampler
 
@@ -79,7 +80,8 @@ def write_sample(model, cfg, path: Path, codec=None) -> dict:
     ctx, gt, pred = episode_rollout(Sampler(model, cfg.sampling, codec), ep, n, m)
     model.train(was_training)
     write_video(path, comparison_video(ctx, gt, pred), fps=8)
-    return frame_metrics(gt, pred)
+    image = np.concatenate([np.concatenate(list(to_uint8(x)), axis=1) for x in (gt, pred)], axis=0)
+    return frame_metrics(gt, pred) | {"image": image}  # image: ground truth frames over predicted ones (H, W, 3)
 
 
 def write_metrics(path: Path, metrics: dict) -> None:

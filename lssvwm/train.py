@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import find_checkpoint, frame_codec, load_state, load_weights, save_checkpoint
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, check_fits, training_bytes
 from .data.dataset import EpisodeWindows
 from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, training_noise
 from .models.world_model import WorldModel
@@ -80,6 +80,8 @@ def check_data_matches(cfg: RunConfig, ds: EpisodeWindows, codec=None) -> None:
         what = f"the autoencoder's latents are {h}x{w}x{c}"
     else:
         what = f"data frames are {h}x{w}x{c}"
+    if h != w:
+        raise ConfigError(f"{what}: the models here take square frames; crop or resize the data to a square size")
     if (h, w, c) != (m.frame_size, m.frame_size, m.channels):
         raise ConfigError(f"{what} but model.frame_size={m.frame_size}, model.channels={m.channels}: set "
                           f"model.frame_size={h}, model.channels={c} (or regenerate the data)")
@@ -145,6 +147,13 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
             pe.lerp_(pm, 1 - d)
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Free memory of a CUDA device (None on the CPU: the machine's available memory is used)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
+
+
 def autocast_dtype(cfg: RunConfig, device: torch.device):
     if cfg.train.autocast == "none":
         return None
@@ -170,8 +179,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     check_data_matches(cfg, ds, codec)
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the number of processes {world}")
-    if t.nan_policy not in ("stop", "skip"):
-        raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got {t.nan_policy!r}")
+    check_fits(f"training (model.d_model={cfg.model.d_model}, {len(cfg.model.layers)} layers, "
+               f"train.batch_size={t.batch_size // world} per process, train.clip_len={t.clip_len})",
+               training_bytes(cfg.model, t.batch_size // world, t.clip_len),
+               "lower train.batch_size or train.clip_len, use a smaller model, or set "
+               "model.gradient_checkpointing=true", device_memory(device))
     amp = autocast_dtype(cfg, device)
 
     torch.manual_seed(t.seed)
@@ -187,14 +199,14 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
               f" x{world} | autocast {amp}\n{cfg.to_yaml()}", flush=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     log = open(run / "log.jsonl", "a") if rank == 0 else None
-    tb = _tensorboard(run) if rank == 0 else None
+    tb = _tensorboard(run) if rank == 0 and t.tensorboard else None
     per_rank = t.batch_size // world
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), t.batch_size, t.seed, start,
                                                                             t.steps, rank, world),
                                          num_workers=t.num_workers, persistent_workers=False)
     batches = iter(loader)
-    t0 = time.time()
+    t0 = t_step = time.time()
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress or rank != 0)
     for step in range(start, t.steps):
         lr = get_lr(step, cfg)
@@ -203,13 +215,14 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         batch = next(batches)  # this rank's slice of global batch `step`
         frames = codec.encode(batch["frames"].to(device))  # (B, T, C, H, W): pixels or latents
         actions = batch["actions"].to(device)  # (B, T)
-        if cfg.diffusion.curriculum_steps > 0:  # not from the paper: grow the clip length
-            frac = min(1.0, 0.25 + 0.75 * step / cfg.diffusion.curriculum_steps)
+        if t.curriculum_steps > 0:  # not from the paper: grow the clip length
+            frac = min(1.0, 0.25 + 0.75 * step / t.curriculum_steps)
             length = max(2, int(round(t.clip_len * frac)))
             frames, actions = frames[:, :length], actions[:, :length]
         gen = torch.Generator().manual_seed(_seed(t.seed, step, 1))
         levels, mask, noise = training_noise((t.batch_size,) + tuple(frames.shape[1:]), cfg.diffusion, gen)
         plan = own_rollout_plan(frames.shape[1], cfg.diffusion, torch.Generator().manual_seed(_seed(t.seed, step, 3)))
+        plan = plan if step >= cfg.diffusion.own_rollout_start else None
         if plan is not None:  # the first n + r frames become context: true, then the model's own rollout
             clip_gens = [torch.Generator().manual_seed(_seed(t.seed, step, 2, i))
                          for i in range(rank * per_rank, (rank + 1) * per_rank)]  # one per clip of the global batch
@@ -234,6 +247,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
             raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopped. The last good checkpoint in "
                                    f"{run / 'checkpoints'} is kept. Lower train.lr or set train.nan_policy=skip.")
         grad_norm = optimizer_step(model, ema, opt, loss, step, t)
+        step_s, t_step = time.time() - t_step, time.time()
         elapsed = time.time() - t0
         out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
         if world > 1:  # every rank must stop at the same step
@@ -243,7 +257,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         last = step + 1 == t.steps or out_of_time
         if rank == 0:
             rec = {"step": step + 1, "loss": logged.item(), "lr": lr, "grad_norm": float(grad_norm),
-                   "time": round(elapsed, 3), **stats}
+                   "time": round(elapsed, 3), "frames_per_s": round(t.batch_size * frames.shape[1] / step_s, 2),
+                   **stats}
             if plan is not None:
                 rec["own_rollout"] = list(plan)
             log.write(json.dumps(rec) + "\n")
@@ -258,7 +273,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
                 save_checkpoint(run, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})
             if t.sample_every and (step + 1) % t.sample_every == 0:
                 from .generate import write_sample
-                write_sample(ema, cfg, run / "samples" / f"step_{step + 1:07d}.mp4", codec)
+                sample = write_sample(ema, cfg, run / "samples" / f"step_{step + 1:07d}.mp4", codec)
+                if tb is not None:  # ground truth over the EMA model's rollout
+                    tb.add_image("samples/rollout", sample["image"], step + 1, dataformats="HWC")
+                    tb.add_scalar("samples/psnr", sample["psnr"], step + 1)
+                    tb.add_scalar("samples/ssim", sample["ssim"], step + 1)
         if world > 1:
             dist.barrier()
         if out_of_time or (stop_after is not None and step + 1 - start >= stop_after):
@@ -322,9 +341,10 @@ def _truncate_log(log: Path, step: int) -> None:
 
 
 def _tensorboard(run: Path):
-    """A TensorBoard writer when tensorboard is installed; the JSONL log is always written."""
+    """A TensorBoard writer in RUN/tensorboard (train.tensorboard); the JSONL log is always written."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
+    except ImportError as e:
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'lssvwm[tensorboard]'"
+                          ) from e
     return SummaryWriter(str(run / "tensorboard"))

@@ -45,22 +45,28 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> P
     import imageio.v2 as imageio
 
     path = Path(path)
+    if path.suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"{path}: a video file must end in .mp4 or .gif")
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(frames)
     # H.264 wants even sizes.
     frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)))
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if path.suffix == ".gif":
-        imageio.mimsave(tmp, list(frames), duration=1000 / fps, loop=0)
-    elif path.suffix == ".mp4":
-        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                ffmpeg_log_level="error") as w:
-            for f in frames:
-                w.append_data(f)
-    else:
-        raise ValueError(f"{path}: video must end in .mp4 or .gif")
-    os.replace(tmp, path)
+    try:
+        if path.suffix == ".gif":
+            imageio.mimsave(tmp, list(frames), duration=1000 / fps, loop=0)
+        else:
+            with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                                    ffmpeg_log_level="error") as w:
+                for f in frames:
+                    w.append_data(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk, ...) leaves nothing half-written
     return path
+
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
 def top_down_map(layout: np.ndarray, positions: np.ndarray, cell_px: int, wall_colors: np.ndarray | None = None

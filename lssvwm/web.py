@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import json
 import time
 from http import HTTPStatus
@@ -92,6 +93,38 @@ def png_data_url(frame: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def unique_recording_path(folder: Path) -> Path:
+    """A new recording name in ``folder``, reserved by creating its .npz exclusively: clients that stop recording
+    in the same second never share (and overwrite) a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    for i in itertools.count():
+        path = folder / f"play_{stamp}_{i:03d}"
+        try:
+            with open(path.with_suffix(".npz"), "x"):
+                return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def origin_allowed(origin: str | None, host_header: str | None, served_host: str) -> bool:
+    """May this WebSocket handshake go on? Browsers send the page's Origin: it must be this server's own page,
+    ``http://<the Host asked for>``, and that Host must name this server (a loopback name when serving on loopback,
+    so a DNS-rebinding page cannot pass either). Clients without an Origin (scripts, not browsers) may connect."""
+    if origin is None:
+        return True
+    if not host_header or origin != f"http://{host_header}":
+        return False
+    name = host_header[1:host_header.find("]")] if host_header.startswith("[") else host_header.rsplit(":", 1)[0]
+    if served_host in LOOPBACK:
+        return name in LOOPBACK
+    return served_host in ("0.0.0.0", "::") or name == served_host  # --allow-remote: same-origin pages only
+
+
 class PlaySession:
     """One connection's game: a DreamEnv, a frame counter, a frames/s estimate, an optional recording."""
 
@@ -118,7 +151,7 @@ class PlaySession:
         """One client message -> one reply; never raises on bad input."""
         try:
             msg = json.loads(raw)
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+        except (ValueError, TypeError, RecursionError):  # not JSON, a 5000-digit number, nesting too deep ...
             return {"type": "error", "message": "messages must be JSON objects, e.g. {\"type\": \"action\", "
                                                 "\"action\": 1}"}
         if not isinstance(msg, dict):
@@ -144,8 +177,7 @@ class PlaySession:
             if self.record_dir is None:
                 self.env.stop_recording()
                 return {"type": "error", "message": "recording discarded: start the server with --record DIR"}
-            path = self.record_dir / f"play_{time.strftime('%Y%m%d_%H%M%S')}_{self.episode:03d}"
-            npz, mp4 = self.env.stop_recording(path)
+            npz, mp4 = self.env.stop_recording(unique_recording_path(self.record_dir))
             return {"type": "saved", "path": str(npz), "video": str(mp4)}
         return {"type": "error", "message": f"unknown message type {kind!r}; expected 'action', 'reset' or 'record'"}
 
@@ -163,6 +195,8 @@ async def serve(env_factory, host: str = "127.0.0.1", port: int = 8765, record_d
     async def process_request(connection, request):
         nonlocal html
         if request.path == "/ws":
+            if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), host):
+                return connection.respond(HTTPStatus.FORBIDDEN, "this page's origin may not drive the server\n")
             return None  # continue with the WebSocket handshake
         if request.path in ("/", "/index.html"):
             if html is None:
@@ -175,7 +209,10 @@ async def serve(env_factory, host: str = "127.0.0.1", port: int = 8765, record_d
         session = PlaySession(env_factory(), record)
         await ws.send(json.dumps(session.reset()))
         async for raw in ws:
-            reply = await asyncio.get_running_loop().run_in_executor(None, session.handle, raw)
+            try:
+                reply = await asyncio.get_running_loop().run_in_executor(None, session.handle, raw)
+            except Exception as e:  # noqa: BLE001 - a failing step (disk full while saving ...) answers, never drops
+                reply = {"type": "error", "message": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
             await ws.send(json.dumps(reply))
 
     async with ws_serve(handler, host, port, process_request=process_request, max_size=2**16) as server:
@@ -195,6 +232,7 @@ class EnvFactory:
 
         self.kwargs = dict(checkpoint=ckpt, context=context, device=device, **sampling)
         probe = DreamEnv(**self.kwargs)
+        probe.reset(seed=0)  # loads the start clip now: a bad --context fails at start, not at every connection
         self.num_actions = probe.num_actions
         self._first = probe
 

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from lssvwm.evaluation import (build_task_episode, build_task_set, distance_curve, lpips_fn, memory_distance,
-                               reverse_actions)
+from lssvwm.data.memory_tasks import build_task_episode, build_task_set, memory_distance, reverse_actions
+from lssvwm.evaluation import distance_curve, lpips_fn
 
 
 def test_retrieval_retraces_the_context_path():
@@ -97,7 +97,8 @@ def test_recall_psnr_scores_a_model():
     import torch
 
     from lssvwm.config import model_preset
-    from lssvwm.data.recall import NUM_ACTIONS, recall_psnr
+    from lssvwm.data.recall import NUM_ACTIONS
+    from lssvwm.evaluation import recall_psnr
     from lssvwm.models.world_model import WorldModel
 
     torch.manual_seed(0)

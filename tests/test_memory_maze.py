@@ -67,7 +67,7 @@ def test_generate_real_memory_maze(tmp_path):
     pytest.importorskip("memory_maze", reason="needs: pip install 'lssvwm[memory-maze]' (make test-slow does)")
     from lssvwm.data.episodes import action_indices
     from lssvwm.data.memory_maze import KEYS, MemoryMazeEnv, generate_dataset
-    from lssvwm.evaluation import build_task_episode
+    from lssvwm.data.memory_tasks import build_task_episode
 
     root = generate_dataset(tmp_path / "mm", episodes=2, steps=40, maze="9x9", seed=0, mazes=1, progress=False)
     eps = [load_episode(root / f"ep_{i:06d}.npz") for i in range(2)]

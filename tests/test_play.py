@@ -166,3 +166,69 @@ def test_browser_play_in_headless_chromium(tiny_run, tmp_path):
         page.screenshot(path=str(shot))
         browser.close()
     assert shot.stat().st_size > 2000
+
+
+# -- a play server that foreign pages cannot drive, and that never drops a client or a recording -----------------
+def test_origin_check():
+    from lssvwm.web import origin_allowed
+
+    assert origin_allowed(None, "127.0.0.1:8765", "127.0.0.1")  # a script, not a browser
+    assert origin_allowed("http://127.0.0.1:8765", "127.0.0.1:8765", "127.0.0.1")
+    assert origin_allowed("http://localhost:8765", "localhost:8765", "127.0.0.1")
+    assert origin_allowed("http://[::1]:8765", "[::1]:8765", "::1")
+    assert not origin_allowed("http://evil.example", "127.0.0.1:8765", "127.0.0.1")  # another site's page
+    assert not origin_allowed("http://evil.example:8765", "evil.example:8765", "127.0.0.1")  # DNS rebinding
+    assert not origin_allowed("null", "127.0.0.1:8765", "127.0.0.1")
+    assert not origin_allowed("http://127.0.0.1:8765", None, "127.0.0.1")
+    assert origin_allowed("http://10.0.0.5:8765", "10.0.0.5:8765", "0.0.0.0")
+    assert not origin_allowed("http://evil.example", "10.0.0.5:8765", "0.0.0.0")
+
+
+def test_server_refuses_foreign_pages_and_answers_every_bad_message(tiny_run):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with running_server(EnvFactory(tiny_run)) as port:
+        with pytest.raises(InvalidStatus, match="403"):
+            connect(f"ws://127.0.0.1:{port}/ws", origin="http://evil.example", open_timeout=10)
+        with connect(f"ws://127.0.0.1:{port}/ws", origin=f"http://127.0.0.1:{port}", open_timeout=10) as ws:
+            ws.recv(timeout=30)
+            for bad in ('{"type": "action", "action": ' + "9" * 5000 + "}", "[" * 20000 + "]" * 20000,
+                        '{"type": "action", "action": 1e999}', "\x00\xff"):
+                ws.send(bad)
+                assert json.loads(ws.recv(timeout=30))["type"] == "error"
+            ws.send(json.dumps({"type": "action", "action": 1}))
+            assert json.loads(ws.recv(timeout=30))["frame"] == 1  # the connection stayed up
+
+
+def test_simultaneous_recordings_keep_every_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lssvwm.web import unique_recording_path
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: unique_recording_path(tmp_path), range(16)))
+    assert len(set(paths)) == 16 and len(list(tmp_path.glob("*.npz"))) == 16
+
+
+def test_play_checks_its_settings_at_start(tiny_run, tmp_path, capsys):
+    import socket
+
+    from lssvwm.cli import main
+
+    def run(*argv):
+        try:
+            code = main(["play", "--ckpt", str(tiny_run), *map(str, argv)])
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+
+    code, err = run("--context", tmp_path / "missing")
+    assert code == 2 and "no such dataset folder or episode file" in err
+    code, err = run("--stabilization", "3")
+    assert code == 2 and "--stabilization" in err
+    with socket.socket() as s:  # a port that is in use
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        code, err = run("--port", s.getsockname()[1])
+    assert code == 2 and "is in use" in err and "Traceback" not in err

@@ -227,3 +227,20 @@ def test_configs_saved_before_the_sampling_section_still_load(tmp_path):
     assert both.sampling.steps == 2  # the new section wins
     with pytest.raises(ConfigError, match="sampling.steps must be a positive integer"):
         config_from_dict({"preset": "tiny", "diffusion": {"sampling_steps": 0}})
+
+
+def test_tensorboard_log_reads_back(tiny_data, tmp_path):
+    pytest.importorskip("tensorboard", reason="the dev extra installs tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(tiny_data, tmp_path / "tb", steps=4, sample_every=2, tensorboard=True)
+    train(cfg, progress=False)
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/frames_per_s", "samples/psnr"):
+        assert tag in tags["scalars"], tags
+    logged = [json.loads(x)["loss"] for x in (tmp_path / "tb" / "log.jsonl").read_text().splitlines()]
+    assert [round(e.value, 5) for e in acc.Scalars("train/loss")] == [round(v, 5) for v in logged]
+    images = acc.Images("samples/rollout")
+    assert [e.step for e in images] == [2, 4] and images[0].height == 2 * 16  # ground truth over prediction

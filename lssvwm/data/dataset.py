@@ -17,10 +17,55 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import LAYOUTS
 from .episodes import EpisodeFormatError, action_indices, episode_files, image_to_frames, load_episode, probe_episode
 from .videos import detect_layout, load_video_episode, probe_video_episode, video_files
 
-LAYOUTS = ("auto", "episodes", "teco", "videos")
+
+
+class EpisodeReader:
+    """``*.npz`` episodes (Memory Maze's offline layout); the last ``val_fraction`` of the files are validation."""
+
+    def files(self, root: Path, split: str, val_fraction: float) -> list[Path]:
+        return split_files(episode_files(root), split, val_fraction)
+
+    def probe(self, f: Path) -> tuple[tuple, np.ndarray | None, int]:
+        """(image shape, actions or None when not read yet, number of discrete actions), without decoding."""
+        shape, action_shape = probe_episode(f)
+        return shape, None, int(action_shape[1])
+
+    def read(self, f: Path) -> tuple[np.ndarray, np.ndarray, int]:
+        """(image (T, H, W, 3) uint8, actions (T,) ids, number of discrete actions)."""
+        ep = load_episode(f)
+        return ep["image"], action_indices(ep["action"]), int(ep["action"].shape[1])
+
+
+class VideoReader:
+    """``*.mp4`` + action files: your own videos (``layout="videos"``; the last ``val_fraction`` of the files are
+    validation) or TECO's Minecraft (``layout="teco"``; train/ and test/)."""
+
+    def __init__(self, layout: str):
+        self.layout = layout
+
+    def files(self, root: Path, split: str, val_fraction: float) -> list[Path]:
+        if self.layout == "teco":
+            return video_files(root, "teco", split)
+        return split_files(video_files(root, "videos"), split, val_fraction)
+
+    def probe(self, f: Path) -> tuple[tuple, np.ndarray, int]:
+        shape, actions = probe_video_episode(f, self.layout)
+        return shape, actions, self._width(actions)
+
+    def read(self, f: Path) -> tuple[np.ndarray, np.ndarray, int]:
+        image, actions = load_video_episode(f, self.layout)
+        return image, actions, self._width(actions)
+
+    def _width(self, actions: np.ndarray) -> int:
+        """Discrete action ids in use (TECO: always 3; continuous vectors: 0)."""
+        return 3 if self.layout == "teco" else (int(actions.max()) + 1 if actions.ndim == 1 else 0)
+
+
+READERS = {"episodes": EpisodeReader, "teco": lambda: VideoReader("teco"), "videos": lambda: VideoReader("videos")}
 
 
 def split_files(files: list[Path], split: str, val_fraction: float) -> list[Path]:
@@ -54,14 +99,10 @@ class EpisodeWindows(Dataset):
             raise ValueError(f"data layout must be one of {LAYOUTS}, got {layout!r}")
         self.root = Path(root)
         self.layout = detect_layout(root) if layout == "auto" else layout
+        self.reader = READERS[self.layout]()
         self.length, self.stride = length, stride
         self._episodes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if self.layout == "episodes":
-            files = split_files(episode_files(root), split, val_fraction)
-        elif self.layout == "teco":
-            files = video_files(root, "teco", split)
-        else:
-            files = split_files(video_files(root, "videos"), split, val_fraction)
+        files = self.reader.files(self.root, split, val_fraction)
         self.num_actions, self.action_dim = 0, 0
         kinds = set()
         self.bad_files: list[tuple[Path, str]] = []  # (file, reason), when skip_bad
@@ -80,12 +121,12 @@ class EpisodeWindows(Dataset):
                 self.bad_files.append((f, str(e)))
                 return None
 
-        probed = [(f, p) for f in files if (p := attempt(self._probe, f)) is not None]  # headers, counts
+        probed = [(f, p) for f in files if (p := attempt(self.reader.probe, f)) is not None]  # headers, counts
         total_gb = sum(int(np.prod(shape)) for _, (shape, _, _) in probed) / 2**30
         self.cache = total_gb <= max_cache_gb if cache is None else cache
         for f, (shape, actions, width) in probed:
             if self.cache:  # decode and fully check every file now, before training starts
-                if (read := attempt(self._read, f)) is None:
+                if (read := attempt(self.reader.read, f)) is None:
                     continue
                 image, actions, width = read
                 shape = image.shape
@@ -117,29 +158,10 @@ class EpisodeWindows(Dataset):
             raise EpisodeFormatError(f"{root}: some files have discrete action ids, others continuous vectors")
         self.frame_shape = shapes.pop()  # (H, W, 3)
 
-    def _probe(self, f: Path) -> tuple[tuple, np.ndarray | None, int]:
-        """(image shape, actions or None when not read yet, number of discrete actions) without decoding."""
-        if self.layout == "episodes":
-            shape, action_shape = probe_episode(f)
-            return shape, None, int(action_shape[1])
-        shape, actions = probe_video_episode(f, self.layout)
-        return shape, actions, self._width(actions)
-
-    def _width(self, actions: np.ndarray) -> int:
-        return 3 if self.layout == "teco" else (int(actions.max()) + 1 if actions.ndim == 1 else 0)
-
-    def _read(self, f: Path) -> tuple[np.ndarray, np.ndarray, int]:
-        """(image (T, H, W, 3) uint8, actions (T,) ids or (T, A) vectors, number of discrete actions)."""
-        if self.layout == "episodes":
-            ep = load_episode(f)
-            return ep["image"], action_indices(ep["action"]), int(ep["action"].shape[1])
-        image, actions = load_video_episode(f, self.layout)
-        return image, actions, self._width(actions)
-
     def _load(self, e: int):
         if e in self._episodes:
             return self._episodes[e]
-        image, actions, _ = self._read(self.files[e])
+        image, actions, _ = self.reader.read(self.files[e])
         if image.shape[0] != self._lengths[e]:  # a video's decoded length can differ from its counted one
             raise EpisodeFormatError(f"{self.files[e]}: decoded {image.shape[0]} frames, but {self._lengths[e]} "
                                      f"were counted when the dataset was indexed")

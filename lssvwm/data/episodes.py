@@ -157,7 +157,15 @@ def probe_episode(path: str | os.PathLike) -> tuple[tuple, tuple]:
                     major, _ = np.lib.format.read_magic(fh)
                     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                     shape, _, dtype = read(fh)
+                    header = fh.tell()
+                declared = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+                stored = z.getinfo(names[key]).file_size - header
+                if declared > stored:  # a header may not promise more than the file holds (indexing trusts it)
+                    raise EpisodeFormatError(f"{path}: field '{key}' declares shape {tuple(shape)} ({declared:,} bytes) "
+                                             f"but the file holds {max(0, stored):,} bytes (truncated or corrupt)")
                 shapes[key] = (tuple(shape), np.dtype(dtype))
+    except EpisodeFormatError:
+        raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise EpisodeFormatError(f"{path}: not a readable .npz file (truncated or corrupt?): {e}") from e
     (image, image_dtype), (action, _) = shapes["image"], shapes["action"]

@@ -324,8 +324,14 @@ class ExplorationPolicy:
             g = tuple(int(v) for v in cells[self.rng.integers(len(cells))])
             if g != here:
                 break
-        self.goal, self.dist = g, bfs_distances(self.env.layout, g)
-        self.best, self.since_progress = self.dist[here], 0
+        self.set_goal(g)
+
+    def set_goal(self, goal: tuple[int, int] | None) -> None:
+        """Walk to ``goal`` (row, col) by the shortest path from here on; None: the policy picks its own goals."""
+        self.goal = goal
+        if goal is not None:
+            self.dist = bfs_distances(self.env.layout, goal)
+            self.best, self.since_progress = self.dist[self.env.cell()], 0
 
     def __call__(self) -> int:
         env = self.env

@@ -52,29 +52,3 @@ def generate_recall_dataset(out: str | os.PathLike, clips: int, length: int, see
         d = int(rng.integers(1, length - cue_frames))
         save_episode(out / f"ep_{i:06d}.npz", recall_clip(rng, length, d, size, cue_frames))
     return out
-
-
-def recall_psnr(model, distance: int, length: int, trials: int = 16, seed: int = 1, size: int = 16,
-                cue_frames: int = 2) -> float:
-    """Mean PSNR of the model's one-shot prediction (from pure noise) of the recall frame at ``distance``."""
-    import torch
-
-    from ..data.episodes import episode_tensors
-    from ..diffusion import prefill, x0_eps_from_v
-    from ..metrics import psnr
-
-    rng = np.random.default_rng(seed)
-    scores = []
-    with torch.no_grad():
-        for _ in range(trials):
-            clip = recall_clip(rng, length, distance, size, cue_frames)
-            r = int(clip["recall_index"])
-            tensors = episode_tensors(clip)
-            frames, acts = tensors["frames"][None], tensors["actions"][None]
-            cache = prefill(model, frames[:, :r], acts[:, :r])
-            noise = torch.randn(frames[:, r].shape, generator=torch.Generator().manual_seed(len(scores)))
-            t = torch.ones(1)  # one DDIM step from pure noise: the x0 estimate itself
-            v, _ = model.step(noise, t, acts[:, r], cache)
-            x0, _ = x0_eps_from_v(noise, v, t)
-            scores.append(float(psnr(x0.clamp(-1, 1), frames[:, r])))
-    return float(np.mean(scores))

@@ -92,7 +92,12 @@ def probe_video(path: str | os.PathLike) -> tuple[int, int, int]:
 
 
 def _unreadable(path: Path, e: Exception) -> EpisodeFormatError:
-    return EpisodeFormatError(f"{path}: unreadable video (corrupt or not an mp4?): {type(e).__name__}: {e}")
+    """One line: ffmpeg's errors carry its whole banner; keep the last line that says something."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.lower().startswith(("ffmpeg version", "built with", "configuration:",
+                                                               "lib", "copyright"))]
+    reason = (useful or lines or [type(e).__name__])[-1][:200]
+    return EpisodeFormatError(f"{path}: unreadable video (corrupt or not an mp4?): {reason}")
 
 
 def _actions(video: str | os.PathLike, layout: str):
@@ -126,12 +131,18 @@ def read_actions(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix == ".json":
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except RecursionError as e:
+                raise EpisodeFormatError(f"{path}: JSON nested too deeply for an action list") from e
             if isinstance(data, dict):
                 if "actions" not in data:
                     raise EpisodeFormatError(f"{path}: missing key 'actions' (found keys: {sorted(data)})")
                 data = data["actions"]
-            arr = np.asarray(data)
+            try:
+                arr = np.asarray(data)
+            except (ValueError, RecursionError) as e:  # ragged or deeply nested lists
+                raise EpisodeFormatError(f"{path}: 'actions' must be a list of numbers or of equal-length lists") from e
         else:
             with np.load(path, allow_pickle=False) as z:
                 key = "actions" if "actions" in z.files else "action" if "action" in z.files else None
@@ -144,6 +155,9 @@ def read_actions(path: str | os.PathLike) -> np.ndarray:
         raise EpisodeFormatError(f"{path}: unreadable action file: {e}") from e
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise EpisodeFormatError(f"{path}: field 'actions' must be numbers, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise EpisodeFormatError(f"{path}: field 'actions' has a NaN or infinite value (row {bad})")
     return arr
 
 
@@ -192,11 +206,18 @@ def detect_layout(root: str | os.PathLike) -> str:
     root = Path(root)
     if not root.is_dir():
         raise EpisodeFormatError(f"{root}: dataset folder not found")
+    found = []
     if any(root.glob(f"train/*/*{VIDEO_SUFFIX}")) or any(root.glob(f"test/*/*{VIDEO_SUFFIX}")):
-        return "teco"
+        found.append("teco")
     if any(root.glob(f"*{VIDEO_SUFFIX}")):
-        return "videos"
-    return "episodes"
+        found.append("videos")
+    # episode files: .npz that are not a video's action file, at the top level or one level down
+    if any(not p.with_suffix(VIDEO_SUFFIX).exists() for p in root.glob("*.npz")) or any(root.glob("*/*.npz")):
+        found.append("episodes")
+    if len(found) > 1:
+        raise EpisodeFormatError(f"{root}: holds more than one data layout ({', '.join(found)}): keep one per folder, "
+                                 f"or set train.data_layout to the one to read")
+    return found[0] if found else "episodes"
 
 
 def video_files(root: str | os.PathLike, layout: str, split: str | None = None) -> list[Path]:

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import LayerSpec, ModelConfig
+from ..config import LayerSpec, ModelConfig, check_fits, param_count
 from .attention import FrameLocalAttention, KVCache
 from .ssm import BlockwiseSSM, SSMState, resolve_block
 
@@ -137,10 +137,12 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
+        check_fits(f"a model with {param_count(cfg):,} parameters", 4 * param_count(cfg),
+                   "choose smaller model sizes (model.d_model, model.layers, model.mlp_ratio, ...)")
         self.cfg = cfg
         p, d = cfg.patch_size, cfg.d_model
         self.grid = (cfg.frame_size // p, cfg.frame_size // p)
-        for spec in cfg.layer_specs():
+        for spec in cfg.layers:
             if spec.ssm is not None:
                 resolve_block(spec.ssm, *self.grid)
         self.patch = nn.Conv2d(cfg.channels, d, p, stride=p)
@@ -148,7 +150,7 @@ class WorldModel(nn.Module):
         self.prev_patch = nn.Conv2d(cfg.channels, d, p, stride=p) if cfg.prev_frame else None
         self.pos = nn.Parameter(torch.randn(1, 1, *self.grid, d) * 0.02)  # learned 2D position embedding
         self.cond = Conditioning(d, cfg.num_actions, cfg.action_dim)
-        self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.layer_specs())
+        self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.layers)
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out = nn.Linear(d, p * p * cfg.channels)
@@ -225,3 +227,29 @@ class WorldModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, folder, run_config=None, dtype: torch.dtype | None = None):
+        """Save in the Hugging Face layout: ``config.json`` + ``model.safetensors``. ``run_config``: the whole
+        :class:`~lssvwm.config.RunConfig` (sampling defaults included); default: this model's config only."""
+        from ..checkpoint import save_pretrained
+        from ..config import RunConfig
+
+        return save_pretrained(self, run_config or RunConfig(model=self.cfg), folder, dtype)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device="cpu") -> "WorldModel":
+        """A model from a Hugging Face-layout folder, shipped weights (``"maze-small"``), a hub repo id
+        (``"user/repo"``) or a run folder. For its sampling settings and frame codec too, use
+        :func:`lssvwm.checkpoint.load_run`."""
+        from ..checkpoint import load_model
+
+        return load_model(name_or_path, device=device)[0]
+
+    def push_to_hub(self, repo_id: str, run_config=None, private: bool = False, token: str | None = None) -> str:
+        """Save to a temporary folder in the Hugging Face layout and upload it (needs huggingface_hub)."""
+        import tempfile
+
+        from ..checkpoint import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return push_to_hub(self.save_pretrained(tmp, run_config), repo_id, private, token)

@@ -1,0 +1,362 @@
+"""Bad input of every class the hostile-user sweep found: one clear line, a non-zero exit, nothing half-written,
+nothing silently accepted. (The play server's cases are in test_play.py.)"""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lssvwm.checkpoint import CheckpointError, find_checkpoint, load_model, save_checkpoint
+from lssvwm.cli import main
+from lssvwm.config import ConfigError, config_from_dict, layered_config, parse_yaml
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """main(argv) in-process -> (exit code, stderr). argparse's own refusals exit with 2 too."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
+
+
+# -- generate / eval: every number checked, outputs checked before work, nothing half-written --------------------
+@pytest.mark.parametrize("args, message", [
+    (["--frames", "0"], "--frames: must be >= 1"),
+    (["--frames", "-3"], "--frames: must be >= 1"),
+    (["--context", "0"], "--context: must be >= 1"),
+    (["--start", "-1"], "--start: must be >= 0"),
+    (["--episode", "-1"], "--episode: must be >= 0"),
+    (["--fps", "0"], "--fps: must be >= 1"),
+    (["--steps", "-1"], "--steps: must be >= 1"),
+    (["--stabilization", "1.5"], "--stabilization: must be in"),
+    (["--stabilization", "nan"], "--stabilization: must be in"),
+    (["--eta", "2"], "--eta: must be in"),
+    (["--out", "video.txt"], "must end in .mp4 or .gif"),
+    (["--device", "bogus"], "--device 'bogus' is not a device"),
+    (["--episode", "99"], "--episode must be in [0, 1)"),
+    (["--context", "40"], "exceeds the episode's 41 frames"),
+    (["--start", "500"], "exceeds the episode's 41 frames"),
+])
+def test_generate_refuses_bad_arguments(tiny_run, tiny_data, tmp_path, capsys, args, message):
+    out = tmp_path / "sub" / "roll.mp4"
+    base = ["generate", "--ckpt", tiny_run, "--data", tiny_data, "--context", "4", "--frames", "3", "--out", out]
+    code, err = run_cli(capsys, *base, *args)
+    assert code == 2 and message in err, err
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.mp4"))  # nothing half-written
+
+
+def test_generate_without_cuda_says_so(tiny_run, tiny_data, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = run_cli(capsys, "generate", "--ckpt", tiny_run, "--data", tiny_data, "--device", "cuda",
+                        "--out", tmp_path / "a.mp4")
+    assert code == 2 and "CUDA is not available" in err
+
+
+def test_outputs_in_unwritable_places_are_refused_before_work(tiny_run, tiny_data, tmp_path, capsys, monkeypatch):
+    import lssvwm.cli as cli
+
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli(capsys, "generate", "--ckpt", tiny_run, "--data", tiny_data, "--context", "4", "--frames",
+                        "2", "--out", tmp_path / "file" / "a.mp4")
+    assert code == 2 and "exists and is not a folder" in err
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # a read-only folder (root ignores modes)
+    for argv in (["generate", "--ckpt", tiny_run, "--data", tiny_data, "--out", tmp_path / "ro" / "a.mp4"],
+                 ["eval", "follow", "--ckpt", tiny_run, "--out", tmp_path / "ro2"],
+                 ["play", "--ckpt", tiny_run, "--record", tmp_path / "ro3"]):
+        code, err = run_cli(capsys, *argv)
+        assert code == 2 and "is not writable" in err, err
+
+
+def test_generate_writes_video_and_metrics_in_a_new_folder(tiny_run, tiny_data, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "roll.gif"
+    code, _ = run_cli(capsys, "generate", "--ckpt", tiny_run, "--data", tiny_data, "--context", "4", "--frames", "2",
+                      "--out", out, "--steps", "1")
+    assert code == 0 and out.exists() and out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("cmd, message", [
+    (["data", "maze", "--steps", "-5"], "--steps: must be >= 1"),
+    (["data", "maze", "--resolution", "0"], "--resolution: must be in [8, 1024]"),
+    (["data", "maze", "--resolution", "100000"], "--resolution: must be in [8, 1024]"),
+    (["data", "maze", "--resolution", "33"], "must be even"),
+    (["data", "maze", "--size", "6"], "must be odd"),
+    (["data", "maze", "--size", "1"], "--size: must be in [5, 101]"),
+    (["data", "maze", "--episodes", "-1"], "--episodes: must be >= 1"),
+    (["data", "maze", "--workers", "0"], "--workers: must be >= 1"),
+    (["eval", "follow", "--ckpt", "x", "--windows", "0"], "--windows: must be >= 1"),
+    (["eval", "memory", "--ckpt", "x", "--episodes", "0"], "--episodes: must be >= 1"),
+    (["play", "--ckpt", "x", "--port", "70000"], "--port: must be in [0, 65535]"),
+    (["play", "--ckpt", "x", "--steps", "-3"], "--steps: must be >= 1"),
+    (["demo", "--minutes", "-1"], "--minutes: must be in (0"),
+    (["model", "info", "huge"], "invalid choice: 'huge'"),
+])
+def test_numbers_and_names_are_checked_while_parsing(tmp_path, capsys, cmd, message):
+    code, err = run_cli(capsys, *cmd, *(["--out", tmp_path / "o"] if cmd[0] == "data" else []))
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_preview_refuses_bad_episode_and_frames(tiny_data, tmp_path, capsys):
+    assert run_cli(capsys, "data", "preview", tiny_data, "--episode", "9", "--out", tmp_path / "p.mp4")[0] == 2
+    code, err = run_cli(capsys, "data", "preview", tiny_data, "--frames", "0")
+    assert code == 2 and "--frames: must be >= 1" in err
+
+
+# -- configs: every field validated, YAML read defensively, absurd sizes refused before allocating -------------
+@pytest.mark.parametrize("setting, message", [
+    ("train.batch_size=0", "train.batch_size must be an integer >= 1"),
+    ("train.clip_len=0", "train.clip_len must be an integer >= 1"),
+    ("train.lr=-1", "train.lr must be a positive number"),
+    ("train.lr=.nan", "train.lr must be a positive number"),
+    ("train.lr=.inf", "train.lr must be a positive number"),
+    ("train.num_workers=-1", "train.num_workers must be an integer >= 0"),
+    ("train.ckpt_every=0", "train.ckpt_every must be an integer >= 1"),
+    ("train.data_layout=nonsense", "train.data_layout must be one of"),
+    ("train.steps=0", "train.steps must be an integer >= 1"),
+    ("train.val_fraction=1.5", "train.val_fraction must be in [0, 1)"),
+    ("train.ema_decay=2", "train.ema_decay must be in [0, 1)"),
+    ("train.grad_clip=-1", "train.grad_clip must be a positive number"),
+    ("train.max_minutes=-2", "train.max_minutes must be"),
+    ("diffusion.long_context_prob=7", "diffusion.long_context_prob must be a probability"),
+    ("diffusion.context_noise_level=5", "sampling.stabilization must be a noise level in [0, 1)"),
+    ("sampling.stabilization=5", "sampling.stabilization must be a noise level in [0, 1)"),
+    ("diffusion.sampling_steps=-1", "sampling.steps must be a positive integer"),
+    ("sampling.schedule=cosine", "sampling.schedule must be one of"),
+    ("model.layers=[{ssm: [0, 0], attn: 4}]", "model.layers[0].ssm block [0, 0] must divide"),
+    ("model.layers=[{ssm: null, attn: 1000000000000}]", "model.layers[0].attn must be null, 'all' or a window"),
+    ("model.d_model=1000000000", "GiB of memory is available"),
+    ("train.bogus=1", "unknown field(s) ['bogus']"),
+    ("train.steps=[1, 2", "--set train.steps: invalid YAML"),
+    ("steps=3", "--set expects section.field=value"),
+])
+def test_train_refuses_bad_settings_before_creating_the_run(tiny_data, tmp_path, capsys, setting, message):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "train", "--preset", "tiny", "--data", tiny_data, "--out", out, "--set", setting)
+    assert code == 2 and message in err, err
+    assert not out.exists()  # nothing half-written
+
+
+def test_bad_config_files(tmp_path, capsys):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train: " + "[" * 5000 + "]" * 5000)
+    bomb = tmp_path / "bomb.yaml"  # "billion laughs": 9^9 elements if anything expanded it
+    levels = ["&a [x, x, x, x, x, x, x, x, x]"] + [
+        f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+    bomb.write_text("model: {layers: [" + ", ".join(levels) + "]}\n")
+    for path, message in ((binary, "not a text (UTF-8) YAML file"), (nested, "nested too deeply"),
+                          (bomb, "model.layers[0] must be a mapping"), (tmp_path / "missing.yaml", "not found"),
+                          (tmp_path, "is a folder")):
+        t0 = time.time()
+        code, err = run_cli(capsys, "train", "--config", path, "--out", tmp_path / "r")
+        assert code == 2 and message in err, (path, err)
+        assert time.time() - t0 < 10 and len(err) < 600  # the bomb is never expanded into the message
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["batch_size", "steps", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip",
+                        "ema_decay", "seed", "val_fraction", "ckpt_every", "clip_len", "sample_every", "num_workers",
+                        "max_minutes", "autocast", "nan_policy", "data_layout"]),
+       st.one_of(st.none(), st.booleans(), st.integers(-3, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+                 st.text(max_size=6), st.lists(st.integers(), max_size=2)))
+def test_fuzzed_train_fields_are_valid_or_refused(name, value):
+    try:
+        cfg = config_from_dict({"preset": "tiny", "train": {name: value}})
+    except ConfigError as e:
+        assert f"train.{name}" in str(e)
+        return
+    cfg.validate()  # what was accepted is really valid
+    v = getattr(cfg.train, name)
+    if isinstance(v, float):
+        assert np.isfinite(v)
+
+
+def test_layered_config_for_python_users(tmp_path):
+    cfg = layered_config("run", preset="tiny", overrides=["train.steps=7", "sampling.steps=2"], data="d", out="o")
+    assert (cfg.train.steps, cfg.sampling.steps, cfg.model.d_model, cfg.train.data) == (7, 2, 32, "d")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        parse_yaml("{a: [", "x")
+
+
+# -- data: checked at the boundary, with the file and field named ------------------------------------------------
+def test_data_errors_name_the_file_and_field(tmp_path):
+    import io
+    import zipfile
+
+    from lssvwm.data.dataset import EpisodeWindows
+    from lssvwm.data.episodes import EpisodeFormatError, generate_episode
+    from lssvwm.data.videos import detect_layout, read_actions
+
+    ep = generate_episode(0, 10, resolution=16)
+    (tmp_path / "noimg").mkdir()
+    np.savez(tmp_path / "noimg" / "ep_000000.npz", action=ep["action"])
+    with pytest.raises(EpisodeFormatError, match="missing key 'image'") as info:
+        EpisodeWindows(tmp_path / "noimg", 4)
+    assert "corrupt" not in str(info.value)
+    (tmp_path / "huge").mkdir()  # a header that declares 10^9 frames: refused before anything is indexed
+    with zipfile.ZipFile(tmp_path / "huge" / "ep_000000.npz", "w") as z:
+        b = io.BytesIO()
+        np.lib.format.write_array_header_1_0(b, {"descr": "|u1", "fortran_order": False,
+                                                 "shape": (10**9, 16, 16, 3)})
+        b.write(ep["image"].tobytes())
+        z.writestr("image.npy", b.getvalue())
+        b = io.BytesIO()
+        np.save(b, ep["action"])
+        z.writestr("action.npy", b.getvalue())
+    t0 = time.time()
+    with pytest.raises(EpisodeFormatError, match=r"declares shape \(1000000000, 16, 16, 3\)"):
+        EpisodeWindows(tmp_path / "huge", 4)
+    assert time.time() - t0 < 5
+    np.savez(tmp_path / "nan.npz", actions=np.array([[0.5, np.nan], [1.0, 2.0]]))
+    with pytest.raises(EpisodeFormatError, match="NaN or infinite value"):
+        read_actions(tmp_path / "nan.npz")
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(EpisodeFormatError, match="nested too deeply"):
+        read_actions(tmp_path / "deep.json")
+    (tmp_path / "ragged.json").write_text("[[1, 2], [3]]")
+    with pytest.raises(EpisodeFormatError, match="equal-length lists"):
+        read_actions(tmp_path / "ragged.json")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "noimg", mixed)
+    (mixed / "clip.mp4").write_bytes(b"not a video")
+    with pytest.raises(EpisodeFormatError, match="more than one data layout"):
+        detect_layout(mixed)
+
+
+def test_corrupt_video_error_is_one_line(tmp_path):
+    from lssvwm.data.episodes import EpisodeFormatError
+    from lssvwm.data.videos import probe_video
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(os.urandom(4000))
+    with pytest.raises(EpisodeFormatError) as info:
+        probe_video(bad)
+    assert "\n" not in str(info.value) and "ffmpeg version" not in str(info.value) and str(bad) in str(info.value)
+
+
+def test_non_square_frames_get_the_right_advice(tmp_path):
+    from lssvwm.config import RunConfig, TrainConfig, model_preset
+    from lssvwm.train import check_data_matches
+
+    class Data:
+        frame_shape, action_dim, num_actions, layout = (16, 24, 3), 0, 6, "episodes"
+
+    with pytest.raises(ConfigError, match="square frames; crop or resize"):
+        check_data_matches(RunConfig(model=model_preset("tiny"), train=TrainConfig()), Data())
+
+
+# -- checkpoints: nothing lost, nothing unsafe loaded ------------------------------------------------------------
+def _tiny_run(tiny_data, out, steps=2):
+    from lssvwm.config import RunConfig, SamplingConfig, TrainConfig, model_preset
+    from lssvwm.train import train
+
+    cfg = RunConfig(model=model_preset("tiny"), sampling=SamplingConfig(steps=1),
+                    train=TrainConfig(data=str(tiny_data), out=str(out), steps=steps, clip_len=6, batch_size=2,
+                                      val_fraction=0.25, ckpt_every=1, autocast="none"))
+    train(cfg, progress=False)
+    return cfg
+
+
+def test_full_disk_during_a_checkpoint_loses_nothing_and_resume_works(tiny_data, tmp_path, monkeypatch):
+    import lssvwm.checkpoint as ck
+    from lssvwm.train import train
+
+    cfg = _tiny_run(tiny_data, tmp_path / "run")
+    before = find_checkpoint(tmp_path / "run")
+    real = ck.save_file
+
+    def full_disk(tensors, path, *a, **k):
+        if "ema" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    from lssvwm.models.world_model import WorldModel
+
+    m = WorldModel(cfg.model)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path / "run", 3, cfg, m, m, torch.optim.AdamW(m.parameters()), {})
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert not list(ckpts.glob(".tmp_step_*")) and not (ckpts / "latest.tmp").exists()
+    assert find_checkpoint(tmp_path / "run") == before  # the previous checkpoint is still the latest
+    monkeypatch.setattr(ck, "save_file", real)
+    (ckpts / ".tmp_step_0000009_1").mkdir()  # a killed writer's leftovers do not stop a resume either
+    cfg.train.steps = 4
+    train(cfg, resume=True, progress=False)
+    assert find_checkpoint(tmp_path / "run").name == "step_0000004" and not list(ckpts.glob(".tmp_step_*"))
+
+
+def test_latest_pointer_cannot_leave_the_run_and_nan_weights_are_refused(tiny_data, tmp_path):
+    _tiny_run(tiny_data, tmp_path / "run")
+    pointer = tmp_path / "run" / "checkpoints" / "latest"
+    good = pointer.read_text()
+    for evil in ("../../other/checkpoints/step_0000001", "/etc", "step_1/../../x"):
+        pointer.write_text(evil)
+        with pytest.raises(CheckpointError, match="must name a checkpoint folder step_<N>"):
+            find_checkpoint(tmp_path / "run")
+    pointer.write_text(good)
+    from safetensors.torch import load_file, save_file
+
+    ema = find_checkpoint(tmp_path / "run") / "ema.safetensors"
+    state = load_file(str(ema))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key][0] = float("nan")
+    save_file(state, str(ema))
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_model(tmp_path / "run")
+
+
+def test_cli_errors_are_one_line_in_a_subprocess(tiny_data, tmp_path):
+    """What a user sees, end to end: no traceback, one error line, exit 2; --debug shows the traceback."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "lssvwm", "train", "--preset", "tiny", "--data", str(tiny_data), "--out",
+           str(tmp_path / "r"), "--set", "train.batch_size=0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
+    r = subprocess.run([sys.executable, "-m", "lssvwm", "--debug", *cmd[3:]], capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_unexpected_errors_become_one_line(monkeypatch, capsys):
+    import lssvwm.cli as cli
+
+    def boom(a):
+        raise RuntimeError("kaput\nsecond line")
+
+    monkeypatch.setattr(cli, "_model_info", boom)
+    code, err = run_cli(capsys, "model", "info", "tiny")
+    assert code == 1 and "RuntimeError: kaput" in err and "second line" not in err and "--debug" in err
+    monkeypatch.setattr(cli, "_model_info", lambda a: (_ for _ in ()).throw(ModuleNotFoundError(
+        "No module named 'memory_maze'", name="memory_maze")))
+    code, err = run_cli(capsys, "model", "info", "tiny")
+    assert code == 2 and "pip install 'lssvwm[memory-maze]'" in err
+    monkeypatch.setattr(cli, "_model_info", lambda a: (_ for _ in ()).throw(ImportError("cannot import name 'x'")))
+    code, err = run_cli(capsys, "model", "info", "tiny")
+    assert code == 1 and "ImportError" in err  # a real import bug is not passed off as a missing extra
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(-2, 3), st.integers(-2, 45), st.integers(-2, 3), st.integers(-1, 2), st.integers(-1, 2))
+def test_fuzzed_generate_numbers(tiny_run, tiny_data, tmp_path, capsys, context, start, frames, episode, steps):
+    out = tmp_path / "g.mp4"
+    code, err = run_cli(capsys, "generate", "--ckpt", tiny_run, "--data", tiny_data, "--context", context, "--start",
+                        start, "--frames", frames, "--episode", episode, "--steps", steps, "--out", out)
+    valid = context >= 1 and start >= 0 and frames >= 1 and 0 <= episode < 1 and steps >= 1 and \
+        start + context + frames <= 41
+    assert (code == 0) == valid, (code, err)
+    if code:
+        assert err.startswith("error: ") or "usage:" in err
+    else:
+        assert json.loads(out.with_suffix(".json").read_text())["psnr"] > 0

@@ -1,0 +1,96 @@
+"""Weights in the Hugging Face layout (config.json + model.safetensors): save, load by folder, shipped name or
+hub repo id (against a local fake of the hub), and use them everywhere a run is accepted."""
+import json
+import shutil
+import sys
+import types
+
+import pytest
+import torch
+
+import lssvwm.checkpoint as ck
+from lssvwm.checkpoint import CheckpointError, load_run
+from lssvwm.config import RunConfig, SamplingConfig, model_preset
+from lssvwm.models.world_model import WorldModel
+
+
+@pytest.fixture()
+def pretrained(tmp_path):
+    torch.manual_seed(0)
+    model = WorldModel(model_preset("tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cfg = RunConfig(model=model.cfg, sampling=SamplingConfig(steps=2, stabilization=0.2, schedule="edm"))
+    return model, model.save_pretrained(tmp_path / "maze-tiny", cfg, dtype=torch.bfloat16)
+
+
+def test_round_trip_in_bf16(pretrained):
+    model, folder = pretrained
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((folder / "config.json").read_text())["sampling"]["schedule"] == "edm"
+    run = load_run(folder)
+    assert run.cfg.sampling == SamplingConfig(steps=2, stabilization=0.2, schedule="edm")
+    for a, b in zip(model.parameters(), run.model.parameters()):
+        assert b.dtype == torch.float32 and torch.equal(a.detach().bfloat16().float(), b)
+    again = WorldModel.from_pretrained(folder)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), run.model.parameters()))
+
+
+def test_shipped_weights_load_by_name(pretrained, monkeypatch, tmp_path):
+    _, folder = pretrained
+    shipped = tmp_path / "shipped"
+    shutil.copytree(folder, shipped / "maze-tiny")
+    monkeypatch.setattr(ck, "SHIPPED", shipped)
+    assert "maze-tiny" in ck.shipped_weights()
+    run = load_run("maze-tiny")
+    assert run.checkpoint == shipped / "maze-tiny" and run.sampler().cfg.steps == 2
+    frame, _ = run.sampler().step(run.sampler().prefill(torch.zeros(1, 2, 3, 16, 16), torch.zeros(1, 2).long()),
+                                  torch.zeros(1).long())
+    assert frame.shape == (1, 3, 16, 16)
+
+
+def test_hub_download_and_upload_with_a_fake_hub(pretrained, monkeypatch, tmp_path):
+    """The real hub needs a network; a local fake of huggingface_hub's two entry points checks our side."""
+    _, folder = pretrained
+    hub = tmp_path / "hub"
+    uploads = []
+
+    def snapshot_download(repo_id, allow_patterns=None):
+        if not (hub / repo_id).exists():
+            raise RuntimeError(f"404 Client Error: Repository Not Found for url: https://huggingface.co/{repo_id}")
+        return str(hub / repo_id)
+
+    class HfApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            (hub / repo_id).mkdir(parents=True, exist_ok=exist_ok)
+
+        def upload_folder(self, folder_path, repo_id):
+            uploads.append(repo_id)
+            shutil.copytree(folder_path, hub / repo_id, dirs_exist_ok=True)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download,
+                                                                              HfApi=HfApi))
+    model = WorldModel.from_pretrained(folder)
+    url = model.push_to_hub("someone/maze-tiny")
+    assert url == "https://huggingface.co/someone/maze-tiny" and uploads == ["someone/maze-tiny"]
+    run = load_run("someone/maze-tiny")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), run.model.parameters()))
+    with pytest.raises(CheckpointError, match="could not download from the Hugging Face Hub: 404"):
+        load_run("someone/missing")
+
+
+def test_hub_names_without_huggingface_hub_say_how(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    with pytest.raises(CheckpointError, match=r"pip install 'lssvwm\[hub\]'"):
+        load_run("someone/maze-tiny")
+
+
+def test_broken_pretrained_config_is_refused(pretrained):
+    _, folder = pretrained
+    (folder / "config.json").write_text('{"model": {"d_model": -1}}')
+    with pytest.raises(CheckpointError, match="config.json: model.d_model must be a positive integer"):
+        load_run(folder)
