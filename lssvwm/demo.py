@@ -16,7 +16,7 @@ def _seconds_per_step(cfg: RunConfig) -> float:
     update), to size the run to the time budget. The median of three after a warm-up."""
     from .diffusion import training_loss
     from .models.world_model import WorldModel
-    from .train import ema_and_optimizer, optimizer_step
+    from .loop import ema_and_optimizer, optimizer_step
 
     m = cfg.model
     model = WorldModel(m)

@@ -1,6 +1,7 @@
 """Train the frame autoencoder (``lssvwm train-ae``): single process, CPU or GPU, exact resume.
 
-Uses the world model's training machinery (batch sampler, LR schedule, autocast, EMA, atomic checkpoints); a
+Uses the training machinery of :mod:`lssvwm.loop` (batch sampler, LR schedule, autocast, EMA, the loop skeleton)
+and atomic checkpoints; a
 checkpoint folder holds ``model.safetensors``, ``ema.safetensors``, ``config.yaml`` (an AERunConfig) and
 ``state.pt``. After training, ``metrics.json`` reports the validation reconstruction PSNR beside two trivial
 baselines, and ``reconstructions.png`` shows originals over reconstructions.
@@ -8,7 +9,6 @@ baselines, and ``reconstructions.png`` shows originals over reconstructions.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from .config import AERunConfig
 from .data.dataset import EpisodeWindows
 from .metrics import psnr
 from .models.autoencoder import Autoencoder
-from .train import StepBatchSampler, _seed, autocast_dtype, get_lr, init_training, optimizer_step
+from .loop import Loop, StepBatchSampler, autocast_dtype, init_training, optimizer_step, stable_seed
 
 
 def _frames(ds: EpisodeWindows, n: int) -> torch.Tensor:
@@ -44,63 +44,46 @@ def evaluate_reconstruction(ae: Autoencoder, frames: torch.Tensor, train_mean: t
 
 def train_autoencoder(cfg: AERunConfig, resume: bool = False, progress: bool = True,
                       stop_after: int | None = None) -> Path:
-    from tqdm import tqdm
-
-    t, a = cfg.train, cfg.autoencoder
-    a.validate()
-    run = Path(t.out)
+    cfg.validate()
+    tc, a = cfg.train, cfg.autoencoder
+    run = Path(tc.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ds = EpisodeWindows(t.data, 1, "train", t.val_fraction, layout=t.data_layout)
+    ds = EpisodeWindows(tc.data, 1, "train", tc.val_fraction, layout=tc.data_layout)
     h, w, _ = ds.frame_shape
     lh, lw, lc = a.latent_shape(*ds.frame_shape)
-    amp = autocast_dtype(cfg, device)
-    torch.manual_seed(t.seed)
+    amp = autocast_dtype(tc, device)
+    torch.manual_seed(tc.seed)
     model = Autoencoder(a).to(device)
-    ema, opt, start, _ = init_training(model, t, run, resume)
+    ema, opt, start, _ = init_training(model, tc, run, resume)
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.yaml")
     print(f"lssvwm train-ae: {run} | {model.num_params() / 1e6:.2f}M params | {len(ds)} frames {h}x{w} -> latents "
           f"{lc}x{lh}x{lw} | device {device} | autocast {amp}\n"
           f"{cfg.to_yaml()}", flush=True)
     calib = _frames(ds, 256).to(device)
-    val_ds = EpisodeWindows(t.data, 1, "val", t.val_fraction, layout=t.data_layout)
+    val_ds = EpisodeWindows(tc.data, 1, "val", tc.val_fraction, layout=tc.data_layout)
     val = _frames(val_ds, 256).to(device)
     train_mean = calib.mean(dim=0, keepdim=True)
 
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), t.batch_size, t.seed, start,
-                                                                            t.steps))
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), tc.batch_size, tc.seed, start,
+                                                                            tc.steps))
     batches = iter(loader)
-    log = open(run / "log.jsonl", "a")
-    bar = tqdm(total=t.steps, initial=start, desc="train-ae", unit="step", disable=not progress)
-    t0, done = time.time(), start
-    for step in range(start, t.steps):
-        lr = get_lr(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    loop = Loop(tc, run, start, opt, "train-ae", progress, stop_after=stop_after)
+    done = start
+    for step in loop:
         x = next(batches)["frames"][:, 0].to(device)  # (B, C, H, W)
-        gen = torch.Generator().manual_seed(_seed(t.seed, step, 2))
+        gen = torch.Generator().manual_seed(stable_seed(tc.seed, step, 2))
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, stats = model.loss(x, gen)
         if not torch.isfinite(loss):
             raise RuntimeError(f"step {step}: autoencoder loss is {loss.item()}; lower train.lr")
-        optimizer_step(model, ema, opt, loss, step, t)
+        optimizer_step(model, ema, opt, loss, step, tc)
         done = step + 1
-        elapsed = time.time() - t0
-        out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
-        last = step + 1 == t.steps or out_of_time
-        log.write(json.dumps({"step": step + 1, "loss": loss.item(), "lr": lr, "time": round(elapsed, 3),
-                              **stats}) + "\n")
-        log.flush()
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % t.ckpt_every == 0 or last:
+        if loop.end_step(step, {"loss": loss.item(), **stats}, frames=tc.batch_size):
             for m in (model, ema):
                 m.calibrate(calib)
             save_checkpoint(run, step + 1, cfg, model, ema, opt, {})
-        if out_of_time or (stop_after is not None and step + 1 - start >= stop_after):
-            break
-    bar.close()
-    log.close()
+    loop.close()
     metrics = evaluate_reconstruction(ema, val, train_mean)
     metrics["step"] = done
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2))

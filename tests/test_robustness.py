@@ -19,7 +19,7 @@ from lssvwm.config import ConfigError, config_from_dict
 from lssvwm.data.dataset import EpisodeWindows
 from lssvwm.data.episodes import EpisodeFormatError, generate_episode, load_episode
 from lssvwm.models.world_model import WorldModel
-from lssvwm.train import batch_indices  # noqa: E402
+from lssvwm.loop import batch_indices  # noqa: E402
 
 COMMON = ["--preset", "tiny", "--no-progress", "--set", "train.clip_len=6", "train.batch_size=4",
           "train.val_fraction=0.25", "train.autocast=none", "--set"]  # callers append more settings
@@ -77,7 +77,7 @@ def test_batches_do_not_repeat_or_skip_across_ranks():
 
 
 def test_dataloader_workers_and_ranks_see_each_window_once(tiny_data):
-    from lssvwm.train import StepBatchSampler
+    from lssvwm.loop import StepBatchSampler
 
     ds = EpisodeWindows(tiny_data, 6, "train", 0.25)
     n, batch, steps = len(ds), 4, len(ds) // 4  # one epoch

@@ -1,0 +1,262 @@
+"""The training machinery both training loops share (world model: :mod:`lssvwm.train`, autoencoder:
+:mod:`lssvwm.train_ae`): process setup, stable seeds, the LR schedule, AdamW groups, the EMA/optimizer step,
+init and exact resume, the step batch sampler, and the loop skeleton (time budget, log, checkpoint cadence).
+
+Every step draws its batch and its noise from generators seeded by (seed, step[, ...]); together with the saved
+optimizer/EMA state this makes a resume continue exactly: on CPU the loss sequence after a resume equals that of
+an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import clean_stale, find_checkpoint, load_state, load_weights
+from .config import ConfigError, LoopConfig
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        rank = dist.get_rank()
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+
+def get_lr(step: int, loop: LoopConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+    if step < loop.warmup:
+        return loop.lr * (step + 1) / loop.warmup
+    progress = min(1.0, (step - loop.warmup) / max(1, loop.steps - loop.warmup))
+    return loop.lr * (loop.min_lr_ratio + (1 - loop.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; never on biases, norms, embeddings' 1-d params, A_log, D, dt_bias."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+
+def stable_seed(*parts) -> int:
+    """A stable 56-bit seed from integers (independent of Python's hash randomisation)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
+
+
+
+def init_training(model: torch.nn.Module, loop: LoopConfig, run: Path, resume: bool, truncate_log: bool = True):
+    """EMA copy and AdamW for ``model``; with ``resume``, both (and the model) from the run's latest checkpoint.
+
+    Returns (ema, optimizer, start step, saved state or None). A run folder that already holds a checkpoint is
+    refused without ``resume``, so a finished run is never overwritten by accident."""
+    ema, opt = ema_and_optimizer(model, loop)
+    has_ckpt = (run / "checkpoints" / "latest").exists()
+    clean_stale(run / "checkpoints")
+    if has_ckpt and not resume:
+        raise ConfigError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    if not has_ckpt:
+        return ema, opt, 0, None
+    ckpt = find_checkpoint(run)
+    load_weights(model, ckpt / "model.safetensors")
+    load_weights(ema, ckpt / "ema.safetensors")
+    state = load_state(ckpt / "state.pt")
+    opt.load_state_dict(state["optimizer"])
+    start = int(state["step"])
+    if truncate_log:
+        truncate_log_file(run / "log.jsonl", start)
+    return ema, opt, start, state
+
+
+
+def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A fresh EMA copy of ``model`` and its AdamW (no weight decay on biases, norms and SSM parameters)."""
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    return ema, torch.optim.AdamW(param_groups(model, loop.weight_decay), lr=loop.lr, betas=(0.9, 0.99))
+
+
+
+def optimizer_step(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   step: int, loop: LoopConfig) -> torch.Tensor:
+    """One update of the training loops: backward, gradient clipping, AdamW, EMA. Returns the gradient norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+    opt.step()
+    ema_update(ema, model, step, loop.ema_decay)
+    return grad_norm
+
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """EMA of the weights, with a warmup of the decay (``(1 + step) / (10 + step)``) so early EMA tracks."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - d)
+
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Free memory of a CUDA device (None on the CPU: the machine's available memory is used)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
+
+
+
+def autocast_dtype(loop: LoopConfig, device: torch.device):
+    """bf16 autocast (on CUDA and CPU) unless ``autocast: none``."""
+    return None if loop.autocast == "none" else torch.bfloat16
+
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields, for steps ``start .. steps-1``, this rank's slice of each global batch (see batch_indices).
+
+    Batches depend only on (seed, step), so DataLoader workers, any number of ranks and a resume all see
+    exactly the windows an uninterrupted single process would."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, steps: int, rank: int = 0, world: int = 1):
+        self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start, steps
+        self.rank, self.per_rank = rank, batch // world
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            idx = batch_indices(step, self.n, self.batch, self.seed)
+            yield idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor:
+    """Window indices of global batch ``step``: consecutive slices of one random permutation of the ``n``
+    windows per epoch, so within an epoch no window repeats or is skipped, however many ranks share it."""
+    pos = torch.arange(step * batch, (step + 1) * batch)
+    epochs = pos // n
+    out = torch.empty(batch, dtype=torch.long)
+    for e in epochs.unique().tolist():
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(stable_seed(seed, "epoch", e)))
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+
+def truncate_log_file(log: Path, step: int) -> None:
+    """Drop log records after the checkpoint we resume from (a killed run may have logged a few more)."""
+    if not log.exists():
+        return
+    keep = []
+    for line in log.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a line cut short by the kill
+    tmp = log.with_name(log.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, log)
+
+
+def tensorboard_writer(run: Path):
+    """A TensorBoard writer in RUN/tensorboard (train.tensorboard); the JSONL log is always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'lssvwm[tensorboard]'"
+                          ) from e
+    return SummaryWriter(str(run / "tensorboard"))
+
+
+class Loop:
+    """The skeleton both training loops share (nanoGPT-style, with the bookkeeping in one place):
+
+        loop = Loop(cfg.train, run, start, opt, "train", progress)
+        for step in loop:                       # sets the step's learning rate on ``opt``
+            ... forward, optimizer_step ...
+            if loop.end_step(step, {"loss": ..., ...}):   # logs; True when a checkpoint is due
+                save_checkpoint(...)
+        loop.close()
+
+    It stops at ``steps``, after ``max_minutes`` (every DDP rank at the same step) or, for tests, after
+    ``stop_after`` steps of this process. Rank 0 writes ``log.jsonl`` (and TensorBoard with ``tensorboard``) and
+    shows the progress bar."""
+
+    def __init__(self, loop: LoopConfig, run: Path, start: int, opt: torch.optim.Optimizer, desc: str,
+                 progress: bool = True, rank: int = 0, world: int = 1, device=None, tensorboard: bool = False,
+                 stop_after: int | None = None):
+        from tqdm import tqdm
+
+        self.cfg, self.run, self.start, self.opt = loop, run, start, opt
+        self.rank, self.world, self.device, self.stop_after = rank, world, device, stop_after
+        self.log = open(run / "log.jsonl", "a") if rank == 0 else None
+        self.tb = tensorboard_writer(run) if rank == 0 and tensorboard else None
+        self.bar = tqdm(total=loop.steps, initial=start, desc=desc, unit="step", disable=not progress or rank != 0)
+        self.t0 = self.t_step = time.time()
+        self.lr, self.step_seconds, self.stop = 0.0, 0.0, False
+
+    def __iter__(self):
+        for step in range(self.start, self.cfg.steps):
+            if self.stop:
+                return
+            self.lr = get_lr(step, self.cfg)
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr
+            yield step
+
+    def end_step(self, step: int, record: dict, frames: int | None = None) -> bool:
+        """Log ``record`` for this step (plus step, lr, time and, given the ``frames`` of the step's global batch,
+        frames/s); decide whether to stop. Returns True when a checkpoint is due (every ``ckpt_every`` steps and at
+        the last step)."""
+        now = time.time()
+        self.step_seconds, self.t_step = now - self.t_step, now
+        if frames is not None:
+            record = {**record, "frames_per_s": round(frames / max(self.step_seconds, 1e-9), 2)}
+        elapsed = now - self.t0
+        out_of_time = self.cfg.max_minutes > 0 and elapsed > 60 * self.cfg.max_minutes
+        if self.world > 1:  # every rank stops at the same step
+            flag = torch.tensor(float(out_of_time), device=self.device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag.item())
+        last = step + 1 == self.cfg.steps or out_of_time
+        self.stop = out_of_time or (self.stop_after is not None and step + 1 - self.start >= self.stop_after)
+        if self.rank == 0:
+            rec = {"step": step + 1, **record, "lr": self.lr, "time": round(elapsed, 3)}
+            self.log.write(json.dumps(rec) + "\n")
+            self.log.flush()
+            if self.tb is not None:
+                for key, value in rec.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        self.tb.add_scalar(f"train/{key}", value, step + 1)
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}", lr=f"{self.lr:.1e}")
+        return (step + 1) % self.cfg.ckpt_every == 0 or last
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.log:
+            self.log.close()
+        if self.tb is not None:
+            self.tb.close()
