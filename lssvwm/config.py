@@ -89,6 +89,8 @@ class ModelConfig:
     action_dim: int = 0  # > 0: continuous action vectors of this size
     layers: list[LayerSpec] = field(default_factory=list)  # one LayerSpec per layer (YAML: {ssm: ..., attn: ...})
     gradient_checkpointing: bool = False
+    # frame-local attention kernel: auto (FlexAttention with a block mask on CUDA, chunked SDPA on CPU), sdpa, flex
+    attn_backend: str = "auto"
     # Not from the paper (DIAMOND-style): each frame's tokens also embed the previous input frame's patches at the
     # same place, a direct path for "copy and shift what was there" that attention otherwise has to learn.
     prev_frame: bool = False
@@ -113,6 +115,8 @@ class ModelConfig:
             raise ConfigError(f"model.attn_chunk must be null or a positive integer, got {_show(self.attn_chunk)}")
         if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
             raise ConfigError(f"model.mlp_ratio must be a positive number, got {_show(self.mlp_ratio)}")
+        if self.attn_backend not in ("auto", "sdpa", "flex"):
+            raise ConfigError(f"model.attn_backend must be auto, sdpa or flex, got {_show(self.attn_backend)}")
         if not isinstance(self.layers, list):
             raise ConfigError(f"model.layers must be a list of {{ssm, attn}} mappings, got {_show(self.layers)}")
         self.__post_init__()  # layers assigned after construction are parsed too
@@ -183,7 +187,8 @@ def check_fits(what: str, nbytes: float, hint: str, limit: int | None = None) ->
 
 def training_bytes(cfg: ModelConfig, batch: int, clip_len: int) -> float:
     """A lower estimate of a training step's memory: 20 bytes per parameter (weights, gradients, AdamW, EMA) and
-    about 200 bytes per token x d_model x layer of activations (measured: ~300 on CPU, ~245 on an H100)."""
+    about 200 bytes per token x d_model x layer of activations (a lower bound of what the presets take on CPU and
+    GPU; docs/results.md)."""
     grid = cfg.frame_size // cfg.patch_size
     layers = max(1, len(cfg.layers))
     per_layer = 200.0 * batch * clip_len * grid * grid * cfg.d_model
@@ -331,7 +336,7 @@ class LoopConfig:
     ema_decay: float = 0.999
     seed: int = 0
     val_fraction: float = 0.1
-    autocast: str = "auto"  # auto: bf16 on CUDA and CPU; none: fp32
+    autocast: str = "auto"  # auto: bf16 on CUDA and on CPUs with fast bf16 (AMX/AVX512-BF16), else fp32; bf16; none: fp32
     ckpt_every: int = 200
 
     def validate(self, section: str = "train") -> None:
@@ -369,6 +374,7 @@ class TrainConfig(LoopConfig):
     autoencoder: str = ""  # a `lssvwm train-ae` run: the world model trains on its latents (model.channels etc.)
     curriculum_steps: int = 0  # not from the paper: > 0 grows the clip from clip_len/4 to clip_len over these steps
     tensorboard: bool = False  # also log to RUN/tensorboard (needs the tensorboard package)
+    compile: bool = False  # torch.compile the model for training (pays on a GPU; on a CPU compiling costs minutes)
 
     def validate(self, section: str = "train") -> None:
         super().validate(section)

@@ -1,8 +1,10 @@
-"""``make demo``: built-in maze data -> train the ``small`` hybrid on CPU for a bounded time -> roll out from a
-held-out episode -> video, loss curve, metrics. Everything lands in one folder, printed at the end."""
+"""``make demo``: built-in maze data -> train the ``small`` hybrid on CPU for a bounded time -> the follow benchmark
+on held-out trajectories, beside the shipped weights -> videos, strips, loss curve, metrics. Everything lands in one
+folder, printed at the end."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -16,58 +18,57 @@ def _seconds_per_step(cfg: RunConfig) -> float:
     update), to size the run to the time budget. The median of three after a warm-up."""
     from .diffusion import training_loss
     from .models.world_model import WorldModel
-    from .loop import ema_and_optimizer, optimizer_step
+    from .loop import autocast_dtype, ema_and_optimizer, optimizer_step
 
     m = cfg.model
     model = WorldModel(m)
     ema, opt = ema_and_optimizer(model, cfg.train)
     x = torch.randn(cfg.train.batch_size, cfg.train.clip_len, m.channels, m.frame_size, m.frame_size)
     a = torch.randint(0, m.num_actions, x.shape[:2])
+    amp = autocast_dtype(cfg.train, torch.device("cpu"))  # as the training loop will use
     times = []
     for i in range(4):
         t = time.time()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
             loss, _ = training_loss(model, x, a, cfg.diffusion)
         optimizer_step(model, ema, opt, loss, i, cfg.train)
         times.append(time.time() - t)
     return sorted(times[1:])[1]
 
 
-def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small", episodes: int = 64,
-             steps_per_episode: int = 400, context: int = 32, frames: int = 48, mazes: int = 4, lr: float = 3e-3,
-             window: int = 4) -> dict:
-    """The demo trains on episodes that cycle through ``mazes`` fixed mazes and rolls out a held-out
-    trajectory in one of them, so the model can use what it learned about those places. Sampling: 4 steps
-    with stabilization level 0.3 (measured best for CPU-trained `small` models; see diffusion.py).
+# The demo's recipe: picked side by side on the follow benchmark (docs/recipe.md has the table and the commands).
+RECIPE = dict(lr=5e-3, window=4, sampling=dict(steps=4, stabilization=0.3, schedule="edm"))
+SHIPPED = "maze-small"  # weights trained on the demo's mazes for hours (weights/README.md), shown beside it
 
-    ``lr=3e-3`` and an attention window of 4 frames were picked by side-by-side runs of this exact setup on a GPU
-    (README, "How the demo was tuned"): at 1000 steps lr 3e-3 reached 19.0 dB one-step-ahead PSNR against 16.9 dB
-    with 1e-3, and window 4 is 18% cheaper per step on CPU than 8 and no worse (19.5 dB)."""
-    from .data.dataset import EpisodeWindows
+
+def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small", episodes: int = 64,
+             steps_per_episode: int = 400, context: int = 32, frames: int = 48, mazes: int = 4,
+             lr: float = RECIPE["lr"], window: int = RECIPE["window"], windows: int = 8,
+             shipped: str | None = SHIPPED) -> dict:
+    """Built-in maze data (episodes cycle through ``mazes`` fixed mazes) -> train the ``small`` hybrid for
+    ``minutes`` on the CPU -> the follow benchmark on held-out trajectories in those mazes and in unseen ones
+    (``context`` true frames, then ``frames`` generated), free and one step ahead, beside the shipped weights
+    trained on the same mazes for hours. Writes videos, strips, the loss curve and ``metrics.json``."""
     from .data.episodes import generate_dataset
-    from .generate import comparison_video, episode_rollout, frame_metrics
-    from .metrics import psnr, ssim
+    from .follow import evaluate_follow
     from .plots import plot_loss
     from .train import train
-    from .video import write_video
 
     out = Path(out)
     t_start = time.time()
     model_cfg = model_preset(preset, window=window)
     res = model_cfg.frame_size
     data = out / "data"
-    print(f"[1/4] generating {episodes} maze episodes of {steps_per_episode} steps at {res}x{res} in {mazes} fixed "
+    print(f"[1/3] generating {episodes} maze episodes of {steps_per_episode} steps at {res}x{res} in {mazes} fixed "
           f"mazes -> {data}")
     generate_dataset(data, episodes, steps_per_episode, resolution=res, seed=0, workers=2, mazes=mazes)
 
-    cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(steps=4, stabilization=0.3),
+    cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
                     train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16, batch_size=8, lr=lr,
                                       warmup=50, ckpt_every=100, max_minutes=minutes, seed=0))
     per_step = _seconds_per_step(cfg)
-    # The loop also loads batches, logs and writes checkpoints (about 8% more per step for `small` on 2 cores), so
-    # the time budget (max_minutes) usually ends the run a little before its planned steps. Measured: planning
-    # 10% fewer steps to finish the LR schedule gave 832 steps and 18.98 dB one step ahead, against 877-884 steps
-    # and 19.3 dB when time cut the schedule short, so the plan uses the whole budget.
+    # The time budget (max_minutes) ends the run; the plan uses the whole budget, so the LR schedule is cut a
+    # little short by the loop's extra work (data, logs, checkpoints).
     cfg.train.steps = max(20, int(minutes * 60 / per_step))
     run = Path(cfg.train.out)
     resume = False
@@ -79,51 +80,46 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
             print(f"      {run} was trained with another setup (an older demo?); kept it as {moved}, starting afresh")
         else:  # keep the schedule of the interrupted run
             cfg, resume = saved, True
-    print(f"[2/4] training {preset} hybrid: {per_step:.2f} s/step -> {cfg.train.steps} steps in ~{minutes:g} min"
+    print(f"[2/3] training {preset} hybrid: {per_step:.2f} s/step -> {cfg.train.steps} steps in ~{minutes:g} min"
           f"{' (resuming)' if resume else ''}")
     train(cfg, resume=resume)
 
-    print(f"[3/4] rolling out {frames} frames after {context} context frames of a held-out episode")
-    from .checkpoint import load_run
-
-    trained = load_run(run)
-    cfg, ckpt = trained.cfg, trained.checkpoint
-    val = EpisodeWindows(data, 1, "val", cfg.train.val_fraction)
-    ep = val.episode(0)
-    start = 100  # a point where the agent has already explored part of the maze
-    sampler = trained.sampler()
-    ctx, gt, pred = episode_rollout(sampler, ep, context, frames, start=start, progress=True)
-    metrics = frame_metrics(gt, pred)
-    last = ctx[-1:].expand_as(gt)  # trivial baseline: repeat the last context frame
-    metrics["baseline_repeat_last_frame"] = {"psnr": float(psnr(last, gt).mean()), "ssim": float(ssim(last, gt).mean())}
-    # Teacher forcing: every frame predicted from the true frames before it. Shows what the model learned
-    # about the next frame, apart from how its own errors compound in the free rollout.
-    _, _, pred_tf = episode_rollout(sampler, ep, context, frames, start=start, teacher_forcing=True)
-    metrics["teacher_forced"] = {"psnr": float(psnr(pred_tf, gt).mean()), "ssim": float(ssim(pred_tf, gt).mean())}
+    models = [str(run)] + ([shipped] if _comparable(shipped, cfg) else [])
+    print(f"[3/3] follow benchmark: {context} context frames, {frames} generated, {windows} held-out trajectories in "
+          f"the training mazes and {windows} in unseen mazes; models: {', '.join(Path(m).name for m in models)}")
+    follow = evaluate_follow(models, data=str(data), out=out / "follow", context=context, frames=frames, long=frames,
+                             windows=windows, progress=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    last_losses = [r["loss"] for r in log[-20:]]
-    metrics.update({"checkpoint": str(ckpt),
-                    # steps trained: the time budget can end a run before its planned steps
-                    "train_steps": int(log[-1]["step"]) if log else 0, "train_steps_planned": cfg.train.steps,
-                    "context": context, "frames": frames, "episode": str(val.files[0]), "start_frame": start,
-                    "final_loss_mean_last_20": sum(last_losses) / max(1, len(last_losses))})
-
-    print("[4/4] writing video, loss curve and metrics")
-    video = write_video(out / "rollout.mp4", comparison_video(ctx, gt, pred), fps=8)
-    gif = write_video(out / "rollout.gif", comparison_video(ctx, gt, pred, scale=2), fps=8)
-    tf_gif = write_video(out / "next_frame.gif", comparison_video(ctx, gt, pred_tf, scale=2), fps=8)
-    loss_png = plot_loss(run / "log.jsonl", out / "loss.png")
+    mine = follow["models"][run.name]["sets"]
+    metrics = {"train_steps": int(log[-1]["step"]) if log else 0,  # the time budget can end a run early
+               "train_steps_planned": cfg.train.steps, "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,
+               "context": context, "frames": frames, "sampling": vars(cfg.sampling),
+               "follow": {name: {s: {k: r[k] for k in ("free", "teacher_forced")} for s, r in m["sets"].items()}
+                          for name, m in follow["models"].items()},
+               "baseline_repeat_last_frame": {s: r["repeat_last_frame"] for s, r in follow["sets"].items()},
+               "ssim_per_frame": mine["train-mazes"]["per_frame"]["free"]["ssim"],
+               "psnr_per_frame": mine["train-mazes"]["per_frame"]["free"]["psnr"]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    base = metrics["baseline_repeat_last_frame"]
-    print(f"\nDone in {(time.time() - t_start) / 60:.1f} min.\n"
-          f"  rollout PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} over {frames} generated frames "
-          f"(repeat-last-frame baseline: PSNR {base['psnr']:.2f} dB, SSIM {base['ssim']:.3f}; one-step-ahead "
-          f"predictions from true history: PSNR {metrics['teacher_forced']['psnr']:.2f} dB, SSIM "
-          f"{metrics['teacher_forced']['ssim']:.3f})\n"
-          f"  video (ground truth | model; blue = context, red = generated): {video}\n  gif: {gif}\n"
-          f"  one-step-ahead predictions (teacher forcing): {tf_gif}\n"
-          f"  loss curve: {loss_png}\n  metrics: {out / 'metrics.json'}\n  checkpoint: {ckpt}\n  data: {data}")
+    loss_png = plot_loss(run / "log.jsonl", out / "loss.png")
+    for name in ("rollout", "next_frame"):  # the training-mazes videos at the top of the output folder
+        shutil.copyfile(out / "follow" / f"{name}_train-mazes.gif", out / f"{name}.gif")
+    shutil.copyfile(out / "follow" / "strip_train-mazes.png", out / "strip.png")
+    print(f"\nDone in {(time.time() - t_start) / 60:.1f} min ({metrics['train_steps']} training steps).\n"
+          f"{follow['table']}\n"
+          f"  free rollout (ground truth | this run{' | ' + shipped if len(models) > 1 else ''}): {out / 'rollout.gif'}\n"
+          f"  one step ahead from the true history: {out / 'next_frame.gif'}\n"
+          f"  frames 1, 2, 4 ... {frames} of every model: {out / 'strip.png'}\n"
+          f"  loss curve: {loss_png}\n  metrics: {out / 'metrics.json'} (all of it: {out / 'follow'})\n"
+          f"  checkpoint: {run}\n  data: {data}")
     return metrics
+
+
+def _comparable(shipped: str | None, cfg: RunConfig) -> bool:
+    """Whether the shipped weights exist and show frames of this run's size (so they can share its windows)."""
+    from .checkpoint import load_pretrained_config, shipped_weights
+
+    folder = shipped_weights().get(shipped or "")
+    return folder is not None and load_pretrained_config(folder).model.frame_size == cfg.model.frame_size
 
 
 def _own_setup(saved: Path, cfg: RunConfig) -> RunConfig | None:

@@ -152,10 +152,13 @@ def summarize(per_frame: dict, short: int) -> dict:
 
 def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.PathLike = "runs/follow",
                     context: int = 32, frames: int = 48, long: int = 200, windows: int = 8, seed: int = 0,
-                    sampling: dict | None = None, device: str = "cpu", progress: bool = True) -> dict:
+                    sampling: dict | None = None, device: str = "cpu", progress: bool = True,
+                    videos: bool = True) -> dict:
     """Score checkpoints side by side on the follow windows; writes ``results.json`` (binned scores and
     per-frame curves), ``strip_<set>.png`` (ground truth, then each model's free rollout and teacher-forced
-    frames at frames 1, 2, 4, ... 200) and ``ssim_vs_frame.png`` to ``out``. Returns the results."""
+    frames at frames 1, 2, 4, ... 200), ``ssim_vs_frame.png`` and, with ``videos``, ``rollout_<set>.gif`` and
+    ``next_frame_<set>.gif`` (the first window: ground truth beside each model's free rollout / one-step-ahead
+    predictions) to ``out``. Returns the results."""
     from .evaluation import common_resolution, load_runs, lpips_fn
 
     if context < 1 or frames < 1 or long < frames or windows < 1:
@@ -203,6 +206,12 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     (out / "results.json").write_text(json.dumps(results, indent=1))
     for set_name, rows in strips.items():
         write_strip(rows, out / f"strip_{set_name}.png", long)
+        if videos:
+            first = sets[set_name]["frames"][0, :context]
+            free_rows = [rows[0]] + [r for r in rows[1:] if r[0].endswith(": free")]
+            tf_rows = [rows[0]] + [r for r in rows[1:] if r[0].endswith("one step ahead")]
+            write_side_by_side(first, free_rows, out / f"rollout_{set_name}.gif", frames=None)
+            write_side_by_side(first, tf_rows, out / f"next_frame_{set_name}.gif", frames=frames)
     _plot(results, out / "ssim_vs_frame.png")
     results["table"] = follow_table(results)
     print(f"follow: {context} context frames, then {frames} and {long} generated ({lp_note})")
@@ -265,6 +274,18 @@ def write_strip(rows: list[tuple[str, torch.Tensor]], path: Path, long: int, win
                 img.paste(Image.fromarray(tile), (label_w + j * (cell + gap), y))
     img.save(path)
     return path
+
+
+def write_side_by_side(context: torch.Tensor, rows: list[tuple[str, torch.Tensor]], path: Path,
+                       frames: int | None = None) -> Path:
+    """A gif of window 0: the context frames (blue border) on every panel, then the ground truth and each model's
+    generated frames (red border) side by side, in the order of ``rows``."""
+    from .generate import comparison_panels
+    from .video import write_video
+
+    n = frames or min(r[1].shape[1] for r in rows)
+    panels = comparison_panels(context, [r[1][0, :n] for r in rows])
+    return write_video(path, panels, fps=8)
 
 
 def _plot(results: dict, path: Path) -> None:

@@ -50,13 +50,18 @@ def _border(frames: np.ndarray, color) -> np.ndarray:
 def comparison_video(ctx, gt, pred, scale: int = 4) -> np.ndarray:
     """Frames for a video: left ground truth, right the model. Context frames (shown on both sides) have a
     blue border, generated frames a red one."""
+    return comparison_panels(ctx, [gt, pred], scale)
+
+
+def comparison_panels(ctx, videos: list, scale: int = 4) -> np.ndarray:
+    """Side-by-side panels, one per video of ``videos`` (the first: the ground truth, drawn without a border;
+    the others: generated frames with a red one), each after the context frames (blue border)."""
     blue, red = (40, 90, 255), (255, 40, 40)
-    c = upscale(to_uint8(ctx), scale)
-    g = upscale(to_uint8(gt), scale)
-    p = upscale(to_uint8(pred), scale)
-    left = np.concatenate([_border(c, blue), g])
-    right = np.concatenate([_border(c, blue), _border(p, red)])
-    return side_by_side(left, right, gap=4)
+    c = _border(upscale(to_uint8(ctx), scale), blue)
+    panels = [np.concatenate([c, upscale(to_uint8(v), scale) if i == 0 else _border(upscale(to_uint8(v), scale),
+                                                                                       red)])
+              for i, v in enumerate(videos)]
+    return side_by_side(*panels, gap=4)
 
 
 def frame_metrics(gt: torch.Tensor, pred: torch.Tensor) -> dict:

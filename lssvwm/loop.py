@@ -9,6 +9,7 @@ an uninterrupted run.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -92,7 +93,8 @@ def init_training(model: torch.nn.Module, loop: LoopConfig, run: Path, resume: b
 def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """A fresh EMA copy of ``model`` and its AdamW (no weight decay on biases, norms and SSM parameters)."""
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    return ema, torch.optim.AdamW(param_groups(model, loop.weight_decay), lr=loop.lr, betas=(0.9, 0.99))
+    fused = all(p.is_cuda for p in model.parameters())  # one kernel for the whole update on a GPU
+    return ema, torch.optim.AdamW(param_groups(model, loop.weight_decay), lr=loop.lr, betas=(0.9, 0.99), fused=fused)
 
 
 
@@ -125,9 +127,35 @@ def device_memory(device: torch.device) -> int | None:
 
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_fast() -> bool:
+    """Whether bf16 matmuls beat fp32 on this CPU. With AMX or AVX512-BF16 they are ~2-8x faster; without them
+    (AVX2-only CPUs) PyTorch emulates bf16 and a matmul is ~50-100x *slower* than fp32. The CPU flags decide where
+    PyTorch reports them; otherwise a 256x256 matmul is timed in both types (a few ms)."""
+    if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
+        return True
+    a = torch.randn(256, 256)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        x @ x  # warm-up
+        t = time.perf_counter()
+        for _ in range(3):
+            x @ x
+        times[dtype] = time.perf_counter() - t
+    return times[torch.bfloat16] < times[torch.float32]
+
+
 def autocast_dtype(loop: LoopConfig, device: torch.device):
-    """bf16 autocast (on CUDA and CPU) unless ``autocast: none``."""
-    return None if loop.autocast == "none" else torch.bfloat16
+    """The autocast type for ``loop.autocast``: ``bf16`` always, ``none`` never (fp32), ``auto`` bf16 on CUDA
+    devices that support it and on CPUs where bf16 is fast (:func:`cpu_bf16_fast`), else fp32."""
+    if loop.autocast == "none":
+        return None
+    if loop.autocast == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_bf16_fast() else None
 
 
 

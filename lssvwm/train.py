@@ -94,6 +94,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         print(f"lssvwm train: {run} | {model.num_params() / 1e6:.2f}M params | {len(ds)} windows | device {device}"
               f" x{world} | autocast {amp}\n{cfg.to_yaml()}", flush=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    fwd = torch.compile(ddp) if tc.compile else ddp  # the training forward; rollouts run the module as it is
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), tc.batch_size, tc.seed, start,
                                                                             tc.steps, rank, world),
@@ -121,7 +122,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
                                                          clip_gens, codec.value_range)  # global levels and mask
         normalizer = float(mask.sum().clamp(min=1)) / world  # DDP averages gradients over ranks
         with autocast():
-            loss, stats = diffusion_loss(ddp, frames, actions, levels[mine].to(device), mask[mine].to(device),
+            loss, stats = diffusion_loss(fwd, frames, actions, levels[mine].to(device), mask[mine].to(device),
                                          noise[mine].to(device), cfg.diffusion, normalizer)
         logged = loss.detach().clone()
         if world > 1:  # the logged loss is the global one

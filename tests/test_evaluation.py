@@ -120,3 +120,19 @@ def test_hybrid_recalls_beyond_the_window_and_windowed_transformer_cannot(tmp_pa
     for d in (12, 20):  # D = 4k and beyond
         assert psnr[("hybrid", d)] > 14.0, psnr
         assert psnr[("hybrid", d)] - psnr[("window-transformer", d)] > 5.0, psnr
+
+
+def test_gpu_benchmark_code_runs_small_on_the_cpu():
+    """`python -m benchmarks.run gpu` needs CUDA; its smoke variant runs the same code on the CPU (tiny sizes)."""
+    import warnings
+
+    from benchmarks.run import bench_gpu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = bench_gpu(smoke=True)
+    row = res["training"][0]
+    assert row["ms_per_step"] > 0 and row["model_tflops"] > 0 and 0 < row["mfu_%"] < 100
+    assert res["decoding"][0]["frames_per_s"] > 0
+    kernels = {r["kernel"]: r for r in res["kernels"]}
+    assert kernels["ssd:torch"]["rel_err_vs_ref"] < 1e-4 and kernels["attention:flex"]["rel_err_vs_ref"] < 1e-4

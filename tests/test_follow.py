@@ -79,7 +79,8 @@ def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
     assert res["sets"]["unseen-mazes"]["repeat_last_frame"]["ssim"]["all"] == pytest.approx(float(direct), abs=1e-6)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["models"].keys() == res["models"].keys()
-    for f in ("strip_train-mazes.png", "strip_unseen-mazes.png", "ssim_vs_frame.png"):
+    for f in ("strip_train-mazes.png", "strip_unseen-mazes.png", "ssim_vs_frame.png", "rollout_train-mazes.gif",
+              "next_frame_unseen-mazes.gif"):
         assert (tmp_path / f).stat().st_size > 1000
 
 

@@ -94,3 +94,35 @@ def test_broken_pretrained_config_is_refused(pretrained):
     (folder / "config.json").write_text('{"model": {"d_model": -1}}')
     with pytest.raises(CheckpointError, match="config.json: model.d_model must be a positive integer"):
         load_run(folder)
+
+
+def test_wheel_carries_the_package_data_and_runs(tmp_path):
+    """`pip install .` / a built wheel work outside the checkout: the CLI, the play page, the shipped configs and
+    weights are inside it (installed into a folder of its own, dependencies from this environment)."""
+    import os
+    import subprocess
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "dist"), str(root)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("lssvwm-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lssvwm/web.py" in names and "lssvwm/configs/memory-maze.yaml" in names
+    shipped = [p.name for p in (root / "weights").iterdir() if (p / "config.json").exists()]
+    assert all(f"lssvwm/weights/{n}/model.safetensors" in names for n in shipped)
+    target = tmp_path / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stderr[-2000:]
+    env = dict(os.environ, PYTHONPATH=str(target))
+    for args, expect in ((["--version"], "lssvwm "), (["model", "info", "tiny"], "parameters")):
+        out = subprocess.run([sys.executable, "-m", "lssvwm", *args], capture_output=True, text=True, env=env,
+                             cwd=tmp_path)
+        assert out.returncode == 0 and expect in out.stdout, out.stderr[-2000:]
+    where = subprocess.run([sys.executable, "-c", "import lssvwm.checkpoint as c; print(c.__file__); "
+                            "print(sorted(c.shipped_weights()))"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path).stdout
+    assert str(target) in where and all(n in where for n in shipped)

@@ -189,10 +189,11 @@ def test_demo_path_end_to_end(tmp_path):
     from lssvwm.demo import run_demo
 
     m = run_demo(out=str(tmp_path / "demo"), minutes=0.05, preset="tiny", episodes=4, steps_per_episode=160,
-                 context=8, frames=8)
-    for name in ("rollout.mp4", "rollout.gif", "next_frame.gif", "loss.png", "metrics.json"):
+                 context=8, frames=8, windows=2)
+    for name in ("rollout.gif", "next_frame.gif", "strip.png", "loss.png", "metrics.json", "follow/results.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 500
-    assert len(m["psnr_per_frame"]) == 8 and "baseline_repeat_last_frame" in m and "teacher_forced" in m
+    assert len(m["psnr_per_frame"]) == 8 and set(m["baseline_repeat_last_frame"]) == {"train-mazes", "unseen-mazes"}
+    assert set(m["follow"]["run"]["train-mazes"]) == {"free", "teacher_forced"}
     log = (tmp_path / "demo" / "run" / "log.jsonl").read_text().splitlines()
     assert m["train_steps"] == len(log) <= m["train_steps_planned"]  # steps trained, not planned
 
@@ -202,7 +203,7 @@ def test_demo_resumes_only_its_own_setup(tmp_path):
     not resumed with its old config."""
     from lssvwm.demo import run_demo
 
-    kw = dict(minutes=0.02, preset="tiny", episodes=3, steps_per_episode=110, context=4, frames=2)
+    kw = dict(minutes=0.02, preset="tiny", episodes=3, steps_per_episode=110, context=4, frames=2, windows=1)
     out = tmp_path / "demo"
     run_demo(out=str(out), lr=1e-3, **kw)
     steps = sorted(p.name for p in (out / "run" / "checkpoints").glob("step_*"))

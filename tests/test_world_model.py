@@ -229,3 +229,58 @@ def test_final_conv_parallel_equals_step_and_starts_as_identity():
     torch.testing.assert_close(ys, y, rtol=1e-10, atol=1e-10)
     fresh = WorldModel(model_preset("tiny", final_conv=True))
     assert torch.all(fresh.final_conv.weight == 0) and torch.all(fresh.final_conv.bias == 0)
+
+
+def _both_backends(attn, x, past, grad: bool):
+    outs = []
+    for backend in ("sdpa", "flex"):
+        attn.backend = backend
+        cache = attn(x[:, :past], 0)[1] if past else None
+        y, new_cache = attn(x[:, past:], past, cache)
+        g = torch.autograd.grad(y.float().square().sum(), x)[0] if grad else None
+        outs.append((y, new_cache, g))
+    return outs
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # flex_attention without torch.compile on CPU: slow but exact
+@pytest.mark.parametrize("window, chunk, t, past", [(3, 1, 7, 0), (4, 3, 5, 3), (None, None, 1, 4), (1, 1, 5, 3),
+                                                    (10, 4, 6, 0)])
+def test_flex_attention_path_equals_chunked_sdpa(window, chunk, t, past):
+    """The mask-free path (FlexAttention with a frame block mask, CUDA's default) computes what the CPU path does
+    (forward here: FlexAttention has no CPU backward; the gradients are checked on CUDA below)."""
+    torch.manual_seed(0)
+    attn = FrameLocalAttention(32, 2, window, chunk).double()
+    x = torch.randn(2, past + t, 5, 32, dtype=torch.float64)
+    with torch.no_grad():
+        (y0, c0, _), (y1, c1, _) = _both_backends(attn, x, past, grad=False)
+    torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-10)
+    assert all(torch.equal(a, b) for a, b in zip(c0, c1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (FlexAttention's backward and kernel)")
+@pytest.mark.parametrize("window, t, past", [(4, 16, 0), (10, 8, 9), (None, 12, 0)])
+def test_flex_attention_on_cuda_matches_with_gradients(window, t, past):
+    torch.manual_seed(0)
+    attn = FrameLocalAttention(256, 4, window).cuda()
+    x = torch.randn(2, past + t, 64, 256, device="cuda", requires_grad=True)
+    (y0, _, g0), (y1, _, g1) = _both_backends(attn, x, past, grad=True)
+    torch.testing.assert_close(y1, y0, rtol=2e-3, atol=2e-3)  # TF32 matmuls in the fused kernels
+    torch.testing.assert_close(g1, g0, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_model_with_flex_backend_equals_default():
+    m = make("hybrid")
+    x, lv, a = clip()
+    with torch.no_grad():
+        y, _ = m(x, lv, a)
+        for blk in m.blocks:
+            blk.attn.backend = "flex"
+        y_flex, _ = m(x, lv, a)
+    torch.testing.assert_close(y_flex, y, rtol=1e-10, atol=1e-10)
+
+
+def test_huge_window_costs_no_padding():
+    attn = FrameLocalAttention(16, 2, 10**5)
+    y, cache = attn(torch.randn(1, 4, 3, 16))  # would pad 10^5 frames of keys if the window were not capped
+    assert y.shape == (1, 4, 3, 16) and cache.k.shape[2] == 4

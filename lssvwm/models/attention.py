@@ -11,6 +11,7 @@ depend only on index differences, the cached and the parallel paths agree exactl
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -37,15 +38,45 @@ def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Ten
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
+@functools.lru_cache(maxsize=64)
+def frame_block_mask(queries: int, keys: int, tokens: int, past: int, window: int | None, device: str):
+    """FlexAttention block mask of frame-local attention: query frame f (counted from the first key frame: ``past``
+    + its index) sees key frames ``f - window + 1 .. f`` (all earlier ones for ``window=None``). Built from the mask
+    function, never as a dense (queries x keys) tensor; cached per shape."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        fq = past + q_idx // tokens
+        fk = kv_idx // tokens
+        causal = fk <= fq
+        return causal if window is None else causal & (fk > fq - window)
+
+    return create_block_mask(mask_mod, None, None, queries * tokens, keys * tokens, device=device)
+
+
+@functools.cache
+def _flex_fn(device_type: str):
+    """flex_attention, compiled where that pays (CUDA); eager elsewhere (correct, slower: for tests)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+
+
+ATTN_BACKENDS = ("auto", "sdpa", "flex")
+
+
 class FrameLocalAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, window: int | None, chunk: int | None = None):
+    def __init__(self, d_model: int, n_heads: int, window: int | None, chunk: int | None = None,
+                 backend: str = "auto"):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"d_model={d_model} must split into {n_heads} heads of even size")
         if window is not None and window < 1:
             raise ValueError(f"attention window must be >= 1 frame or None (all frames), got {window}")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.window = window
+        if backend not in ATTN_BACKENDS:
+            raise ValueError(f"attention backend must be one of {ATTN_BACKENDS}, got {backend!r}")
+        self.window, self.backend = window, backend
         self.chunk = chunk or max(1, (window or 2) // 2)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
@@ -66,8 +97,18 @@ class FrameLocalAttention(nn.Module):
             v = torch.cat([cache.v.to(v.dtype), v], dim=2)
         keep = k.shape[2] if self.window is None else min(self.window - 1, k.shape[2])
         new_cache = KVCache(k[:, :, k.shape[2] - keep:], v[:, :, k.shape[2] - keep:])
-        out = self._attend(q, k, v, t0, past)  # (B, heads, T, N, hd)
+        use_flex = self.backend == "flex" or (self.backend == "auto" and x.is_cuda)
+        out = (self._attend_flex if use_flex else self._attend)(q, k, v, t0, past)  # (B, heads, T, N, hd)
         return self.proj(rearrange(out, "b h t n d -> b t n (h d)")), new_cache
+
+    def _attend_flex(self, q, k, v, t0: int, past: int):
+        """One FlexAttention call over all frames with the frame block mask (no dense mask, no padding): blocks
+        outside the window are skipped, so the fused kernel runs on CUDA. Same inputs and result as _attend."""
+        b, h, t, n, d = q.shape
+        mask = frame_block_mask(t, k.shape[2], n, past, self.window, str(q.device))
+        out = _flex_fn(q.device.type)(q.flatten(2, 3), k.flatten(2, 3).to(q.dtype), v.flatten(2, 3).to(q.dtype),
+                                      block_mask=mask)
+        return out.unflatten(2, (t, n))
 
     def _attend(self, q, k, v, t0: int, past: int):
         """q: (B, h, T, N, d) for frames t0..; k, v: (B, h, past + T, N, d) for frames t0-past.."""
@@ -78,7 +119,7 @@ class FrameLocalAttention(nn.Module):
             mask = (kj[None, :] <= qi[:, None]).repeat_interleave(n, 0).repeat_interleave(n, 1)
             out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3), attn_mask=mask)
             return out.unflatten(2, (t, n))
-        w, c = self.window, min(self.chunk, t)
+        w, c = min(self.window, past + t), min(self.chunk, t)  # no key lies further back than past + t frames
         n_chunks = -(-t // c)
         end_pad = n_chunks * c - t
         lead = w - 1 - past  # left-pad the keys to exactly w-1 past frames (padding is masked out)

@@ -66,54 +66,53 @@ def ssd_reference(x, dt, A, B, C, D=None, initial_state=None):
     return y, state
 
 
+def segsum_exp(a: torch.Tensor) -> torch.Tensor:
+    """(..., l) log-decays -> (..., l, l) with entry [i, j] = exp(a_{j+1} + ... + a_i) for j <= i, else 0."""
+    cs = a.cumsum(-1)
+    seg = cs[..., :, None] - cs[..., None, :]
+    causal = torch.ones(a.shape[-1], a.shape[-1], dtype=torch.bool, device=a.device).tril()
+    return torch.exp(seg.masked_fill(~causal, float("-inf")))
+
+
 def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
-    """Chunked SSD scan; same arguments and results as :func:`ssd_reference`."""
+    """Chunked SSD scan; same arguments and results as :func:`ssd_reference`.
+
+    Four matmul-shaped steps and no Python loop (so it compiles into few kernels): outputs inside each chunk,
+    each chunk's contribution to the state at its end, the recurrence over chunks as a small (chunks+1)^2 decay
+    matrix, and the entering state's contribution to every output of its chunk."""
     b, L, h, p = x.shape
     n = B.shape[-1]
     q = max(1, min(chunk_size, L))  # a chunk longer than the sequence would only add padded work (per-frame steps)
     ct = _compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
-        a = dt * A  # (b, L, h) log-decay per step, <= 0
-        xdt = x * dt[..., None]  # (b, L, h, p)
+        a = (dt * A).transpose(1, 2)  # (b, h, L) log-decay per step, <= 0
+        xdt = (x * dt[..., None]).transpose(1, 2)  # (b, h, L, p)
         pad = (-L) % q
         if pad:  # padded steps have a = 0 (decay 1) and no input, so the final state is unchanged
-            a = F.pad(a, (0, 0, 0, pad))
-            xdt = F.pad(xdt, (0, 0, 0, 0, 0, pad))
-            B = F.pad(B, (0, 0, 0, pad))
-            C = F.pad(C, (0, 0, 0, pad))
-        a = rearrange(a, "b (c l) h -> b h c l", l=q)
-        xdt = rearrange(xdt, "b (c l) h p -> b c l h p", l=q)
-        Bc = rearrange(B, "b (c l) n -> b c l n", l=q)
-        Cc = rearrange(C, "b (c l) n -> b c l n", l=q)
-        acs = a.cumsum(dim=-1)  # (b, h, c, l)
+            a, xdt = F.pad(a, (0, pad)), F.pad(xdt, (0, 0, 0, pad))
+            B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+        c = (L + pad) // q
+        a = a.reshape(b, h, c, q)
+        xdt = xdt.reshape(b, h, c, q, p)
+        Bc, Cc = B.reshape(b, 1, c, q, n), C.reshape(b, 1, c, q, n)
+        acs = a.cumsum(-1)  # (b, h, c, q)
 
         # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(acs_i - acs_j) xdt_j
-        seg = acs[..., :, None] - acs[..., None, :]  # (b, h, c, l, l)
-        causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-        decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
-        scores = torch.einsum("bcin,bcjn->bcij", Cc, Bc)[:, None] * decay  # (b, h, c, l, l)
-        y = torch.einsum("bhcij,bcjhp->bcihp", scores, xdt)
-
-        # 2. Each chunk's contribution to the state at its end.
-        to_end = torch.exp(acs[..., -1:] - acs)  # (b, h, c, l)
-        chunk_states = torch.einsum("bcjn,bhcj,bcjhp->bchpn", Bc, to_end, xdt)
-
-        # 3. Short sequential scan over chunks.
-        chunk_decay = torch.exp(acs[..., -1])  # (b, h, c)
-        s = x.new_zeros(b, h, p, n) if initial_state is None else initial_state.to(ct)
-        starts = []
-        for c in range(chunk_states.shape[1]):
-            starts.append(s)
-            s = chunk_decay[:, :, c, None, None] * s + chunk_states[:, c]
-        starts = torch.stack(starts, dim=1)  # (b, c, h, p, n): state entering each chunk
-
-        # 4. Contribution of the entering state to every output of the chunk.
-        y = y + torch.einsum("bcin,bchpn,bhci->bcihp", Cc, starts, torch.exp(acs))
-        y = rearrange(y, "b c l h p -> b (c l) h p")[:, :L]
+        y = ((Cc @ Bc.transpose(-1, -2)) * segsum_exp(a)) @ xdt  # (b, h, c, q, p)
+        # 2. Each chunk's contribution to the state at its end: sum_j exp(acs_end - acs_j) B_j xdt_j^T
+        states = (Bc.transpose(-1, -2) * torch.exp(acs[..., -1:] - acs)[..., None, :]) @ xdt  # (b, h, c, n, p)
+        # 3. The recurrence over chunks as a (c+1) x (c+1) decay matrix (row z: the state entering chunk z)
+        s0 = (x.new_zeros(b, h, 1, n, p) if initial_state is None
+              else initial_state.to(ct).transpose(-1, -2)[:, :, None])  # ours is (b, h, p, n)
+        chunk_decay = segsum_exp(F.pad(acs[..., -1], (1, 0)))  # (b, h, c+1, c+1)
+        entering = torch.einsum("bhzc,bhcnp->bhznp", chunk_decay, torch.cat([s0, states], dim=2))
+        # 4. The entering state's contribution to every output of its chunk
+        y = y + (Cc @ entering[:, :, :-1]) * torch.exp(acs)[..., None]
+        y = y.reshape(b, h, c * q, p)[:, :, :L].transpose(1, 2)  # (b, L, h, p)
         if D is not None:
-            y = y + D.to(ct)[:, None] * x[:, :L]
-    return y, s
+            y = y + D.to(ct)[:, None] * x
+    return y, entering[:, :, -1].transpose(-1, -2)
 
 
 @functools.cache

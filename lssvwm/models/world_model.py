@@ -106,7 +106,8 @@ class Block(nn.Module):
             d, block=spec.ssm, d_state=cfg.d_state, expand=cfg.expand, headdim=cfg.ssm_headdim,
             chunk_size=cfg.ssm_chunk)
         self.attn = None if spec.attn is None else FrameLocalAttention(
-            d, cfg.n_heads, window=None if spec.attn == "all" else int(spec.attn), chunk=cfg.attn_chunk)
+            d, cfg.n_heads, window=None if spec.attn == "all" else int(spec.attn), chunk=cfg.attn_chunk,
+            backend=cfg.attn_backend)
         self.mixers = [m for m in ("ssm", "attn") if getattr(self, m) is not None] + ["mlp"]
         self.norms = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=False, eps=1e-6) for _ in self.mixers)
         self.mlp = Mlp(d, cfg.mlp_ratio)
