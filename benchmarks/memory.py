@@ -1,12 +1,19 @@
-"""Baselines side by side: train every model of the paper's comparison on the same data, steps and seed, then
-score them on spatial retrieval and spatial reasoning.
+"""The paper's memory experiment: train every model of its comparison on the same data, steps, seeds and recipe,
+then score them on spatial retrieval and spatial reasoning, per memory-distance bin, and at contexts beyond the
+training clip (extrapolation).
 
-    python -m benchmarks.memory --preset cpu      # `small` models on 32x32 mazes, < 60 min on 2 CPU cores
-    python -m benchmarks.memory --preset paper    # `base` models on 64x64 mazes, for a GPU (hours)
-    python -m benchmarks.memory --preset smoke    # `tiny`, seconds: checks the pipeline end to end
+    python -m benchmarks.memory --preset cpu               # `small` models on 32x32 mazes, 2-core CPU
+    python -m benchmarks.memory --preset gpu --seeds 0 1 2 # `base` models on 64x64 mazes, one GPU (hours)
+    python -m benchmarks.memory --preset smoke             # `tiny`, seconds: checks the pipeline end to end
 
-Writes ``benchmarks/results/memory_<preset>/`` (runs, data, per-task eval folders) and ``memory_<preset>.json``
-with the table; prints it like the paper's (SSIM / LPIPS / PSNR per model).
+Every model uses the demo's recipe (lr, attention window k, EDM sampler) and the same steps. Memory distance is
+the number of frames since the agent last saw the place during the context; scores are reported in the bins
+``< k`` (inside the attention window), ``k..4k`` and ``> 4k`` (only memory beyond attention can help), and for
+places never seen. Retrieval is also scored with contexts of 2x and 4x the training clip (extrapolation).
+
+Writes ``benchmarks/results/memory_<preset>/`` (data, runs per seed, eval folders) and ``memory_<preset>.json``,
+``memory_<preset>_distance.png`` (SSIM vs memory distance per model, mean over seeds) beside it; prints the
+paper's table (SSIM / LPIPS / PSNR, mean +- spread over seeds), the bins, and the paper's claims checked.
 """
 from __future__ import annotations
 
@@ -14,7 +21,10 @@ import argparse
 import json
 from pathlib import Path
 
-from lssvwm.config import DiffusionConfig, RunConfig, TrainConfig, model_preset
+import numpy as np
+
+from lssvwm.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, model_preset
+from lssvwm.demo import RECIPE
 
 # model name -> (variant, long-context training probability)
 MODELS = {
@@ -25,56 +35,178 @@ MODELS = {
     "mamba2 + local attention": ("mamba2-local", 0.5),
     "hybrid w/o long-context training": ("hybrid", 0.0),
 }
+HYBRID, WINDOW, FULL, NO_LCT = (list(MODELS)[i] for i in (0, 2, 1, 5))
 
 PRESETS = {
-    # name: model preset, resolution, data (episodes, steps), training (steps, batch, clip), eval (ctx, frames, eps)
-    "smoke": dict(model="tiny", res=16, episodes=6, ep_steps=80, steps=4, batch=2, clip=8, ctx=16, frames=8, eps=1,
-                  mazes=2),
-    "cpu": dict(model="small", res=32, episodes=64, ep_steps=400, steps=350, batch=8, clip=16, ctx=64, frames=48,
-                eps=4, mazes=4),
-    "paper": dict(model="base", res=64, episodes=2000, ep_steps=1000, steps=100_000, batch=32, clip=64, ctx=400,
-                  frames=400, eps=64, mazes=0),
+    # model preset, frame size, attention window k; data (episodes x steps, fixed mazes); training (steps, batch,
+    # clip); eval (context, generated frames, task episodes). Context >= 4k; the retrace covers distances > 4k.
+    "smoke": dict(model="tiny", res=16, window=2, episodes=6, ep_steps=80, mazes=2, steps=4, batch=2, clip=8,
+                  ctx=8, frames=8, eps=1),
+    "cpu": dict(model="small", res=32, window=RECIPE["window"], episodes=64, ep_steps=400, mazes=4, steps=600,
+                batch=8, clip=16, ctx=16, frames=16, eps=4),
+    "gpu": dict(model="base", res=64, window=8, episodes=2000, ep_steps=1000, mazes=0, steps=100_000, batch=32,
+                clip=64, ctx=64, frames=64, eps=32),
 }
+PRESETS["paper"] = PRESETS["gpu"]  # the old name
+
+
+def distance_bins(k: int) -> dict[str, tuple[int, int]]:
+    """Memory-distance bins for attention window ``k``: inside it, up to 4k, beyond (frames; -1 = never seen)."""
+    return {f"<{k}": (0, k), f"{k}..{4 * k}": (k, 4 * k + 1), f">{4 * k}": (4 * k + 1, 1 << 62)}
+
+
+def binned(per_frame: dict, k: int) -> dict:
+    """Mean SSIM / PSNR per distance bin (and for never-seen places) from an evaluation's per-frame lists."""
+    d = np.asarray(per_frame["distance"])
+    out = {}
+    for name, (lo, hi) in {**distance_bins(k), "never seen": (-1, 0)}.items():
+        sel = (d >= lo) & (d < hi)
+        out[name] = {m: float(np.mean(np.asarray(per_frame[m])[sel])) if sel.any() else None for m in ("ssim", "psnr")}
+        out[name]["frames"] = int(sel.sum())
+    return out
+
+
+def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
+    from lssvwm.train import train
+
+    runs = {}
+    for name, (variant, lct) in MODELS.items():
+        run = out / f"seed{seed}" / (variant + ("" if lct else "-no-lct"))
+        cfg = RunConfig(model=model_preset(s["model"], variant, window=s["window"]),
+                        diffusion=DiffusionConfig(long_context_prob=lct),
+                        sampling=SamplingConfig(**RECIPE["sampling"]),
+                        train=TrainConfig(data=str(data), out=str(run), steps=s["steps"], batch_size=s["batch"],
+                                          clip_len=s["clip"], lr=RECIPE["lr"], warmup=min(50, s["steps"] // 4),
+                                          seed=seed, ckpt_every=max(1, s["steps"] // 4)))
+        if not (run / "checkpoints" / "latest").exists() or _step(run) < s["steps"]:
+            print(f"== training {name}, seed {seed} ==", flush=True)
+            train(cfg, resume=(run / "checkpoints" / "latest").exists())
+        runs[name] = run
+    return runs
+
+
+def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:
+    """{eval name: {model: {ssim, lpips, psnr, bins}}} for retrieval and reasoning at the main context, and
+    retrieval at 2x and 4x the training clip."""
+    from lssvwm.evaluation import evaluate_models
+
+    plan = {"retrieval": ("retrieval", s["ctx"]), "reasoning": ("reasoning", s["ctx"])}
+    for mult in (2, 4):
+        plan[f"retrieval @ {mult}x clip"] = ("retrieval", mult * s["clip"])
+    names = {r.name: n for n, r in runs.items()}
+    res = {}
+    for key, (task, ctx) in plan.items():
+        r = evaluate_models([str(p) for p in runs.values()], task, ctx, s["frames"],
+                            out / f"eval_seed{seed}" / key.replace(" ", "").replace("@", "_"), s["eps"], seed,
+                            data=str(data), progress=False)
+        res[key] = {"context": ctx, "models": {
+            names.get(n, n): {"ssim": v["ssim"], "lpips": v["lpips"], "psnr": v["psnr"],
+                              "bins": binned(v["per_frame"], s["window"]),
+                              "per_frame": {m: v["per_frame"][m] for m in ("ssim", "psnr", "distance")}}
+            for n, v in r["models"].items()}}
+    return res
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """Mean and spread (max - min) over seeds of every score."""
+    first = next(iter(per_seed.values()))
+    out = {}
+    for key, ev in first.items():
+        out[key] = {"context": ev["context"], "models": {}}
+        for model, r in ev["models"].items():
+            def stat(get):
+                vals = [get(per_seed[s][key]["models"][model]) for s in per_seed]
+                vals = [v for v in vals if v is not None]
+                return None if not vals else {"mean": float(np.mean(vals)), "spread": float(np.ptp(vals))}
+            out[key]["models"][model] = {
+                **{m: stat(lambda x, m=m: x[m]) for m in ("ssim", "lpips", "psnr")},
+                "bins": {b: {m: stat(lambda x, b=b, m=m: x["bins"][b][m]) for m in ("ssim", "psnr")}
+                         for b in r["bins"]}}
+    return out
+
+
+def claims(agg: dict, k: int) -> list[str]:
+    """The paper's ordering, checked against the seed spread."""
+    far = f">{4 * k}"
+
+    def ssim(model, key="retrieval", b=None):
+        r = agg[key]["models"][model]
+        v = r["bins"][b]["ssim"] if b else r["ssim"]
+        return (v["mean"], v["spread"]) if v else (float("nan"), float("nan"))
+
+    lines = []
+    h, hs = ssim(HYBRID, b=far)
+    w, ws = ssim(WINDOW, b=far)
+    lines.append(f"distance {far}: hybrid SSIM {h:.3f} vs limited-context transformer {w:.3f} (gap {h - w:+.3f}, "
+                 f"target >= +0.10; seed spread {max(hs, ws):.3f})")
+    h_all, _ = ssim(HYBRID)
+    f_all, fs = ssim(FULL)
+    lines.append(f"retrieval: hybrid {h_all:.3f} vs full-context transformer {f_all:.3f} (gap {h_all - f_all:+.3f}, "
+                 f"target within 0.03)")
+    n_all, ns = ssim(NO_LCT)
+    lines.append(f"retrieval: hybrid {h_all:.3f} vs hybrid w/o long-context training {n_all:.3f} "
+                 f"(gap {h_all - n_all:+.3f}, target > 0 beyond the seed spread {ns:.3f})")
+    x4, _ = ssim(HYBRID, "retrieval @ 4x clip")
+    lines.append(f"extrapolation: hybrid retrieval at 4x the training clip {x4:.3f} vs {h_all:.3f} at the main "
+                 f"context (loss {h_all - x4:+.3f}, target < 0.05)")
+    return lines
+
+
+def report(agg: dict, k: int, seeds: list[int]) -> str:
+    def fmt(v, digits=3):
+        if v is None:
+            return "n/a"
+        return f"{v['mean']:.{digits}f}" + (f"+-{v['spread'] / 2:.{digits}f}" if len(seeds) > 1 else "")
+
+    lines = [f"seeds {seeds}; SSIM / LPIPS / PSNR (mean{' +- half the spread' if len(seeds) > 1 else ''})"]
+    for key, ev in agg.items():
+        lines.append(f"\n{key} (context {ev['context']})")
+        bins = list(next(iter(ev["models"].values()))["bins"])
+        lines.append(f"  {'model':<34} {'SSIM':>12} {'LPIPS':>12} {'PSNR':>13}   " +
+                     "  ".join(f"SSIM {b:>10}" for b in bins))
+        for model, r in ev["models"].items():
+            lines.append(f"  {model:<34} {fmt(r['ssim']):>12} {fmt(r['lpips']):>12} {fmt(r['psnr'], 2):>13}   " +
+                         "  ".join(f"{fmt(r['bins'][b]['ssim']):>15}" for b in bins))
+    return "\n".join(lines)
+
+
+def plot_distance(per_seed: dict[int, dict], path: Path) -> Path:
+    from lssvwm.evaluation import distance_curve
+    from lssvwm.plots import plot_curves
+
+    curves = {}
+    for model in MODELS:
+        d = np.concatenate([np.asarray(per_seed[s]["retrieval"]["models"][model]["per_frame"]["distance"])
+                            for s in per_seed])
+        v = np.concatenate([np.asarray(per_seed[s]["retrieval"]["models"][model]["per_frame"]["ssim"])
+                            for s in per_seed])
+        curves[model] = distance_curve(d, v)
+    return plot_curves(curves, "memory distance (frames since the place was last seen)", "SSIM", path,
+                       "retrieval: SSIM vs memory distance (all seeds)")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="cpu")
     p.add_argument("--out", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training and evaluation seeds")
     a = p.parse_args(argv)
     from lssvwm.data.episodes import generate_dataset
-    from lssvwm.evaluation import evaluate_models
-    from lssvwm.train import train
 
     s = PRESETS[a.preset]
     out = Path(a.out or Path(__file__).parent / "results" / f"memory_{a.preset}")
-    data = generate_dataset(out / "data", s["episodes"], s["ep_steps"], s["res"], seed=a.seed, workers=2,
-                            mazes=s["mazes"])
-    runs = {}
-    for name, (variant, lct) in MODELS.items():
-        run = out / "runs" / (variant + ("" if lct else "-no-lct"))
-        cfg = RunConfig(model=model_preset(s["model"], variant), diffusion=DiffusionConfig(long_context_prob=lct),
-                        train=TrainConfig(data=str(data), out=str(run), steps=s["steps"], batch_size=s["batch"],
-                                          clip_len=s["clip"], seed=a.seed, ckpt_every=max(1, s["steps"] // 4)))
-        if not (run / "checkpoints" / "latest").exists() or _step(run) < s["steps"]:
-            print(f"== training {name} ==", flush=True)
-            train(cfg, resume=(run / "checkpoints" / "latest").exists())
-        runs[name] = run
-    table = {}
-    for task in ("retrieval", "reasoning"):
-        res = evaluate_models([str(r) for r in runs.values()], task, s["ctx"], s["frames"], out / f"eval_{task}",
-                              s["eps"], a.seed, data=str(data))
-        names = dict(zip([r.name for r in runs.values()], runs))
-        table[task] = {names.get(k, k): {m: v[m] for m in ("ssim", "lpips", "psnr")} for k, v in res["models"].items()}
+    data = generate_dataset(out / "data", s["episodes"], s["ep_steps"], s["res"], seed=0, workers=2,
+                            mazes=s["mazes"], progress=False)
+    per_seed = {seed: evaluate(train_models(s, data, out / "runs", seed), s, data, out, seed) for seed in a.seeds}
+    agg = aggregate(per_seed)
+    k = s["window"]
+    table, checks = report(agg, k, a.seeds), claims(agg, k)
+    png = plot_distance(per_seed, out.parent / f"memory_{a.preset}_distance.png")
     path = out.parent / f"memory_{a.preset}.json"
-    path.write_text(json.dumps({"preset": a.preset, "settings": s, "seed": a.seed, "results": table}, indent=2))
-    for task, rows in table.items():
-        print(f"\n{task}  (SSIM / LPIPS / PSNR)")
-        for name, r in rows.items():
-            lp = "n/a" if r["lpips"] is None else f"{r['lpips']:.3f}"
-            print(f"  {name:<34} {r['ssim']:.3f} / {lp} / {r['psnr']:.2f}")
-    print(f"-> {path}")
+    path.write_text(json.dumps({"preset": a.preset, "settings": s, "recipe": RECIPE, "seeds": a.seeds,
+                                "results": agg, "claims": checks,
+                                "per_seed": {str(k_): v for k_, v in per_seed.items()}}, indent=1))
+    print(table + "\n\nthe paper's claims:\n  " + "\n  ".join(checks) + f"\n-> {path}\n-> {png}")
 
 
 def _step(run: Path) -> int:

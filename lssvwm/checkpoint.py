@@ -138,6 +138,8 @@ def load_model(path: str | os.PathLike, ema: bool = True, device="cpu"):
     ckpt = find_checkpoint(path)
     if is_pretrained(ckpt):  # one set of weights (the EMA's, when saved from a run)
         cfg, weights = load_pretrained_config(ckpt), ckpt / PRETRAINED_WEIGHTS
+        if (ckpt / PRETRAINED_DATA / "meta.json").is_file() and not Path(cfg.train.data or "").is_dir():
+            cfg.train.data = str(ckpt / PRETRAINED_DATA)  # the start clips and data description that came along
     else:
         cfg, weights = load_config(ckpt / "config.yaml"), ckpt / ("ema.safetensors" if ema else "model.safetensors")
     model = WorldModel(cfg.model)
@@ -147,6 +149,7 @@ def load_model(path: str | os.PathLike, ema: bool = True, device="cpu"):
 
 # -- the Hugging Face layout: config.json + model.safetensors -------------------------------------------------------
 PRETRAINED_CONFIG, PRETRAINED_WEIGHTS = "config.json", "model.safetensors"
+PRETRAINED_DATA = "data"  # optional: the training data's meta.json and a few start clips (export_run)
 SHIPPED = Path(__file__).resolve().parent / "weights"  # in an installed wheel
 SHIPPED_SOURCE = Path(__file__).resolve().parent.parent / "weights"  # in a source checkout
 
@@ -221,6 +224,35 @@ def save_pretrained(model: torch.nn.Module, cfg: RunConfig, folder: str | os.Pat
     tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
     os.replace(tmp, folder / PRETRAINED_CONFIG)
     return folder
+
+
+def export_run(path: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype | None = torch.bfloat16,
+               clips: int = 2, clip_frames: int = 101) -> Path:
+    """A run or checkpoint -> a folder in the Hugging Face layout that works without the training data: the EMA
+    weights (in ``dtype``), ``config.json`` and, when the run's data is an episode folder, ``data/`` with its
+    ``meta.json`` (so the follow benchmark and the memory tasks can rebuild its mazes) and the first
+    ``clip_frames`` frames of its last ``clips`` validation episodes (start clips for play and DreamEnv)."""
+    from .data.dataset import split_files
+    from .data.episodes import episode_files, load_episode, read_meta, save_episode
+
+    model, cfg, _ = load_model(path)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a folder")
+    data = Path(cfg.train.data or "")
+    meta = read_meta(data) if data.is_dir() else {}
+    if clips > 0 and meta:
+        files = split_files(episode_files(data), "val", cfg.train.val_fraction)[-clips:]
+        folder = out / PRETRAINED_DATA
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            ep = {k: v[:clip_frames] for k, v in load_episode(f).items()}
+            save_episode(folder / f.name, ep)
+        tmp = folder / "meta.json.tmp"
+        tmp.write_text(json.dumps({**meta, "exported_clips": [f.name for f in files], "clip_frames": clip_frames},
+                                  indent=2))
+        os.replace(tmp, folder / "meta.json")
+    return save_pretrained(model, cfg, out, dtype)
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:

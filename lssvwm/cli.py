@@ -167,6 +167,18 @@ def _model_info(a):
         print(f"  layer {i:2d}: ssm block {layer.ssm!s:>8}  attention window {layer.attn}")
 
 
+def _model_export(a):
+    import torch
+
+    from .checkpoint import export_run
+
+    _writable_dir(a.out, "--out")
+    out = export_run(a.ckpt, a.out, {"bf16": torch.bfloat16, "fp32": None}[a.dtype], a.clips, a.clip_frames)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"exported {a.ckpt} -> {out} ({size / 2**20:.2f} MiB): load it with --ckpt {out}, "
+          f"WorldModel.from_pretrained({str(out)!r}) or upload it with push_to_hub")
+
+
 def build_run_config(a):
     """--config (or, with --resume, the run's own config.yaml; else defaults), then --preset/--variant
     (replace the model), then --set, --data, --out (see config.layered_config)."""
@@ -238,7 +250,7 @@ def _eval_memory(a):
 
     _writable_dir(a.out, "--out")
     evaluate_models(a.ckpt, a.task, a.context, a.frames, a.out, a.episodes, a.seed, _sampling_overrides(a),
-                    a.data, _device(a.device))
+                    a.data, _device(a.device), lpips=a.lpips)
 
 
 def _eval_follow(a):
@@ -246,7 +258,7 @@ def _eval_follow(a):
 
     _writable_dir(a.out, "--out")
     evaluate_follow(a.ckpt, a.data, a.out, a.context, a.frames, a.long, a.windows, a.seed, _sampling_overrides(a),
-                    _device(a.device))
+                    _device(a.device), lpips=a.lpips)
 
 
 def _demo(a):
@@ -351,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("preset", choices=list(MODEL_PRESETS), help="model preset")
     mi.add_argument("--variant", default="hybrid", choices=VARIANTS, help="layer plan")
 
+    mx = cmd(model, "export", _model_export, help="a run -> a Hugging Face-layout folder (config.json + "
+                                                     "model.safetensors + start clips) that works without the data")
+    mx.add_argument("--ckpt", required=True, help="run or checkpoint folder (its EMA weights are exported)")
+    mx.add_argument("--out", required=True, help="output folder")
+    mx.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="weight type in the file (default "
+                                                                               "bf16: half the size)")
+    mx.add_argument("--clips", type=NONNEG, default=2, help="validation episodes to carry as start clips, with the "
+                                                            "data's meta.json (default 2; 0: none)")
+    mx.add_argument("--clip-frames", type=POSITIVE, default=101, help="frames kept of each start clip (default 101)")
+
     t = cmd(sub, "train", _train, help="train a world model (torchrun for several processes)")
     t.add_argument("--config", help="YAML run config (default: the preset's, or the run's own with --resume)")
     t.add_argument("--preset", choices=list(MODEL_PRESETS), help="model preset (replaces the config's model; "
@@ -406,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     _sampling_args(em, seed=False)
     em.add_argument("--out", default="runs/eval", help="output folder")
+    em.add_argument("--lpips", choices=["local", "download"], default="local",
+                    help="LPIPS: 'local' uses AlexNet weights already on this machine (else reports it unavailable); "
+                    "'download' fetches them once (needs the lpips package and internet) (default local)")
 
     ef = cmd(ev, "follow", _eval_follow, help="does the model keep to the true path? held-out trajectories in the "
                                               "training mazes and in unseen mazes, free and teacher-forced")
@@ -418,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("--seed", type=NONNEG, default=0, help="window-set seed")
     ef.add_argument("--out", default="runs/follow", help="output folder")
     ef.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    ef.add_argument("--lpips", choices=["local", "download"], default="local",
+                    help="LPIPS: 'local' uses AlexNet weights already on this machine (else reports it unavailable); "
+                    "'download' fetches them once (needs the lpips package and internet) (default local)")
     _sampling_args(ef, seed=False)
 
     pl = cmd(sub, "play", _play, help="play a trained model in the browser (WebSocket server)")

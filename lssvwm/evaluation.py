@@ -12,19 +12,24 @@ import numpy as np
 from .data.memory_tasks import build_task_set
 
 
-def lpips_fn():
-    """LPIPS when its network weights are on this machine; never downloads. Returns (fn or None, reason)."""
+def lpips_fn(download: bool = False):
+    """LPIPS (AlexNet) as (fn or None, note). By default only when its network weights are already on this machine
+    (nothing is downloaded at run time); ``download=True`` (``--lpips download``) lets torchvision fetch the AlexNet
+    weights (~230 MB) into the torch hub folder once."""
     try:
         import lpips  # noqa: F401
         import torch
     except ImportError:
-        return None, "LPIPS unavailable: the 'lpips' package is not installed"
+        return None, "LPIPS unavailable: the 'lpips' package is not installed (pip install lpips)"
     alex = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    if not alex.exists():
-        return None, f"LPIPS unavailable: AlexNet weights not found at {alex} (never downloaded at run time)"
-    import lpips
-
-    net = lpips.LPIPS(net="alex", verbose=False).eval()
+    if not alex.exists() and not download:
+        return None, (f"LPIPS unavailable: AlexNet weights not found at {alex} (never downloaded unless asked: "
+                      f"--lpips download)")
+    try:
+        net = lpips.LPIPS(net="alex", verbose=False).eval()
+    except Exception as e:  # no network, a broken torchvision: report, do not stop the evaluation
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        return None, f"LPIPS unavailable: could not build LPIPS (AlexNet){' or download its weights' if download else ''}: {first}"
     return (lambda a, b: net(a.float(), b.float()).flatten()), "LPIPS (AlexNet)"
 
 
@@ -65,7 +70,7 @@ def distance_curve(distances: np.ndarray, values: np.ndarray, bins=(1, 8, 16, 32
 
 def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out: str | os.PathLike,
                     episodes: int = 4, seed: int = 0, sampling: dict | None = None, data: str | None = None,
-                    device: str = "cpu", progress: bool = True) -> dict:
+                    device: str = "cpu", progress: bool = True, lpips: str = "local") -> dict:
     """Score checkpoints on one task set; writes results.json, metric_vs_distance.png and grid.mp4 to ``out``.
 
     Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``sampling``: overrides of each run's
@@ -91,7 +96,7 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     tasks = build_task_set(out / f"tasks_{world}_{task}_c{context}_f{frames}_s{seed}_r{resolution}", task, episodes,
                            context, frames, resolution, seed, meta.get("maze_size", 9), meta.get("mazes", 0),
                            meta.get("seed", 0), world)
-    lp, lp_note = lpips_fn()
+    lp, lp_note = lpips_fn(download=lpips == "download")
     results = {"task": task, "context": context, "frames": frames, "episodes": episodes, "seed": seed,
                "task_set": str(tasks), "lpips": lp_note, "models": {}}
     grid_panels = None

@@ -153,7 +153,7 @@ def summarize(per_frame: dict, short: int) -> dict:
 def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.PathLike = "runs/follow",
                     context: int = 32, frames: int = 48, long: int = 200, windows: int = 8, seed: int = 0,
                     sampling: dict | None = None, device: str = "cpu", progress: bool = True,
-                    videos: bool = True) -> dict:
+                    videos: bool = True, lpips: str = "local") -> dict:
     """Score checkpoints side by side on the follow windows; writes ``results.json`` (binned scores and
     per-frame curves), ``strip_<set>.png`` (ground truth, then each model's free rollout and teacher-forced
     frames at frames 1, 2, 4, ... 200), ``ssim_vs_frame.png`` and, with ``videos``, ``rollout_<set>.gif`` and
@@ -172,7 +172,7 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     data = data or first.train.data
     sets = window_sets(data, out, context, long, windows, seed, resolution, first.train.val_fraction,
                        first.train.data_layout)
-    lp, lp_note = lpips_fn()
+    lp, lp_note = lpips_fn(download=lpips == "download")
     results = {"data": str(data), "context": context, "frames": frames, "long": long, "seed": seed,
                "lpips": lp_note, "sets": {}, "models": {}}
     strips = {}

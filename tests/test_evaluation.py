@@ -52,6 +52,40 @@ def test_lpips_says_why_when_unavailable():
     assert (fn is None) == note.startswith("LPIPS unavailable")
 
 
+def test_lpips_downloads_only_when_asked(monkeypatch, tmp_path):
+    """A fake lpips package: without the AlexNet weights on disk LPIPS is off unless download is asked for; a
+    failed download is reported, not raised; without the package the note says how to install it."""
+    import types
+
+    import torch
+
+    built = []
+
+    class FakeLPIPS(torch.nn.Module):
+        def __init__(self, net, verbose):
+            super().__init__()
+            built.append(net)
+            if fail:
+                raise OSError("network unreachable")
+
+        def forward(self, a, b):
+            return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no weights there
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=FakeLPIPS))
+    fail = False
+    fn, note = lpips_fn()
+    assert fn is None and "--lpips download" in note and built == []
+    fn, note = lpips_fn(download=True)
+    assert note == "LPIPS (AlexNet)" and built == ["alex"]
+    assert fn(torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8)).tolist() == [1.0, 1.0]
+    fail = True
+    fn, note = lpips_fn(download=True)
+    assert fn is None and "network unreachable" in note
+    monkeypatch.setitem(sys.modules, "lpips", None)
+    assert "pip install lpips" in lpips_fn(download=True)[1]
+
+
 def test_eval_memory_cli_side_by_side(tiny_run, tmp_path):
     out = tmp_path / "eval"
     r = subprocess.run([sys.executable, "-m", "lssvwm", "eval", "memory", "--ckpt", str(tiny_run), "--ckpt",
@@ -71,11 +105,29 @@ def test_baselines_script_smoke(tmp_path):
     """All six models of the comparison train on the same data and are scored side by side."""
     import benchmarks.memory as memory
 
-    memory.main(["--preset", "smoke", "--out", str(tmp_path / "m")])
+    memory.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0", "1"])
     res = json.loads((tmp_path / "memory_smoke.json").read_text())
-    for task in ("retrieval", "reasoning"):
-        assert set(res["results"][task]) == set(memory.MODELS)
-        assert all(0 < r["psnr"] < 60 for r in res["results"][task].values())
+    assert set(res["results"]) == {"retrieval", "reasoning", "retrieval @ 2x clip", "retrieval @ 4x clip"}
+    assert res["results"]["retrieval @ 4x clip"]["context"] == 4 * memory.PRESETS["smoke"]["clip"]
+    for task, ev in res["results"].items():
+        assert set(ev["models"]) == set(memory.MODELS)
+        for r in ev["models"].values():
+            assert 0 < r["psnr"]["mean"] < 60 and r["psnr"]["spread"] >= 0
+            assert set(r["bins"]) == {"<2", "2..8", ">8", "never seen"}
+    # the bins partition the frames, and the two seeds were trained and scored separately
+    one = res["per_seed"]["0"]["retrieval"]["models"]["hybrid (ours)"]
+    assert sum(b["frames"] for b in one["bins"].values()) == len(one["per_frame"]["ssim"])
+    assert (tmp_path / "m" / "runs" / "seed1" / "hybrid").is_dir() and len(res["claims"]) == 4
+    assert (tmp_path / "memory_smoke_distance.png").stat().st_size > 1000
+
+
+def test_distance_bins_split_at_the_window():
+    from benchmarks.memory import binned
+
+    per_frame = {"distance": [-1, 0, 3, 4, 16, 17, 100], "ssim": [0.0, 1, 2, 3, 4, 5, 6], "psnr": [0.0] * 7}
+    b = binned(per_frame, 4)
+    assert [b[k]["frames"] for k in ("<4", "4..16", ">16", "never seen")] == [2, 2, 2, 1]
+    assert b["4..16"]["ssim"] == 3.5 and b[">16"]["ssim"] == 5.5 and b["never seen"]["ssim"] == 0.0
 
 
 def test_recall_clip_layout():

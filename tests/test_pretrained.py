@@ -126,3 +126,36 @@ def test_wheel_carries_the_package_data_and_runs(tmp_path):
                             "print(sorted(c.shipped_weights()))"], capture_output=True, text=True, env=env,
                            cwd=tmp_path).stdout
     assert str(target) in where and all(n in where for n in shipped)
+
+
+def test_export_works_without_the_training_data(tiny_run, tmp_path):
+    """`lssvwm model export`: bf16 weights, config, the data's meta.json and start clips; play/DreamEnv and the
+    follow benchmark then run from the exported folder alone (its config's data path no longer exists)."""
+    import numpy as np
+
+    from lssvwm.cli import main
+    from lssvwm.dream import DreamEnv
+    from lssvwm.follow import evaluate_follow
+
+    out = tmp_path / "export"
+    assert main(["model", "export", "--ckpt", str(tiny_run), "--out", str(out), "--clip-frames", "20"]) in (0, None)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["train"]["data"] = str(tmp_path / "gone")
+    (out / "config.json").write_text(json.dumps(cfg))
+    clips = sorted((out / "data").glob("*.npz"))
+    assert len(clips) == 1 and (out / "data" / "meta.json").is_file()  # the tiny run holds out one episode
+    with np.load(clips[0]) as z:
+        assert z["image"].shape[0] == 20
+    from safetensors.torch import load_file
+    assert all(v.dtype == torch.bfloat16 for v in load_file(str(out / "model.safetensors")).values()
+               if v.is_floating_point())
+    run = load_run(out)
+    assert run.cfg.train.data == str(out / "data")
+    ema = load_run(tiny_run).model
+    assert all(torch.equal(a.detach().bfloat16().float(), b) for a, b in zip(ema.parameters(), run.model.parameters()))
+    env = DreamEnv(out, context_frames=4)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (16, 16, 3) and env.step(1)[0].shape == (16, 16, 3)
+    res = evaluate_follow([str(out)], out=tmp_path / "follow", context=4, frames=3, long=3, windows=1,
+                          progress=False, videos=False)
+    assert set(res["sets"]) == {"train-mazes", "unseen-mazes"}

@@ -245,3 +245,20 @@ def test_tensorboard_log_reads_back(tiny_data, tmp_path):
     assert [round(e.value, 5) for e in acc.Scalars("train/loss")] == [round(v, 5) for v in logged]
     images = acc.Images("samples/rollout")
     assert [e.step for e in images] == [2, 4] and images[0].height == 2 * 16  # ground truth over prediction
+
+
+def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
+    """autocast 'auto': bf16 on a CPU with fast bf16, fp32 on one without (AVX2-only CPUs emulate bf16 ~80x
+    slower than fp32); 'bf16' and 'none' are obeyed as given."""
+    import lssvwm.loop as loop
+    from lssvwm.config import TrainConfig
+
+    cpu = torch.device("cpu")
+    for fast in (True, False):
+        monkeypatch.setattr(loop, "cpu_bf16_fast", lambda: fast)
+        assert loop.autocast_dtype(TrainConfig(autocast="auto"), cpu) == (torch.bfloat16 if fast else None)
+        assert loop.autocast_dtype(TrainConfig(autocast="bf16"), cpu) == torch.bfloat16
+        assert loop.autocast_dtype(TrainConfig(autocast="none"), cpu) is None
+    monkeypatch.undo()
+    loop.cpu_bf16_fast.cache_clear()
+    assert loop.cpu_bf16_fast() in (True, False)  # measured (or read from the CPU flags) on this machine
