@@ -89,7 +89,10 @@ def _writable_dir(path: str | Path, what: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path}: exists and is not a folder")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent is a file, a read-only or full disk, a name too long ...
+        raise ConfigError(f"{what} {path}: cannot create this folder: {e.strerror or e}") from e
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path}: folder is not writable")
     return path
@@ -201,16 +204,21 @@ def _train(a):
 def _generate(a):
     from .checkpoint import load_run
     from .data.dataset import EpisodeWindows
+    from .data.episodes import read_meta
     from .generate import comparison_video, episode_rollout, frame_metrics, write_metrics
     from .video import write_video
 
     _check_output_file(a.out)
     run = load_run(a.ckpt, device=_device(a.device))
     sampler = run.sampler(**_sampling_overrides(a))
-    ds = EpisodeWindows(a.data, 1, a.split, run.cfg.train.val_fraction, layout=run.cfg.train.data_layout)
+    data = a.data or run.cfg.train.data
+    if not data or not Path(data).is_dir():
+        raise ConfigError(f"--data: the run's data folder {data!r} is not on this machine; give --data")
+    split = a.split or ("all" if "exported_clips" in read_meta(data) else "val")  # exported: start clips only
+    ds = EpisodeWindows(data, 1, split, run.cfg.train.val_fraction, layout=run.cfg.train.data_layout)
     if a.episode >= len(ds.files):
-        raise ConfigError(f"--episode must be in [0, {len(ds.files)}) for the {len(ds.files)} '{a.split}' episodes of "
-                          f"{a.data}, got {a.episode}")
+        raise ConfigError(f"--episode must be in [0, {len(ds.files)}) for the {len(ds.files)} '{split}' episodes of "
+                          f"{data}, got {a.episode}")
     ep = ds.episode(a.episode)
     ctx, gt, pred = episode_rollout(sampler, ep, a.context, a.frames, start=a.start, progress=True,
                                     teacher_forcing=a.teacher_forcing)
@@ -401,8 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = cmd(sub, "generate", _generate, help="roll out a trained model from an episode's context")
     g.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")
-    g.add_argument("--data", required=True, help="dataset folder to take the episode from")
-    g.add_argument("--split", default="val", choices=["train", "val", "all"], help="which episodes")
+    g.add_argument("--data", help="dataset folder to take the episode from (default: the run's data, or the start "
+                                  "clips that came with exported weights)")
+    g.add_argument("--split", choices=["train", "val", "all"], help="which episodes (default val; all for the "
+                                                                    "start clips of exported weights)")
     g.add_argument("--episode", type=NONNEG, default=0, help="episode index within the split")
     g.add_argument("--start", type=NONNEG, default=0, help="first context frame")
     g.add_argument("--context", type=POSITIVE, default=16, help="true context frames")

@@ -41,7 +41,10 @@ def load_runs(ckpts: list[str], device: str = "cpu") -> dict:
     runs: dict = {}
     for c in ckpts:
         path = Path(c)
-        name = path.name if (path / "checkpoints").exists() else f"{path.parent.parent.name}/{path.name}"
+        if (path / "checkpoints").exists() or not path.name.startswith("step_"):
+            name = path.name or str(c)  # a run folder, weights in the HF layout, a shipped name, a hub repo id
+        else:  # a checkpoint folder: RUN/step_N
+            name = f"{path.parent.parent.name}/{path.name}"
         unique, k = name, 2
         while unique in runs:
             unique, k = f"{name}#{k}", k + 1

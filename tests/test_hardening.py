@@ -70,9 +70,12 @@ def test_outputs_in_unwritable_places_are_refused_before_work(tiny_run, tiny_dat
     code, err = run_cli(capsys, "generate", "--ckpt", tiny_run, "--data", tiny_data, "--context", "4", "--frames",
                         "2", "--out", tmp_path / "file" / "a.mp4")
     assert code == 2 and "exists and is not a folder" in err
+    code, err = run_cli(capsys, "model", "export", "--ckpt", tiny_run, "--out", tmp_path / "file" / "deeper" / "x")
+    assert code == 2 and "cannot create this folder" in err, err
     monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # a read-only folder (root ignores modes)
     for argv in (["generate", "--ckpt", tiny_run, "--data", tiny_data, "--out", tmp_path / "ro" / "a.mp4"],
                  ["eval", "follow", "--ckpt", tiny_run, "--out", tmp_path / "ro2"],
+                 ["model", "export", "--ckpt", tiny_run, "--out", tmp_path / "ro4"],
                  ["play", "--ckpt", tiny_run, "--record", tmp_path / "ro3"]):
         code, err = run_cli(capsys, *argv)
         assert code == 2 and "is not writable" in err, err

@@ -113,6 +113,10 @@ def test_wheel_carries_the_package_data_and_runs(tmp_path):
     assert "lssvwm/web.py" in names and "lssvwm/configs/memory-maze.yaml" in names
     shipped = [p.name for p in (root / "weights").iterdir() if (p / "config.json").exists()]
     assert all(f"lssvwm/weights/{n}/model.safetensors" in names for n in shipped)
+    carried = [p.relative_to(root / "weights").as_posix() for p in (root / "weights").rglob("*")
+               if p.is_file() and p.suffix in (".json", ".safetensors", ".npz", ".md", ".png")]
+    missing = [c for c in carried if f"lssvwm/weights/{c}" not in names]
+    assert not missing, missing
     target = tmp_path / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
                            str(wheel)], capture_output=True, text=True)
@@ -159,3 +163,6 @@ def test_export_works_without_the_training_data(tiny_run, tmp_path):
     res = evaluate_follow([str(out)], out=tmp_path / "follow", context=4, frames=3, long=3, windows=1,
                           progress=False, videos=False)
     assert set(res["sets"]) == {"train-mazes", "unseen-mazes"}
+    video = tmp_path / "r.gif"  # generate takes the start clips that came along
+    assert main(["generate", "--ckpt", str(out), "--context", "4", "--frames", "3", "--out", str(video)]) in (0, None)
+    assert video.stat().st_size > 0

@@ -262,3 +262,20 @@ def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
     monkeypatch.undo()
     loop.cpu_bf16_fast.cache_clear()
     assert loop.cpu_bf16_fast() in (True, False)  # measured (or read from the CPU flags) on this machine
+
+
+def test_demo_shows_the_shipped_weights_beside_its_run(tmp_path, monkeypatch):
+    """With shipped weights of the demo's frame size, the demo scores them on the same windows beside its run."""
+    import lssvwm.checkpoint as ck
+    from lssvwm.config import RunConfig, SamplingConfig, model_preset
+    from lssvwm.demo import run_demo
+    from lssvwm.models.world_model import WorldModel
+
+    shipped = tmp_path / "shipped"
+    WorldModel(model_preset("tiny")).save_pretrained(shipped / "maze-tiny", RunConfig(
+        model=model_preset("tiny"), sampling=SamplingConfig(steps=1)))
+    monkeypatch.setattr(ck, "SHIPPED", shipped)
+    m = run_demo(out=str(tmp_path / "demo"), minutes=0.02, preset="tiny", episodes=3, steps_per_episode=110,
+                 context=4, frames=3, windows=1, shipped="maze-tiny")
+    assert set(m["follow"]) == {"run", "maze-tiny"}
+    assert set(m["follow"]["maze-tiny"]) == {"train-mazes", "unseen-mazes"}
