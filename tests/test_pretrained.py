@@ -166,3 +166,25 @@ def test_export_works_without_the_training_data(tiny_run, tmp_path):
     video = tmp_path / "r.gif"  # generate takes the start clips that came along
     assert main(["generate", "--ckpt", str(out), "--context", "4", "--frames", "3", "--out", str(video)]) in (0, None)
     assert video.stat().st_size > 0
+
+
+def test_shipped_maze_small_loads_by_name_and_plays_without_data():
+    """The committed weights: loadable by name, their config is configs/maze-small.yaml (the recipe that made
+    them), and DreamEnv starts from the start clips that came with them."""
+    from pathlib import Path
+
+    from lssvwm.config import layered_config
+    from lssvwm.dream import DreamEnv
+
+    assert "maze-small" in ck.shipped_weights()
+    run = load_run("maze-small")
+    shipped, recipe = run.cfg.to_dict(), layered_config(
+        "run", Path(__file__).resolve().parent.parent / "configs" / "maze-small.yaml").to_dict()
+    for d in (shipped, recipe):
+        for k in ("data", "out", "max_minutes"):
+            d["train"].pop(k)
+    assert shipped == recipe
+    assert sum(f.stat().st_size for f in run.checkpoint.rglob("*") if f.is_file()) < 10 * 2**20
+    env = DreamEnv("maze-small", context_frames=8)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (32, 32, 3) and env.step(1)[0].shape == (32, 32, 3)
