@@ -35,7 +35,8 @@ MODELS = {
     "mamba2 + local attention": ("mamba2-local", 0.5),
     "hybrid w/o long-context training": ("hybrid", 0.0),
 }
-HYBRID, WINDOW, FULL, NO_LCT = (list(MODELS)[i] for i in (0, 2, 1, 5))
+HYBRID, FULL, WINDOW, NO_LCT = ("hybrid (ours)", "full-context transformer", "limited-context transformer",
+                                "hybrid w/o long-context training")
 
 PRESETS = {
     # model preset, frame size, attention window k; data (episodes x steps, fixed mazes); training (steps, batch,

@@ -301,7 +301,8 @@ def train_cost(variant: str, clip: int, preset: str = "small") -> dict:
 
     from lssvwm.config import DiffusionConfig, model_preset
     from lssvwm.diffusion import training_loss
-    from lssvwm.loop import cpu_bf16_fast
+    from lssvwm.config import TrainConfig
+    from lssvwm.loop import autocast_dtype
     from lssvwm.models.world_model import WorldModel
 
     torch.manual_seed(0)
@@ -310,11 +311,11 @@ def train_cost(variant: str, clip: int, preset: str = "small") -> dict:
     x = torch.randn(1, clip, cfg.channels, cfg.frame_size, cfg.frame_size)
     a = torch.zeros(1, clip, dtype=torch.long)
     base = _vm("VmRSS")
-    amp = torch.bfloat16 if cpu_bf16_fast() else torch.float32  # as training's autocast: auto
+    amp = autocast_dtype(TrainConfig(), torch.device("cpu"))  # as training's default (autocast: auto)
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=amp, enabled=amp == torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
             loss, _ = training_loss(model, x, a, DiffusionConfig())
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -326,9 +327,12 @@ def train_cost(variant: str, clip: int, preset: str = "small") -> dict:
 
 def bench_training() -> dict:
     rows = [_in_subprocess("train_cost", v, c) for v in ("hybrid", "full-transformer") for c in (16, 64, 256)]
-    from lssvwm.loop import cpu_bf16_fast
+    import torch
 
-    amp = "bf16" if cpu_bf16_fast() else "fp32: this CPU has no fast bf16"
+    from lssvwm.config import TrainConfig
+    from lssvwm.loop import autocast_dtype
+
+    amp = "bf16" if autocast_dtype(TrainConfig(), torch.device("cpu")) else "fp32: this CPU has no fast bf16"
     print(f"training step (forward + backward, autocast {amp}), 'small' preset, batch 1, one CPU thread")
     print(_table(rows, ["variant", "clip_frames", "tokens_per_s", "peak_mem_MiB"]))
     return {"rows": rows}
@@ -547,10 +551,11 @@ def bench_gpu(smoke: bool = False) -> dict:
     else:
         device = torch.device("cuda")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    from lssvwm.loop import cpu_bf16_fast
+    from lssvwm.config import TrainConfig
+    from lssvwm.loop import autocast_dtype
 
     # the type training runs in (autocast: auto) and the matmul peak measured in that type
-    amp = torch.bfloat16 if device.type == "cuda" or cpu_bf16_fast() else torch.float32
+    amp = autocast_dtype(TrainConfig(), device) or torch.float32
     kind = "bf16" if amp == torch.bfloat16 else "fp32"
     peak = matmul_peak(device, 512 if smoke else 8192, amp)
     spec = next((v for k, v in SPEC_BF16_TFLOPS.items() if k in name), None) if device.type == "cuda" else None

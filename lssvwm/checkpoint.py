@@ -255,6 +255,14 @@ def export_run(path: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     return save_pretrained(model, cfg, out, dtype)
 
 
+def start_clip_split(data: str | os.PathLike) -> str:
+    """The split of a data folder to take start clips from: all of a folder exported with weights
+    (:func:`export_run`, which holds only start clips), else the validation split."""
+    from .data.episodes import read_meta
+
+    return "all" if "exported_clips" in read_meta(data) else "val"
+
+
 def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Upload a folder in the Hugging Face layout (see :func:`save_pretrained`) to ``repo_id``; returns its URL."""
     try:

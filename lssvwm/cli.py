@@ -202,9 +202,8 @@ def _train(a):
 
 
 def _generate(a):
-    from .checkpoint import load_run
+    from .checkpoint import load_run, start_clip_split
     from .data.dataset import EpisodeWindows
-    from .data.episodes import read_meta
     from .generate import comparison_video, episode_rollout, frame_metrics, write_metrics
     from .video import write_video
 
@@ -214,7 +213,7 @@ def _generate(a):
     data = a.data or run.cfg.train.data
     if not data or not Path(data).is_dir():
         raise ConfigError(f"--data: the run's data folder {data!r} is not on this machine; give --data")
-    split = a.split or ("all" if "exported_clips" in read_meta(data) else "val")  # exported: start clips only
+    split = a.split or start_clip_split(data)
     ds = EpisodeWindows(data, 1, split, run.cfg.train.val_fraction, layout=run.cfg.train.data_layout)
     if a.episode >= len(ds.files):
         raise ConfigError(f"--episode must be in [0, {len(ds.files)}) for the {len(ds.files)} '{split}' episodes of "
@@ -312,6 +311,15 @@ def _sampling_overrides(a) -> dict:
     return {k: v for k in ("steps", "stabilization", "schedule", "eta", "seed") if (v := getattr(a, k, None)) is not None}
 
 
+def _run_args(p, set_help: str) -> None:
+    """Options shared by the training commands: data, run folder, resume, --set overrides, progress bar."""
+    p.add_argument("--data", help="dataset folder (train.data)")
+    p.add_argument("--out", help="run folder (train.out)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE", help=set_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _generation_args(p) -> None:
     """Options shared by the dataset generators."""
     p.add_argument("--out", required=True, help="dataset folder (created; an unfinished one is completed)")
@@ -386,12 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=list(MODEL_PRESETS), help="model preset (replaces the config's model; "
                                                                  "default small)")
     t.add_argument("--variant", choices=VARIANTS, help="layer plan (default hybrid)")
-    t.add_argument("--data", help="dataset folder (train.data)")
-    t.add_argument("--out", help="run folder (train.out)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    t.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override config fields, e.g. train.steps=500; may be repeated")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _run_args(t, "override config fields, e.g. train.steps=500; may be repeated")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (train.tensorboard)")
     t.add_argument("--skip-bad-files", action="store_true",
                    help="skip and count unreadable episode files (default: stop before training)")
@@ -400,12 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--config", help="YAML autoencoder config (sections autoencoder, train)")
     ae.add_argument("--preset", choices=["tiny", "memory-maze", "minecraft"],
                     help="tiny | memory-maze (4x) | minecraft (8x); default memory-maze")
-    ae.add_argument("--data", help="dataset folder (train.data)")
-    ae.add_argument("--out", help="run folder (train.out)")
-    ae.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    ae.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="override config fields; may be repeated")
-    ae.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _run_args(ae, "override config fields; may be repeated")
 
     g = cmd(sub, "generate", _generate, help="roll out a trained model from an episode's context")
     g.add_argument("--ckpt", required=True, help="run folder or checkpoint folder")

@@ -93,12 +93,10 @@ class DreamEnv(gym.Env):
             return ctx
         path = Path(ctx)
         if path.is_dir():
+            from .checkpoint import start_clip_split
             from .data.dataset import EpisodeWindows
-            from .data.episodes import read_meta
 
-            # a folder exported with the weights (lssvwm model export) holds only start clips: use them all
-            split = "all" if "exported_clips" in read_meta(path) else "val"
-            ds = EpisodeWindows(path, self.context_frames, split, self.cfg.train.val_fraction,
+            ds = EpisodeWindows(path, self.context_frames, start_clip_split(path), self.cfg.train.val_fraction,
                                 layout=self.cfg.train.data_layout)
             return ds.episode(int(rng.integers(len(ds.files))))
         from .data.episodes import episode_tensors, load_episode
