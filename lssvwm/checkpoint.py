@@ -147,6 +147,41 @@ def load_model(path: str | os.PathLike, ema: bool = True, device="cpu"):
     return model.to(device).eval(), cfg, ckpt
 
 
+# how the model runs, not what it computes: may differ between a run and the weights it starts from
+RUNTIME_MODEL_FIELDS = ("gradient_checkpointing", "attn_backend", "attn_chunk")
+
+
+def architecture_differences(mine, theirs) -> list[str]:
+    """The model config fields (``ModelConfig``) in which two models differ, apart from how they run."""
+    from dataclasses import asdict
+
+    a, b = asdict(mine), asdict(theirs)
+    return [f"model.{k}: {a[k]!r} here, {b[k]!r} in the weights" for k in a
+            if k not in RUNTIME_MODEL_FIELDS and a[k] != b.get(k)]
+
+
+def init_from(model: torch.nn.Module, ema: torch.nn.Module, cfg: RunConfig, source: str | os.PathLike) -> Path:
+    """Fine-tuning (``train.init``): copy the EMA weights of ``source`` (a run, checkpoint or exported folder, or a
+    shipped name) into ``model`` and ``ema``; the architectures must match. Returns the checkpoint folder used."""
+    try:
+        src, src_cfg, ckpt = load_model(source, ema=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init: {e}") from e
+    diff = architecture_differences(cfg.model, src_cfg.model)
+    if diff:
+        raise CheckpointError(f"train.init={source}: its model differs from this run's: " + "; ".join(diff) +
+                              f" (lssvwm train --init without --config or --preset takes the model of the weights)")
+    if cfg.train.autoencoder != src_cfg.train.autoencoder and (cfg.train.autoencoder or src_cfg.train.autoencoder):
+        print(f"note: train.init={source} was trained with train.autoencoder={src_cfg.train.autoencoder!r}, this "
+              f"run uses {cfg.train.autoencoder!r}", flush=True)
+    state = src.state_dict()
+    with torch.no_grad():
+        for m in (model, ema):
+            mine = m.state_dict()
+            m.load_state_dict({k: v.to(mine[k].device, mine[k].dtype) for k, v in state.items()})
+    return ckpt
+
+
 # -- the Hugging Face layout: config.json + model.safetensors -------------------------------------------------------
 PRETRAINED_CONFIG, PRETRAINED_WEIGHTS = "config.json", "model.safetensors"
 PRETRAINED_DATA = "data"  # optional: the training data's meta.json and a few start clips (export_run)

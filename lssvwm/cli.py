@@ -191,7 +191,22 @@ def build_run_config(a):
     for flag in ("skip_bad_files", "tensorboard"):
         if getattr(a, flag, False):
             sets.setdefault("train", {})[flag] = True
-    return layered_config("run", a.config, a.preset, a.variant, sets, a.data, a.out, a.resume)
+    init = getattr(a, "init", None)
+    if init:
+        sets.setdefault("train", {})["init"] = init
+    cfg = layered_config("run", a.config, a.preset, a.variant, sets, a.data, a.out, a.resume)
+    if init and not (a.config or a.preset or a.variant or "model" in sets or a.resume):
+        cfg.model = _init_model_config(init)  # fine-tuning with no model given: the weights' own model
+    return cfg
+
+
+def _init_model_config(source: str):
+    """The model section of the run or weights that ``--init`` names."""
+    from .checkpoint import find_checkpoint, is_pretrained, load_pretrained_config
+    from .config import load_config
+
+    ckpt = find_checkpoint(source)
+    return (load_pretrained_config(ckpt) if is_pretrained(ckpt) else load_config(ckpt / "config.yaml")).model
 
 
 def _train(a):
@@ -302,13 +317,18 @@ def _sampling_args(p, seed: bool = True) -> None:
                    help="noise level committed frames are labelled with, in [0, 1)")
     g.add_argument("--schedule", choices=SCHEDULES, help="step grid: uniform in t, uniform in log-SNR, or EDM's")
     g.add_argument("--eta", type=_float_in(0, 1), help="0: deterministic DDIM, 1: ancestral sampling")
+    g.add_argument("--history-guidance", type=_float_in(0, 100), metavar="W",
+                   help="history guidance weight (0: off; costs a second model call per step)")
+    g.add_argument("--history-guidance-level", type=_float_in(0, 1, low_open=True), metavar="LEVEL",
+                   help="noise level of the history in the guidance's second call (1: none of it)")
     if seed:
         g.add_argument("--seed", type=NONNEG, help="sampling seed")
 
 
 def _sampling_overrides(a) -> dict:
     """The sampling options this command has and the user gave (the rest stay the run's settings)."""
-    return {k: v for k in ("steps", "stabilization", "schedule", "eta", "seed") if (v := getattr(a, k, None)) is not None}
+    keys = ("steps", "stabilization", "schedule", "eta", "seed", "history_guidance", "history_guidance_level")
+    return {k: v for k in keys if (v := getattr(a, k, None)) is not None}
 
 
 def _run_args(p, set_help: str) -> None:
@@ -395,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "default small)")
     t.add_argument("--variant", choices=VARIANTS, help="layer plan (default hybrid)")
     _run_args(t, "override config fields, e.g. train.steps=500; may be repeated")
+    t.add_argument("--init", metavar="WEIGHTS", help="fine-tune: start from these weights (a run, an exported "
+                   "folder or a shipped name such as maze-small) with a fresh optimizer and schedule; without "
+                   "--config/--preset the model is theirs (train.init)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard (train.tensorboard)")
     t.add_argument("--skip-bad-files", action="store_true",
                    help="skip and count unreadable episode files (default: stop before training)")

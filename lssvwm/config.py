@@ -293,6 +293,10 @@ class SamplingConfig:
     schedule: str = "uniform"  # step grid: uniform in t | logsnr (uniform in log-SNR) | edm (Karras, rho=7)
     eta: float = 0.0  # 0: deterministic DDIM; 1: ancestral (fresh noise each step, DDPM-like)
     seed: int = 0
+    # history guidance (DFoT): v = v(history) + w * (v(history) - v(history noised to history_guidance_level));
+    # 0 = off (one model call per step), w > 0 costs a second call and a second state
+    history_guidance: float = 0.0
+    history_guidance_level: float = 1.0  # 1: the history removed (vanilla); < 1: only its detail (fractional)
 
     def validate(self) -> None:
         if not _is_int(self.steps) or self.steps < 1:
@@ -305,6 +309,12 @@ class SamplingConfig:
             raise ConfigError(f"sampling.eta must be in [0, 1], got {_show(self.eta)}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ConfigError(f"sampling.seed must be an integer >= 0, got {_show(self.seed)}")
+        if not _finite_in(self.history_guidance, 0.0, 100.0):
+            raise ConfigError(f"sampling.history_guidance must be a guidance weight in [0, 100] (0 = off), got "
+                              f"{_show(self.history_guidance)}")
+        if not _finite_in(self.history_guidance_level, 0.0, 1.0) or self.history_guidance_level <= 0:
+            raise ConfigError(f"sampling.history_guidance_level must be a noise level in (0, 1], got "
+                              f"{_show(self.history_guidance_level)}")
 
     def replace(self, **overrides) -> "SamplingConfig":
         """A copy with the given fields changed (None values are ignored: 'keep the run's setting')."""
@@ -375,6 +385,9 @@ class TrainConfig(LoopConfig):
     curriculum_steps: int = 0  # not from the paper: > 0 grows the clip from clip_len/4 to clip_len over these steps
     tensorboard: bool = False  # also log to RUN/tensorboard (needs the tensorboard package)
     compile: bool = False  # torch.compile the model for training (pays on a GPU; on a CPU compiling costs minutes)
+    # fine-tuning: start from these weights (a run or checkpoint folder, an exported folder or a shipped name such
+    # as maze-small; its EMA weights), with a fresh optimizer and LR schedule. Ignored when resuming a run.
+    init: str = ""
 
     def validate(self, section: str = "train") -> None:
         super().validate(section)
@@ -385,6 +398,9 @@ class TrainConfig(LoopConfig):
             raise ConfigError(f"{section}.nan_policy must be 'stop' or 'skip', got {_show(self.nan_policy)}")
         if not isinstance(self.autoencoder, str):
             raise ConfigError(f"{section}.autoencoder must be a run folder or empty, got {_show(self.autoencoder)}")
+        if not isinstance(self.init, str):
+            raise ConfigError(f"{section}.init must be a run folder, weights folder or shipped name, or empty; got "
+                              f"{_show(self.init)}")
 
 
 class _YamlSections:

@@ -19,11 +19,13 @@ Choices (the anchors are Diffusion Forcing, DFoT, Oasis and DIAMOND; see the REA
   pure noise and is denoised through ``steps`` levels of a step grid (:func:`sampling_grid`) with DDIM
   (``eta > 0`` adds fresh noise per step) against a fixed cache; the clean result is then committed, labelled
   with (and noised to) a small stabilization level as DF and Oasis do.
+- History guidance (DFoT, off by default): a second state sees the same history noised to a level (1: none of
+  it), and each step's prediction is extrapolated away from that history-poor prediction.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -218,11 +220,13 @@ def _model_dtype(model) -> torch.dtype:
 
 def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: SamplingConfig,
                   generator: torch.Generator | None = None, device=None,
-                  clamp: tuple[float, float] | None = None) -> torch.Tensor:
+                  clamp: tuple[float, float] | None = None, guide_cache=None) -> torch.Tensor:
     """A new frame (B, C, H, W), from pure noise to clean through ``cfg.steps`` levels of ``cfg.schedule``,
     against ``cache`` (left untouched). DDIM; with ``cfg.eta > 0`` part of each step's noise is drawn afresh
     (eta = 1: ancestral sampling). ``clamp``: the data's value range, applied to each x0 estimate; only for
-    spaces whose range is known (pixels in [-1, 1]), never for latents."""
+    spaces whose range is known (pixels in [-1, 1]), never for latents. ``guide_cache``: the state after a
+    history noised to ``cfg.history_guidance_level``; each step's prediction is then pushed away from that
+    history-poor prediction by ``cfg.history_guidance`` (history guidance)."""
     b = shape[0]
     dtype = _model_dtype(model)
     x = randn(shape, generator, dtype, device)
@@ -230,7 +234,11 @@ def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: Samplin
     for i in range(cfg.steps):
         t = torch.full((b,), float(ts[i]), device=device, dtype=dtype)
         v, _ = model.step(x, t, action, cache)
-        x0, eps = x0_eps_from_v(x, v.to(dtype), t)
+        v = v.to(dtype)
+        if guide_cache is not None and cfg.history_guidance > 0:
+            v_weak, _ = model.step(x, t, action, guide_cache)
+            v = v + cfg.history_guidance * (v - v_weak.to(dtype))
+        x0, eps = x0_eps_from_v(x, v, t)
         if clamp is not None:
             x0 = x0.clamp(*clamp)
         a, s = (float(v) for v in alpha_sigma(ts[i]))
@@ -269,6 +277,21 @@ def prefill(model, context_frames: torch.Tensor, context_actions: torch.Tensor, 
     return cache
 
 
+class GuidedCache(NamedTuple):
+    """The sampler's state under history guidance: the state after the history as it is (``main``) and after the
+    same history noised to the guidance level (``weak``). Twice the fixed size of one state."""
+
+    main: Any
+    weak: Any
+
+    @property
+    def frames(self) -> int:
+        return self.main.frames
+
+    def nbytes(self) -> int:
+        return self.main.nbytes() + self.weak.nbytes()
+
+
 class Sampler:
     """Generates frames with a trained world model: the one place where sampling settings and the frame codec
     meet the model.
@@ -283,6 +306,10 @@ class Sampler:
     model's own space is used as is. The state (``cache``) is fixed-size and never mutated: ``step`` returns the
     cache after committing the new frame. Random draws come from ``self.generator`` (seeded by ``cfg.seed``;
     ``reseed`` starts a new stream).
+
+    With ``cfg.history_guidance > 0`` (history guidance, after DFoT) the state is a :class:`GuidedCache`: a
+    second state sees the same frames noised to ``cfg.history_guidance_level``, and each denoising step
+    extrapolates from that history-poor prediction towards the one with the full history.
     """
 
     def __init__(self, model, cfg: SamplingConfig | None = None, codec=None, device=None):
@@ -311,26 +338,39 @@ class Sampler:
             check_action_ids(actions, self.num_actions)
         return actions.to(self.device)
 
+    @property
+    def guided(self) -> bool:
+        return self.cfg.history_guidance > 0
+
     @torch.no_grad()
     def prefill(self, context_frames: torch.Tensor, context_actions: torch.Tensor):
         """The cache after a context clip: frames (B, N, C, H, W) in [-1, 1], actions (B, N) or (B, N, A)."""
-        return prefill(self.model, self._encode(context_frames), self._actions(context_actions),
-                       self.cfg.stabilization, self.generator)
+        frames, actions = self._encode(context_frames), self._actions(context_actions)
+        cache = prefill(self.model, frames, actions, self.cfg.stabilization, self.generator)
+        if not self.guided:
+            return cache
+        return GuidedCache(cache, prefill(self.model, frames, actions, self.cfg.history_guidance_level,
+                                          self.generator))
 
     @torch.no_grad()
     def step(self, cache, action: torch.Tensor, teacher_frame: torch.Tensor | None = None):
         """Generate the frame that ``action`` (B,) or (B, A) leads to; returns it (pixels (B, C, H, W)) and the
         cache after committing it. ``teacher_frame`` (pixels): commit this true frame instead (teacher forcing)."""
         action = self._actions(action)
-        frame = self._generate(cache, action)
+        guided = isinstance(cache, GuidedCache)
+        if self.guided != guided:
+            raise ValueError(f"a {'guided' if guided else 'plain'} cache given to a sampler with history_guidance="
+                             f"{self.cfg.history_guidance}: use the cache this sampler's prefill returned")
+        main, weak = (cache.main, cache.weak) if guided else (cache, None)
+        shape = (action.shape[0],) + self.frame_shape
+        frame = denoise_frame(self.model, main, action, shape, self.cfg, self.generator, self.device, self.clamp,
+                              guide_cache=weak)
         committed = frame if teacher_frame is None else self._encode(teacher_frame).to(frame)
-        cache = commit_frame(self.model, cache, committed, action, self.cfg.stabilization, self.generator)
-        return self._decode(frame), cache
-
-    def _generate(self, cache, action):
-        b = action.shape[0]
-        shape = (b,) + self.frame_shape
-        return denoise_frame(self.model, cache, action, shape, self.cfg, self.generator, self.device, self.clamp)
+        main = commit_frame(self.model, main, committed, action, self.cfg.stabilization, self.generator)
+        if not guided:
+            return self._decode(frame), main
+        weak = commit_frame(self.model, weak, committed, action, self.cfg.history_guidance_level, self.generator)
+        return self._decode(frame), GuidedCache(main, weak)
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:

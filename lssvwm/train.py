@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import frame_codec, save_checkpoint
+from .checkpoint import frame_codec, init_from, save_checkpoint
 from .config import ConfigError, RunConfig, check_fits, training_bytes
 from .data.dataset import EpisodeWindows
 from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, training_noise
@@ -88,6 +88,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     ema, opt, start, state = init_training(model, tc, run, resume, truncate_log=rank == 0)
     if state:
         torch.set_rng_state(state["rng_torch"])
+    elif tc.init:  # fine-tuning: the weights of another run, a fresh optimizer and schedule
+        source = init_from(model, ema, cfg, tc.init)
+        if rank == 0:
+            print(f"starting from the weights of {source}", flush=True)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         cfg.save(run / "config.yaml")

@@ -137,7 +137,8 @@ def test_sampler_refuses_bad_actions_and_settings():
     with pytest.raises(ValueError, match="integer ids"):
         sampler.step(cache, torch.tensor([1.0]))
     for bad in (dict(steps=0), dict(stabilization=1.0), dict(stabilization=float("nan")), dict(schedule="x"),
-                dict(eta=2.0)):
+                dict(eta=2.0), dict(history_guidance=-1.0), dict(history_guidance=float("inf")),
+                dict(history_guidance_level=0.0), dict(history_guidance_level=1.5)):
         with pytest.raises(ConfigError):
             SamplingConfig(steps=1).replace(**bad)
 
@@ -360,3 +361,55 @@ def test_own_rollout_loss_touches_only_the_frames_after_the_rollout():
     perfect = v_target(frames, noise, lv2)
     zero, _ = diffusion_loss(Fixed(perfect), f2, acts, lv2, m2, noise, DiffusionConfig())
     assert zero < 1e-20
+
+
+# -- history guidance ---------------------------------------------------------------------------------------------
+def test_history_guidance_extrapolates_away_from_the_noised_history():
+    """One step from pure noise returns x0 = -v (t = 1); with guidance w, v = v(history) + w (v(history) -
+    v(history noised to the guidance level)), each from its own state, both states advanced with every frame."""
+    from lssvwm.diffusion import GuidedCache
+
+    model = _noisy_tiny(3)
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.rand(2, 5, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    acts = torch.randint(0, 6, (2, 7), generator=g)
+    w, level = 1.5, 0.6
+    sampler = Sampler(model, SamplingConfig(steps=1, history_guidance=w, history_guidance_level=level, seed=3))
+    cache = sampler.prefill(ctx, acts[:, :5])
+    assert isinstance(cache, GuidedCache) and cache.main.frames == cache.weak.frames == 5
+    plain = prefill(model, ctx, acts[:, :5])
+    for a, b in zip(cache.main.layers, plain.layers):  # the main state saw the history as an unguided one does
+        torch.testing.assert_close(a.ssm.ssm, b.ssm.ssm)
+    assert (cache.weak.layers[0].ssm.ssm - plain.layers[0].ssm.ssm).abs().max() > 1e-6  # the weak one did not
+    for j in (5, 6):
+        gen = sampler.generator.get_state()
+        frame, new = sampler.step(cache, acts[:, j])
+        noise = torch.Generator()
+        noise.set_state(gen)
+        x = torch.randn((2, 3, 16, 16), generator=noise, dtype=torch.float64)  # the sampler's first draw
+        t = torch.ones(2, dtype=torch.float64)
+        with torch.no_grad():
+            v_main, _ = model.step(x, t, acts[:, j], cache.main)
+            v_weak, _ = model.step(x, t, acts[:, j], cache.weak)
+        a, s = alpha_sigma(torch.tensor(1.0, dtype=torch.float64))
+        x0 = a * x - s * (v_main + w * (v_main - v_weak))  # no codec: no clamping
+        torch.testing.assert_close(frame, x0, rtol=1e-9, atol=1e-9)
+        plain_frame = a * x - s * v_main
+        assert (frame - plain_frame).abs().max() > 1e-4  # guidance changed the frame
+        assert new.main.frames == new.weak.frames == j + 1 and new.nbytes() == 2 * new.main.nbytes()
+        cache = new
+    with pytest.raises(ValueError, match="plain cache"):
+        sampler.step(plain, acts[:, 5])
+    with pytest.raises(ValueError, match="guided cache"):
+        Sampler(model, SamplingConfig(steps=1)).step(cache, acts[:, 5])
+
+
+def test_history_guidance_keeps_the_state_fixed_size():
+    model = WorldModel(model_preset("tiny")).eval()
+    sampler = Sampler(model, SamplingConfig(steps=1, history_guidance=1.0))
+    cache = sampler.prefill(torch.zeros(1, 3, 3, 16, 16), torch.zeros(1, 3, dtype=torch.long))
+    sizes = []
+    for _ in range(12):
+        _, cache = sampler.step(cache, torch.zeros(1, dtype=torch.long))
+        sizes.append(cache.nbytes())
+    assert len(set(sizes)) == 1 and cache.main.frames == 15

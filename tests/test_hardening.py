@@ -41,6 +41,8 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
     (["--stabilization", "1.5"], "--stabilization: must be in"),
     (["--stabilization", "nan"], "--stabilization: must be in"),
     (["--eta", "2"], "--eta: must be in"),
+    (["--history-guidance", "-1"], "--history-guidance: must be in"),
+    (["--history-guidance-level", "0"], "--history-guidance-level: must be in (0"),
     (["--out", "video.txt"], "must end in .mp4 or .gif"),
     (["--device", "bogus"], "--device 'bogus' is not a device"),
     (["--episode", "99"], "--episode must be in [0, 1)"),

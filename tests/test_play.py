@@ -66,6 +66,17 @@ def test_dream_env_state_is_constant(tiny_run):
         env.step(9)
 
 
+def test_dream_env_with_history_guidance(tiny_run):
+    env = DreamEnv(tiny_run, context_frames=4, history_guidance=1.0, history_guidance_level=0.5)
+    assert env.sampler.cfg.history_guidance == 1.0 and env.sampler.cfg.history_guidance_level == 0.5
+    obs, info = env.reset(seed=0)
+    sizes = []
+    for t in range(6):
+        obs, _, _, _, info = env.step(t % 6)
+        sizes.append(env.cache.nbytes())
+    assert info["frames_in_state"] == 10 and len(set(sizes)) == 1 and obs.shape == (16, 16, 3)
+
+
 def test_dream_env_deterministic_per_seed(tiny_run):
     a, b = DreamEnv(tiny_run), DreamEnv(tiny_run)
     fa = [a.reset(seed=3)[0]] + [a.step(1)[0] for _ in range(5)]

@@ -279,3 +279,44 @@ def test_demo_shows_the_shipped_weights_beside_its_run(tmp_path, monkeypatch):
                  context=4, frames=3, windows=1, shipped="maze-tiny")
     assert set(m["follow"]) == {"run", "maze-tiny"}
     assert set(m["follow"]["maze-tiny"]) == {"train-mazes", "unseen-mazes"}
+
+
+def test_init_starts_from_another_runs_weights(tiny_run, tiny_data, tmp_path):
+    """Fine-tuning (train.init / --init): the new run starts from the source's EMA weights with a fresh optimizer;
+    the model must be the same (how it runs may differ); the CLI takes the source's model when none is given."""
+    import copy
+
+    from lssvwm.checkpoint import CheckpointError, init_from, load_model
+    from lssvwm.models.world_model import WorldModel
+
+    src, src_cfg, _ = load_model(tiny_run)
+    cfg = copy.deepcopy(src_cfg)
+    cfg.model.attn_backend = "sdpa"  # how it runs: may differ
+    torch.manual_seed(5)
+    model = WorldModel(cfg.model)
+    ema = copy.deepcopy(model)
+    assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), src.parameters()))
+    init_from(model, ema, cfg, str(tiny_run))
+    for m in (model, ema):
+        for (name, a), b in zip(m.state_dict().items(), src.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    cfg.model.d_model = 64
+    with pytest.raises(CheckpointError, match=r"model\.d_model: 64 here"):
+        init_from(WorldModel(cfg.model), WorldModel(cfg.model), cfg, str(tiny_run))
+
+    run = tmp_path / "ft"
+    base = [sys.executable, "-m", "lssvwm", "train", "--data", str(tiny_data), "--no-progress", "--set",
+            "train.steps=1", "train.clip_len=6", "train.batch_size=2", "train.val_fraction=0.25"]
+    r = subprocess.run(base + ["--out", str(run), "--init", str(tiny_run)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "starting from the weights of" in r.stdout
+    from lssvwm.config import load_config
+
+    saved = load_config(run / "config.yaml")
+    assert saved.model == src_cfg.model and saved.train.init == str(tiny_run)
+    r = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--init", str(tiny_run), "--preset", "tiny", "--set",
+                               "model.d_model=64"], capture_output=True, text=True)
+    assert r.returncode == 2 and "differs from this run's" in r.stderr and "model.d_model" in r.stderr
+    r = subprocess.run(base + ["--out", str(tmp_path / "none"), "--preset", "tiny", "--set",
+                               "train.init=" + str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no checkpoint here" in r.stderr
