@@ -97,6 +97,12 @@ class ModelConfig:
     # Not from the paper (U-ViT's "extra 3x3 conv" after the linear patch decoder): a residual 3x3 convolution on
     # each predicted frame, zero-initialised, which can smooth the seams between patches.
     final_conv: bool = False
+    # What the network's output stands for. "v": it is the v-prediction itself (DFoT). "edm": Karras et al.'s
+    # preconditioning: the network sees c_in * x and predicts F, and x0 = c_skip * x - c_out * F with
+    # sigma_data (the data's std); the model still returns the v that this x0 implies, so the loss (same
+    # weighting in x0 space) and the sampler are unchanged. With sigma_data = 1 it is exactly "v" (F = v).
+    prediction: str = "v"
+    sigma_data: float = 0.5
 
     def __post_init__(self):
         if isinstance(self.layers, (list, tuple)):  # parsed once, here; YAML gives mappings
@@ -117,6 +123,11 @@ class ModelConfig:
             raise ConfigError(f"model.mlp_ratio must be a positive number, got {_show(self.mlp_ratio)}")
         if self.attn_backend not in ("auto", "sdpa", "flex"):
             raise ConfigError(f"model.attn_backend must be auto, sdpa or flex, got {_show(self.attn_backend)}")
+        if self.prediction not in ("v", "edm"):
+            raise ConfigError(f"model.prediction must be 'v' or 'edm', got {_show(self.prediction)}")
+        if not _finite_in(self.sigma_data, 0.0, 100.0) or self.sigma_data <= 0:
+            raise ConfigError(f"model.sigma_data must be a positive number (the data's std), got "
+                              f"{_show(self.sigma_data)}")
         if not isinstance(self.layers, list):
             raise ConfigError(f"model.layers must be a list of {{ssm, attn}} mappings, got {_show(self.layers)}")
         self.__post_init__()  # layers assigned after construction are parsed too

@@ -284,3 +284,53 @@ def test_huge_window_costs_no_padding():
     attn = FrameLocalAttention(16, 2, 10**5)
     y, cache = attn(torch.randn(1, 4, 3, 16))  # would pad 10^5 frames of keys if the window were not capped
     assert y.shape == (1, 4, 3, 16) and cache.k.shape[2] == 4
+
+
+def test_edm_preconditioning():
+    """model.prediction='edm': with sigma_data 1 it is exactly v-prediction (same weights, same outputs); with
+    sigma_data 0.5 the returned v is the one implied by x0 = c_skip x - c_out F, for the network's F on c_in x."""
+    import math
+
+    from lssvwm.config import ConfigError, model_preset
+
+    torch.manual_seed(0)
+    cfg_v = model_preset("tiny")
+    v_model = WorldModel(cfg_v).double()
+    with torch.no_grad():
+        for p in v_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 5, 3, 16, 16, dtype=torch.float64)
+    levels = torch.rand(2, 5, dtype=torch.float64) * 0.98 + 0.01
+    acts = torch.randint(0, 6, (2, 5))
+    ref, _ = v_model(x, levels, acts)
+
+    def edm(sd):
+        cfg = model_preset("tiny")
+        cfg.prediction, cfg.sigma_data = "edm", sd
+        m = WorldModel(cfg).double()
+        m.load_state_dict(v_model.state_dict())
+        return m
+
+    out1, _ = edm(1.0)(x, levels, acts)
+    torch.testing.assert_close(out1, ref, rtol=1e-10, atol=1e-10)
+    sd = 0.5
+    out, cache = edm(sd)(x, levels, acts)
+    a = torch.cos(0.5 * math.pi * levels)[..., None, None, None]
+    s = torch.sin(0.5 * math.pi * levels)[..., None, None, None]
+    norm = s**2 + (a * sd) ** 2
+    f, _ = v_model(x / torch.sqrt(norm), levels, acts)  # the same network on c_in x
+    x0 = sd**2 * a / norm * x - s * sd / torch.sqrt(norm) * f
+    torch.testing.assert_close(out, (a * x - x0) / s, rtol=1e-9, atol=1e-9)
+    # one frame at a time (the sampler's path) gives the same as the clip at once
+    m, c = edm(sd), None
+    steps = []
+    for i in range(5):
+        o, c = m.step(x[:, i], levels[:, i], acts[:, i], c or m.empty_cache())
+        steps.append(o)
+    torch.testing.assert_close(torch.stack(steps, 1), out, rtol=1e-8, atol=1e-8)
+    for bad in (dict(prediction="x0"), dict(sigma_data=0.0), dict(sigma_data=float("nan"))):
+        c2 = model_preset("tiny")
+        for k, v in bad.items():
+            setattr(c2, k, v)
+        with pytest.raises(ConfigError, match="model.prediction|model.sigma_data"):
+            c2.validate()
