@@ -131,17 +131,24 @@ def load_state(file: str | os.PathLike) -> dict:
         raise CheckpointError(f"{file}: cannot read training state: {e}") from e
 
 
+def checkpoint_config(ckpt: Path) -> RunConfig:
+    """The run config of a checkpoint folder (``config.yaml``) or of weights in the Hugging Face layout
+    (``config.json``); ``ckpt`` as :func:`find_checkpoint` returns it."""
+    return load_pretrained_config(ckpt) if is_pretrained(ckpt) else load_config(ckpt / "config.yaml")
+
+
 def load_model(path: str | os.PathLike, ema: bool = True, device="cpu"):
     """Build the model described by a checkpoint and load its (EMA) weights. Returns (model, cfg, ckpt)."""
     from .models.world_model import WorldModel
 
     ckpt = find_checkpoint(path)
+    cfg = checkpoint_config(ckpt)
     if is_pretrained(ckpt):  # one set of weights (the EMA's, when saved from a run)
-        cfg, weights = load_pretrained_config(ckpt), ckpt / PRETRAINED_WEIGHTS
+        weights = ckpt / PRETRAINED_WEIGHTS
         if (ckpt / PRETRAINED_DATA / "meta.json").is_file() and not Path(cfg.train.data or "").is_dir():
             cfg.train.data = str(ckpt / PRETRAINED_DATA)  # the start clips and data description that came along
     else:
-        cfg, weights = load_config(ckpt / "config.yaml"), ckpt / ("ema.safetensors" if ema else "model.safetensors")
+        weights = ckpt / ("ema.safetensors" if ema else "model.safetensors")
     model = WorldModel(cfg.model)
     load_weights(model, weights)
     return model.to(device).eval(), cfg, ckpt

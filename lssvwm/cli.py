@@ -202,11 +202,9 @@ def build_run_config(a):
 
 def _init_model_config(source: str):
     """The model section of the run or weights that ``--init`` names."""
-    from .checkpoint import find_checkpoint, is_pretrained, load_pretrained_config
-    from .config import load_config
+    from .checkpoint import checkpoint_config, find_checkpoint
 
-    ckpt = find_checkpoint(source)
-    return (load_pretrained_config(ckpt) if is_pretrained(ckpt) else load_config(ckpt / "config.yaml")).model
+    return checkpoint_config(find_checkpoint(source)).model
 
 
 def _train(a):
