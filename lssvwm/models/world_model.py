@@ -232,9 +232,11 @@ class WorldModel(nn.Module):
     def _edm_terms(self, levels: torch.Tensor, x: torch.Tensor):
         """alpha, sigma of the noise levels (B, T) broadcast over (B, T, C, H, W), and sigma_data (fp32, or fp64
         for fp64 inputs)."""
+        from ..diffusion import alpha_sigma  # the one noise schedule (imported here: diffusion imports this module)
+
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        t = levels.to(dtype)[:, :, None, None, None]
-        return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t), float(self.cfg.sigma_data)
+        a, s = alpha_sigma(levels.to(dtype)[:, :, None, None, None])
+        return a, s, float(self.cfg.sigma_data)
 
     def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache: WorldCache
              ) -> tuple[torch.Tensor, WorldCache]:
