@@ -16,6 +16,7 @@ mamba2-local         one full-frame SSM scan per layer + frame-local attention (
 from __future__ import annotations
 
 import dataclasses
+import re
 import reprlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -267,6 +268,9 @@ class DiffusionConfig:
     # the level the context frames of training (the long-context prefix) are labelled and noised with; 0 = clean,
     # the sampler's stabilization level = as committed frames are seen at inference
     context_level: float = 0.0
+    # > context_level: each context frame's level is drawn uniformly from [context_level, context_level_max]
+    # instead (GameNGen's context-noise augmentation: the model learns to read, and correct, a noised history)
+    context_level_max: float = 0.0
     # Training on the model's own rollouts (not in the paper; Self Forcing / BAgger-style, see diffusion.py): with
     # this probability a step replaces 1..own_rollout_frames frames after a true prefix by the model's own free
     # rollout (no gradient) and trains the frames after them against the truth
@@ -283,6 +287,10 @@ class DiffusionConfig:
                 raise ConfigError(f"diffusion.{name} must be a probability in [0, 1], got {_show(getattr(self, name))}")
         if not _finite_in(self.context_level, 0.0, 1.0, high_open=True):
             raise ConfigError(f"diffusion.context_level must be a noise level in [0, 1), got {_show(self.context_level)}")
+        if not _finite_in(self.context_level_max, 0.0, 1.0, high_open=True) or (
+                0 < self.context_level_max < self.context_level):
+            raise ConfigError("diffusion.context_level_max must be 0 (off) or a noise level in [context_level, 1), "
+                              f"got {_show(self.context_level_max)}")
         if not _finite_in(self.min_snr_gamma, 0.0, float("inf"), high_open=True) or self.min_snr_gamma <= 0:
             raise ConfigError(f"diffusion.min_snr_gamma must be a positive number, got {_show(self.min_snr_gamma)}")
         if not _finite_in(self.state_penalty, 0.0, float("inf"), high_open=True):
@@ -562,13 +570,24 @@ LEGACY_SAMPLING_FIELDS = {"sampling_steps": "steps", "context_noise_level": "sta
 MAX_YAML_BYTES = 1 << 20
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reads YAML 1.1, where ``1e-3`` (no dot) is a string; a config means the number, as
+    YAML 1.2 and every other reader do. This loader resolves such scientific notation to floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def parse_yaml(text: str, where: str):
     """YAML text -> plain data, or a ConfigError that says what is wrong with it (never a traceback): not YAML,
     nested too deeply, or larger than any config needs."""
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: {len(text)} characters is not a config (more than {MAX_YAML_BYTES})")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: invalid YAML: {' '.join(str(e).split())[:300]}") from e
     except RecursionError as e:

@@ -69,7 +69,8 @@ def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: to
     """Noise levels (B, T) and loss mask (B, T): independent levels per frame (Diffusion Forcing), and with
     probability ``long_context_prob`` a clean prefix of random length in [min_clean_prefix, T-1], no loss. Context
     frames are labelled (and noised) with ``context_level`` (0: clean; the sampler's stabilization level: as the
-    context is seen at inference)."""
+    context is seen at inference), or, with ``context_level_max`` above it, each with its own level drawn uniformly
+    between the two (GameNGen's context-noise augmentation)."""
     levels = torch.rand(batch, frames, generator=generator)
     clean = torch.zeros(batch, frames, dtype=torch.bool)
     if frames > 1 and cfg.long_context_prob > 0:
@@ -79,7 +80,11 @@ def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: to
         clean |= use[:, None] & (torch.arange(frames)[None, :] < prefix[:, None])
     if cfg.clean_frame_prob > 0:  # not from the paper: clean context frames scattered through the clip
         clean |= torch.rand(batch, frames, generator=generator) < cfg.clean_frame_prob
-    levels = torch.where(clean, cfg.context_level, levels)
+    context = torch.full((batch, frames), float(cfg.context_level))
+    if cfg.context_level_max > cfg.context_level:  # drawn only when on: old configs keep their random stream
+        span = cfg.context_level_max - cfg.context_level
+        context = context + span * torch.rand(batch, frames, generator=generator)
+    levels = torch.where(clean, context, levels)
     mask = (~clean).float()
     return levels.to(device), mask.to(device)
 

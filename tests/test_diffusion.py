@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from lssvwm.config import DiffusionConfig, SamplingConfig, model_preset
+from lssvwm.config import ConfigError, DiffusionConfig, SamplingConfig, model_preset
 from lssvwm.diffusion import (Sampler, add_noise, alpha_sigma, commit_frame, denoise_frame, loss_weight, prefill,
                               sampling_grid, training_levels, training_loss, v_target, x0_eps_from_v)
 from lssvwm.models.world_model import WorldModel
@@ -187,6 +187,15 @@ def test_long_context_prefix_is_clean_and_masked():
     lv3, m3 = training_levels(64, 10, DiffusionConfig(long_context_prob=1.0, context_level=0.3),
                               torch.Generator().manual_seed(0))
     assert torch.equal(m3, mask) and (lv3[mask == 0] == 0.3).all() and torch.equal(lv3[mask == 1], levels[mask == 1])
+    # context-noise augmentation: each context frame its own level in [context_level, context_level_max]; the
+    # frames chosen, the mask and the other frames' levels unchanged
+    lv4, m4 = training_levels(64, 10, DiffusionConfig(long_context_prob=1.0, context_level=0.1, context_level_max=0.4),
+                              torch.Generator().manual_seed(0))
+    ctx = lv4[mask == 0]
+    assert torch.equal(m4, mask) and torch.equal(lv4[mask == 1], levels[mask == 1])
+    assert ctx.min() >= 0.1 and ctx.max() <= 0.4 and ctx.max() - ctx.min() > 0.25 and len(set(ctx.tolist())) > 100
+    with pytest.raises(ConfigError, match="context_level_max"):
+        DiffusionConfig(context_level=0.3, context_level_max=0.2).validate()
 
 
 class Fixed(torch.nn.Module):

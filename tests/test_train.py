@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from lssvwm.checkpoint import CheckpointError, find_checkpoint, load_model, load_state, load_weights
 from lssvwm.config import (ConfigError, RunConfig, SamplingConfig, TrainConfig, config_from_dict, load_config,
-                           model_preset)
+                           model_preset, parse_overrides)
 from lssvwm.models.world_model import WorldModel
 from lssvwm.train import TrainingDiverged, train
 
@@ -154,6 +154,11 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [1, 2")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(tmp_path / "bad.yaml")
+    # scientific notation without a dot is a number (YAML 1.2), in files and in --set, not YAML 1.1's string
+    (tmp_path / "sci.yaml").write_text("train: {lr: 1e-3, warmup: 2}\ndiffusion: {min_snr_gamma: 5E+0}\n")
+    sci = load_config(tmp_path / "sci.yaml")
+    assert sci.train.lr == 0.001 and sci.diffusion.min_snr_gamma == 5.0
+    assert parse_overrides(["train.lr=2.5e-4", "train.data=run1e5"]) == {"train": {"lr": 2.5e-4, "data": "run1e5"}}
 
 
 def test_cli_train_and_generate(tiny_data, tmp_path):
