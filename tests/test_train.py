@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,6 +160,21 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
     sci = load_config(tmp_path / "sci.yaml")
     assert sci.train.lr == 0.001 and sci.diffusion.min_snr_gamma == 5.0
     assert parse_overrides(["train.lr=2.5e-4", "train.data=run1e5"]) == {"train": {"lr": 2.5e-4, "data": "run1e5"}}
+
+
+def test_every_shipped_config_loads():
+    """Each YAML under configs/ is a valid run (or autoencoder run) config; the GPU recipe trains the shipped
+    model's architecture from scratch, compiled, on 8x the frames per step of stage 1."""
+    from lssvwm.config import load_ae_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"maze-small.yaml", "maze-small-stage1.yaml", "maze-small-gpu.yaml", "memory-maze.yaml"} <= set(names)
+    for name in names:
+        (load_ae_config if name.startswith("ae-") else load_config)(root / name)
+    gpu, stage1 = load_config(root / "maze-small-gpu.yaml"), load_config(root / "maze-small-stage1.yaml")
+    assert gpu.model == stage1.model and gpu.train.compile and not gpu.train.init
+    assert gpu.train.batch_size * gpu.train.clip_len == 8 * stage1.train.batch_size * stage1.train.clip_len
 
 
 def test_cli_train_and_generate(tiny_data, tmp_path):
