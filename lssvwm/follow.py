@@ -14,8 +14,10 @@ Scores per window set, for every generated frame against the truth: SSIM and PSN
 on the machine) over frames 1-8, 9-24, 25-48 and all 48, and over 49-100, 101-200 and all 200 of the long
 rollout (the 48-frame rollout is the first 48 frames of the 200-frame one: same seed, same frames); a drift
 figure (mean of frames 1-8 minus mean of frames 25-48: how much worse the rollout gets as its own errors
-compound); teacher-forced scores (every frame predicted from the true frames before it); and the
-repeat-the-last-context-frame baseline.
+compound); teacher-forced scores (every frame predicted from the true frames before it); and two baselines:
+repeating the last context frame, and the best context frame (for each true frame, the context frame most like
+it, picked with the truth: how much of what comes was already in view, the most a model that only recalls its
+context could score without rendering anything new).
 
     lssvwm eval follow --ckpt runs/a --ckpt runs/b [--data DIR] [--windows 8] [--out runs/follow]
 """
@@ -137,6 +139,17 @@ def score(pred: torch.Tensor, gt: torch.Tensor, lpips=None) -> dict:
     return out
 
 
+def best_context_frames(context: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(W, M, C, H, W): for each true frame, the context frame (of (W, N, C, H, W)) with the highest SSIM to it,
+    picked with the truth (an oracle baseline: retrieval from the context, no new view rendered)."""
+    from .metrics import ssim
+
+    rows = torch.arange(context.shape[0])
+    picks = [context[rows, ssim(context, truth[:, i:i + 1].expand_as(context)).argmax(1)]
+             for i in range(truth.shape[1])]
+    return torch.stack(picks, 1)
+
+
 def summarize(per_frame: dict, short: int) -> dict:
     """Binned means and the drift figure (frames 1-8 minus 25-48) of per-frame metrics."""
     out = {}
@@ -181,7 +194,9 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
         ctx, gt = video[:, :context], video[:, context:context + long]
         results["sets"][set_name] = {"windows": int(video.shape[0]),
                                      "repeat_last_frame": summarize(score(ctx[:, -1:].expand_as(gt), gt, lp),
-                                                                    frames)}
+                                                                    frames),
+                                     "best_context_frame": summarize(score(best_context_frames(ctx, gt), gt, lp),
+                                                                     frames)}
         strips[set_name] = [("ground truth", gt)]
     # all window sets in one batch: per-frame calls cost about the same for 8 or 16 windows on a CPU
     video = torch.cat([w["frames"] for w in sets.values()])[:, :context + long]
@@ -238,6 +253,8 @@ def follow_table(results: dict) -> str:
     lines = [head]
     rows = [(n, s, r["free"], r["teacher_forced"]) for n, m in results["models"].items() for s, r in m["sets"].items()]
     rows += [("repeat last frame", s, r["repeat_last_frame"], None) for s, r in results["sets"].items()]
+    rows += [("best context frame*", s, r["best_context_frame"], None) for s, r in results["sets"].items()
+             if "best_context_frame" in r]
     for name, set_name, free, tf in rows:
         ssim = free["ssim"]
         tf_ssim = f"{tf['ssim']['all']:7.3f}" if tf else f"{'':>7}"
@@ -246,6 +263,8 @@ def follow_table(results: dict) -> str:
                      f"{ssim.get('9-24', float('nan')):6.3f} {ssim.get('25-48', float('nan')):6.3f} "
                      f"{ssim['all']:6.3f} {free.get('ssim_drift', float('nan')):6.3f} {free['psnr']['all']:7.2f} "
                      f"{tf_ssim} {'' if long_all is None else f'{long_all:7.3f}':>7}")
+    if any("best_context_frame" in r for r in results["sets"].values()):
+        lines.append("* picked with the truth: per true frame, the context frame most like it (an oracle of recall)")
     return "\n".join(lines)
 
 

@@ -77,6 +77,14 @@ def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
     ctx, gt = win["frames"][:, :4], win["frames"][:, 4:]
     direct = ssim(ctx[:, -1:].expand_as(gt), gt).mean(0)[:48].mean()
     assert res["sets"]["unseen-mazes"]["repeat_last_frame"]["ssim"]["all"] == pytest.approx(float(direct), abs=1e-6)
+    # the best-context-frame oracle picks, per true frame, the context frame of highest SSIM: never below
+    # repeating the last one (a candidate), and equal to the per-frame maximum over the context
+    best = ssim(ctx[:, :, None].expand(-1, -1, gt.shape[1], -1, -1, -1), gt[:, None].expand(-1, 4, -1, -1, -1, -1))
+    best = best.max(1).values.mean(0)  # (M,): max over the 4 context frames, mean over windows
+    oracle = res["sets"]["unseen-mazes"]["best_context_frame"]["ssim"]
+    assert oracle["all"] == pytest.approx(float(best[:48].mean()), abs=1e-6)
+    assert oracle["all"] >= res["sets"]["unseen-mazes"]["repeat_last_frame"]["ssim"]["all"] - 1e-9
+    assert "best context frame*" in res["table"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["models"].keys() == res["models"].keys()
     for f in ("strip_train-mazes.png", "strip_unseen-mazes.png", "ssim_vs_frame.png", "rollout_train-mazes.gif",
