@@ -37,16 +37,25 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 
 
 # The demo's recipe: picked side by side on the follow benchmark (docs/recipe.md has the table and the commands).
-RECIPE = dict(lr=5e-3, window=4, sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
+# d_model: the width of the `small` preset in the demo (a 14-minute CPU budget favours a narrower, faster model);
+# other presets keep their own width.
+RECIPE = dict(lr=5e-3, window=4, d_model=96, sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
 SHIPPED = "maze-small"  # weights trained on the demo's mazes for hours (weights/README.md), shown beside it
+
+
+def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: int | None = None):
+    """The demo's model: the preset with the recipe's attention window, and for ``small`` the recipe's width
+    (``d_model`` overrides it; other presets keep their own)."""
+    width = d_model or (RECIPE["d_model"] if preset == "small" else None)
+    return model_preset(preset, window=window, **({"d_model": width} if width else {}))
 
 
 def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small", episodes: int = 64,
              steps_per_episode: int = 400, context: int = 32, frames: int = 48, mazes: int = 4,
              lr: float = RECIPE["lr"], window: int = RECIPE["window"], windows: int = 8,
-             shipped: str | None = SHIPPED) -> dict:
-    """Built-in maze data (episodes cycle through ``mazes`` fixed mazes) -> train the ``small`` hybrid for
-    ``minutes`` on the CPU -> the follow benchmark on held-out trajectories in those mazes and in unseen ones
+             shipped: str | None = SHIPPED, d_model: int | None = None) -> dict:
+    """Built-in maze data (episodes cycle through ``mazes`` fixed mazes) -> train the ``small`` hybrid (at the
+    recipe's width, unless ``d_model`` or another ``preset`` says otherwise) for ``minutes`` on the CPU -> the follow benchmark on held-out trajectories in those mazes and in unseen ones
     (``context`` true frames, then ``frames`` generated), free and one step ahead, beside the shipped weights
     trained on the same mazes for hours. Writes videos, strips, the loss curve and ``metrics.json``."""
     from .data.episodes import generate_dataset
@@ -56,7 +65,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
 
     out = Path(out)
     t_start = time.time()
-    model_cfg = model_preset(preset, window=window)
+    model_cfg = demo_model(preset, window, d_model)
     res = model_cfg.frame_size
     data = out / "data"
     print(f"[1/3] generating {episodes} maze episodes of {steps_per_episode} steps at {res}x{res} in {mazes} fixed "

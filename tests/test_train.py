@@ -219,6 +219,15 @@ def test_demo_path_end_to_end(tmp_path):
     assert m["train_steps"] == len(log) <= m["train_steps_planned"]  # steps trained, not planned
 
 
+def test_demo_model_is_the_recipes_width_of_small():
+    from lssvwm.demo import RECIPE, demo_model
+
+    small = demo_model()
+    assert small.d_model == RECIPE["d_model"] == 96 and small.layers == model_preset("small", window=4).layers
+    assert demo_model(d_model=64).d_model == 64
+    assert demo_model("tiny").d_model == model_preset("tiny").d_model  # other presets keep their width
+
+
 def test_demo_resumes_only_its_own_setup(tmp_path):
     """Run again, the demo continues its own run; a run left by another setup (an older demo) is kept aside,
     not resumed with its old config."""
