@@ -1,6 +1,6 @@
-"""``make demo``: built-in maze data -> train the ``small`` hybrid on CPU for a bounded time -> the follow benchmark
-on held-out trajectories, beside the shipped weights -> videos, strips, loss curve, metrics. Everything lands in one
-folder, printed at the end."""
+"""``make demo``: built-in maze data -> train the ``small`` hybrid (at the recipe's width) on CPU for a bounded
+time -> the follow benchmark on held-out trajectories, beside the shipped weights -> videos, strips, loss curve,
+metrics. Everything lands in one folder, printed at the end."""
 from __future__ import annotations
 
 import json
