@@ -63,7 +63,7 @@ train)
     # the run (weights, EMA, optimizer: what --resume needs), the last checkpoint only, in parts under 16 MB
     keep=$(cat $run/checkpoints/latest)
     find $run/checkpoints -mindepth 1 -maxdepth 1 -name "step_*" ! -name "$keep" -exec rm -rf {} +
-    tar cf - -C runs maze-small-gpu | split -b 15m - "$OUT/run.tar.part-"
+    tar cf - -C runs "$(basename $run)" | split -b 15m - "$OUT/run.tar.part-"
     ;;
 *)
     sed -n 2,12p "$0"; exit 2

@@ -55,9 +55,10 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
              lr: float = RECIPE["lr"], window: int = RECIPE["window"], windows: int = 8,
              shipped: str | None = SHIPPED, d_model: int | None = None) -> dict:
     """Built-in maze data (episodes cycle through ``mazes`` fixed mazes) -> train the ``small`` hybrid (at the
-    recipe's width, unless ``d_model`` or another ``preset`` says otherwise) for ``minutes`` on the CPU -> the follow benchmark on held-out trajectories in those mazes and in unseen ones
-    (``context`` true frames, then ``frames`` generated), free and one step ahead, beside the shipped weights
-    trained on the same mazes for hours. Writes videos, strips, the loss curve and ``metrics.json``."""
+    recipe's width, unless ``d_model`` or another ``preset`` says otherwise) for ``minutes`` on the CPU -> the
+    follow benchmark on held-out trajectories in those mazes and in unseen ones (``context`` true frames, then
+    ``frames`` generated), free and one step ahead, beside the shipped weights trained on the same mazes for hours.
+    Writes videos, strips, the loss curve and ``metrics.json``."""
     from .data.episodes import generate_dataset
     from .follow import evaluate_follow
     from .plots import plot_loss
