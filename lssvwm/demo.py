@@ -104,7 +104,8 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     metrics = {"train_steps": int(log[-1]["step"]) if log else 0,  # the time budget can end a run early
                "train_steps_planned": cfg.train.steps, "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,
                "context": context, "frames": frames, "sampling": vars(cfg.sampling),
-               "follow": {name: {s: {k: r[k] for k in ("free", "teacher_forced")} for s, r in m["sets"].items()}
+               "follow": {name: {s: {k: r[k] for k in ("free", "teacher_forced", "shuffled_actions", "action_gain")}
+                                  for s, r in m["sets"].items()}
                           for name, m in follow["models"].items()},
                "baseline_repeat_last_frame": {s: r["repeat_last_frame"] for s, r in follow["sets"].items()},
                "ssim_per_frame": mine["train-mazes"]["per_frame"]["free"]["ssim"],

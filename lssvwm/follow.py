@@ -14,7 +14,10 @@ Scores per window set, for every generated frame against the truth: SSIM and PSN
 on the machine) over frames 1-8, 9-24, 25-48 and all 48, and over 49-100, 101-200 and all 200 of the long
 rollout (the 48-frame rollout is the first 48 frames of the 200-frame one: same seed, same frames); a drift
 figure (mean of frames 1-8 minus mean of frames 25-48: how much worse the rollout gets as its own errors
-compound); teacher-forced scores (every frame predicted from the true frames before it); and two baselines:
+compound); teacher-forced scores (every frame predicted from the true frames before it); a control (the free
+rollout again, from the same context, with each window's future actions shuffled in time: the same actions in a
+wrong order; ``action_gain`` = free minus shuffled says per bin whether the rollout still follows the actions it
+is given, and where it drops to zero the model has lost track of where the agent is); and two baselines:
 repeating the last context frame, and the best context frame (for each true frame, the context frame most like
 it, picked with the truth: how much of what comes was already in view, the most a model that only recalls its
 context could score without rendering anything new).
@@ -37,6 +40,7 @@ BINS_LONG = ((49, 100), (101, 200))
 TRAJECTORY_SEED = 20_261_123  # held-out trajectories: never a training episode's seed
 UNSEEN_MAZE_SEED = 7_777_777  # unseen mazes: a maze seed stream the generators never use for training data
 STRIP_FRAMES = (1, 2, 4, 8, 16, 24, 32, 48, 100, 200)
+SHUFFLE_SEED = 1234  # the fixed time shuffle of the control's actions
 
 
 def window_sets(data: str | os.PathLike, out: str | os.PathLike, context: int, frames: int, windows: int,
@@ -150,6 +154,21 @@ def best_context_frames(context: torch.Tensor, truth: torch.Tensor) -> torch.Ten
     return torch.stack(picks, 1)
 
 
+def shuffled_actions(actions: torch.Tensor, seed: int = SHUFFLE_SEED) -> torch.Tensor:
+    """Each window's actions ((W, M) ids or (W, M, A) vectors) in a fixed random order along time: the same
+    actions (so the same amount of turning and moving), at the wrong times."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.stack([torch.randperm(actions.shape[1], generator=g) for _ in range(actions.shape[0])])  # (W, M)
+    if actions.dim() == 3:
+        order = order[..., None].expand_as(actions)
+    return actions.gather(1, order.to(actions.device))
+
+
+def action_gain(free: dict, control: dict) -> dict:
+    """Per bin, the free rollout's score minus the shuffled-actions control's (both ``summarize`` outputs)."""
+    return {m: {b: free[m][b] - control[m][b] for b in control[m]} for m in ("ssim", "psnr", "lpips") if m in control}
+
+
 def summarize(per_frame: dict, short: int) -> dict:
     """Binned means and the drift figure (frames 1-8 minus 25-48) of per-frame metrics."""
     out = {}
@@ -212,11 +231,16 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
         free = sampler.rollout(ctx, ctx_a, fut_a, progress=progress)
         sampler.reseed(sampler.cfg.seed)
         tf = sampler.rollout(ctx, ctx_a, fut_a[:, :frames], teacher_frames=gt[:, :frames], progress=progress)
-        for set_name, f, t, g in zip(sets, free.split(sizes), tf.split(sizes), gt.split(sizes)):
-            free_pf, tf_pf = score(f, g, lp), score(t, g[:, :frames], lp)
+        sampler.reseed(sampler.cfg.seed)
+        ctl = sampler.rollout(ctx, ctx_a, shuffled_actions(fut_a[:, :frames]), progress=progress)
+        for set_name, f, t, c, g in zip(sets, free.split(sizes), tf.split(sizes), ctl.split(sizes), gt.split(sizes)):
+            free_pf, tf_pf, ctl_pf = score(f, g, lp), score(t, g[:, :frames], lp), score(c, g[:, :frames], lp)
+            free_s, ctl_s = summarize(free_pf, frames), summarize(ctl_pf, frames)
             results["models"][name]["sets"][set_name] = {
-                "free": summarize(free_pf, frames), "teacher_forced": summarize(tf_pf, frames),
-                "per_frame": {"free": _rounded(free_pf), "teacher_forced": _rounded(tf_pf)}}
+                "free": free_s, "teacher_forced": summarize(tf_pf, frames), "shuffled_actions": ctl_s,
+                "action_gain": action_gain(free_s, ctl_s),
+                "per_frame": {"free": _rounded(free_pf), "teacher_forced": _rounded(tf_pf),
+                              "shuffled_actions": _rounded(ctl_pf)}}
             strips[set_name] += [(f"{name}: free", f), (f"{name}: one step ahead", t)]
     (out / "results.json").write_text(json.dumps(results, indent=1))
     for set_name, rows in strips.items():
@@ -251,7 +275,10 @@ def follow_table(results: dict) -> str:
     head = (f"{'model':<22} {'windows':<13} {'SSIM 1-8':>8} {'9-24':>6} {'25-48':>6} {'all48':>6} {'drift':>6} "
             f"{'PSNR48':>7} {'TF SSIM':>7} {'SSIM200':>7}")
     lines = [head]
-    rows = [(n, s, r["free"], r["teacher_forced"]) for n, m in results["models"].items() for s, r in m["sets"].items()]
+    rows = []
+    for n, m in results["models"].items():
+        rows += [(n, s, r["free"], r["teacher_forced"]) for s, r in m["sets"].items()]
+        rows += [(f"{n[:11]}: shuffled acts†", s, r["shuffled_actions"], None) for s, r in m["sets"].items()]
     rows += [("repeat last frame", s, r["repeat_last_frame"], None) for s, r in results["sets"].items()]
     rows += [("best context frame*", s, r["best_context_frame"], None) for s, r in results["sets"].items()]
     for name, set_name, free, tf in rows:
@@ -262,6 +289,8 @@ def follow_table(results: dict) -> str:
                      f"{ssim.get('9-24', float('nan')):6.3f} {ssim.get('25-48', float('nan')):6.3f} "
                      f"{ssim['all']:6.3f} {free.get('ssim_drift', float('nan')):6.3f} {free['psnr']['all']:7.2f} "
                      f"{tf_ssim} {'' if long_all is None else f'{long_all:7.3f}':>7}")
+    lines.append("† the same model and context, each window's actions shuffled in time: where its SSIM meets the model's "
+                 "row, the rollout no longer follows the actions")
     lines.append("* picked with the truth: per true frame, the context frame most like it (an oracle of recall)")
     return "\n".join(lines)
 
@@ -311,6 +340,7 @@ def _plot(results: dict, path: Path) -> None:
     curves = {}
     for name, m in results["models"].items():
         for set_name, r in m["sets"].items():
-            v = r["per_frame"]["free"]["ssim"]
-            curves[f"{name} ({set_name})"] = (list(range(1, len(v) + 1)), v)
+            for key, label in (("free", ""), ("shuffled_actions", ", shuffled actions")):
+                v = r["per_frame"][key]["ssim"]
+                curves[f"{name} ({set_name}{label})"] = (list(range(1, len(v) + 1)), v)
     plot_curves(curves, "generated frame", "SSIM (free rollout)", path, "follow: SSIM vs frame")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from lssvwm.checkpoint import load_model, load_run, save_pretrained
 from lssvwm.cli import main
 from lssvwm.data.episodes import episode_files, load_episode
-from lssvwm.follow import evaluate_follow, score, summarize, window_sets
+from lssvwm.follow import evaluate_follow, score, shuffled_actions, summarize, window_sets
 from lssvwm.metrics import ssim
 
 
@@ -62,9 +63,15 @@ def test_summary_bins_and_drift():
 
 
 def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
-    res = evaluate_follow([str(tiny_run), str(tiny_run)], data=str(maze_data), out=tmp_path, context=4, frames=48,
-                          long=60, windows=2, sampling={"steps": 1}, progress=False)
-    assert len(res["models"]) == 2  # two runs of the same name keep two rows
+    # the tiny run has trained 3 steps and barely uses its actions; a copy with perturbed weights does
+    model, cfg, _ = load_model(tiny_run)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    noisy = save_pretrained(model, cfg, tmp_path / "noisy")
+    res = evaluate_follow([str(tiny_run), str(tiny_run), str(noisy)], data=str(maze_data), out=tmp_path, context=4,
+                          frames=48, long=60, windows=2, sampling={"steps": 1}, progress=False)
+    assert len(res["models"]) == 3  # two runs of the same name keep two rows
     for m in res["models"].values():
         for set_name in ("train-mazes", "unseen-mazes"):
             r = m["sets"][set_name]
@@ -85,11 +92,41 @@ def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
     assert oracle["all"] == pytest.approx(float(best[:48].mean()), abs=1e-6)
     assert oracle["all"] >= res["sets"]["unseen-mazes"]["repeat_last_frame"]["ssim"]["all"] - 1e-9
     assert "best context frame*" in res["table"]
+    # the control: the same rollout with the actions shuffled in time, 48 frames; the gain is free minus control
+    sets = window_sets(maze_data, tmp_path, 4, 60, 2)
+    video = torch.cat([w["frames"] for w in sets.values()])
+    acts = torch.cat([w["actions"] for w in sets.values()])
+    sampler = load_run(noisy).sampler(steps=1)
+    sampler.reseed(sampler.cfg.seed)
+    direct = sampler.rollout(video[:, :4], acts[:, :4], shuffled_actions(acts[:, 4:52]), progress=False)
+    direct = ssim(direct[:2], video[:2, 4:52]).mean(0)  # (48,): the train-mazes windows come first
+    r = res["models"]["noisy"]["sets"]["train-mazes"]
+    assert r["per_frame"]["shuffled_actions"]["ssim"] == pytest.approx(direct.tolist(), abs=1e-4)
+    gaps = np.abs(np.subtract(r["per_frame"]["shuffled_actions"]["ssim"], r["per_frame"]["free"]["ssim"][:48]))
+    assert gaps.sum() > 0.01  # its rollout depends on the actions' order
+    for m in res["models"].values():
+        for r in m["sets"].values():
+            for b, v in r["action_gain"]["ssim"].items():
+                assert v == pytest.approx(r["free"]["ssim"][b] - r["shuffled_actions"]["ssim"][b])
+    assert "shuffled acts" in res["table"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["models"].keys() == res["models"].keys()
     for f in ("strip_train-mazes.png", "strip_unseen-mazes.png", "ssim_vs_frame.png", "rollout_train-mazes.gif",
               "next_frame_unseen-mazes.gif"):
         assert (tmp_path / f).stat().st_size > 1000
+
+
+def test_shuffled_actions_keep_each_windows_actions_in_another_order():
+    ids = torch.arange(40).reshape(2, 20)
+    shuf = shuffled_actions(ids)
+    assert torch.equal(shuf, shuffled_actions(ids))  # a fixed order
+    for w in range(2):
+        assert sorted(shuf[w].tolist()) == ids[w].tolist() and not torch.equal(shuf[w], ids[w])
+    assert not torch.equal(shuf[0] - 0, shuf[1] - 20)  # each window its own order
+    vec = torch.randn(2, 20, 3)  # continuous actions: whole vectors move together
+    sv = shuffled_actions(vec)
+    for w in range(2):
+        assert torch.equal(sv[w], vec[w, shuf[w] - 20 * w])
 
 
 def test_identical_prediction_scores_perfectly():

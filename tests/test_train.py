@@ -214,7 +214,7 @@ def test_demo_path_end_to_end(tmp_path):
     for name in ("rollout.gif", "next_frame.gif", "strip.png", "loss.png", "metrics.json", "follow/results.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 500
     assert len(m["psnr_per_frame"]) == 8 and set(m["baseline_repeat_last_frame"]) == {"train-mazes", "unseen-mazes"}
-    assert set(m["follow"]["run"]["train-mazes"]) == {"free", "teacher_forced"}
+    assert set(m["follow"]["run"]["train-mazes"]) == {"free", "teacher_forced", "shuffled_actions", "action_gain"}
     log = (tmp_path / "demo" / "run" / "log.jsonl").read_text().splitlines()
     assert m["train_steps"] == len(log) <= m["train_steps_planned"]  # steps trained, not planned
 
