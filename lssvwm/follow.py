@@ -278,7 +278,7 @@ def follow_table(results: dict) -> str:
     rows = []
     for n, m in results["models"].items():
         rows += [(n, s, r["free"], r["teacher_forced"]) for s, r in m["sets"].items()]
-        rows += [(f"{n[:11]}: shuffled acts†", s, r["shuffled_actions"], None) for s, r in m["sets"].items()]
+        rows += [(f"{n[:12]} shuffled†", s, r["shuffled_actions"], None) for s, r in m["sets"].items()]
     rows += [("repeat last frame", s, r["repeat_last_frame"], None) for s, r in results["sets"].items()]
     rows += [("best context frame*", s, r["best_context_frame"], None) for s, r in results["sets"].items()]
     for name, set_name, free, tf in rows:

@@ -108,7 +108,7 @@ def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
         for r in m["sets"].values():
             for b, v in r["action_gain"]["ssim"].items():
                 assert v == pytest.approx(r["free"]["ssim"][b] - r["shuffled_actions"]["ssim"][b])
-    assert "shuffled acts" in res["table"]
+    assert "shuffled†" in res["table"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["models"].keys() == res["models"].keys()
     for f in ("strip_train-mazes.png", "strip_unseen-mazes.png", "ssim_vs_frame.png", "rollout_train-mazes.gif",
