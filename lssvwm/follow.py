@@ -211,11 +211,11 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     for set_name, win in sets.items():
         video, acts = win["frames"], win["actions"]
         ctx, gt = video[:, :context], video[:, context:context + long]
-        results["sets"][set_name] = {"windows": int(video.shape[0]),
-                                     "repeat_last_frame": summarize(score(ctx[:, -1:].expand_as(gt), gt, lp),
-                                                                    frames),
-                                     "best_context_frame": summarize(score(best_context_frames(ctx, gt), gt, lp),
-                                                                     frames)}
+        repeat, best = score(ctx[:, -1:].expand_as(gt), gt, lp), score(best_context_frames(ctx, gt), gt, lp)
+        results["sets"][set_name] = {"windows": int(video.shape[0]), "repeat_last_frame": summarize(repeat, frames),
+                                     "best_context_frame": summarize(best, frames),
+                                     "per_frame": {"repeat_last_frame": _rounded(repeat),
+                                                   "best_context_frame": _rounded(best)}}
         strips[set_name] = [("ground truth", gt)]
     # all window sets in one batch: per-frame calls cost about the same for 8 or 16 windows on a CPU
     video = torch.cat([w["frames"] for w in sets.values()])[:, :context + long]
@@ -335,12 +335,21 @@ def write_side_by_side(context: torch.Tensor, rows: list[tuple[str, torch.Tensor
 
 
 def _plot(results: dict, path: Path) -> None:
-    from .plots import plot_curves
+    """SSIM vs generated frame, a panel per window set: each model's free rollout (solid) and its
+    shuffled-actions control (dashed, same colour), and the two baselines (grey)."""
+    from .plots import plot_curve_panels
 
-    curves = {}
-    for name, m in results["models"].items():
-        for set_name, r in m["sets"].items():
-            for key, label in (("free", ""), ("shuffled_actions", ", shuffled actions")):
-                v = r["per_frame"][key]["ssim"]
-                curves[f"{name} ({set_name}{label})"] = (list(range(1, len(v) + 1)), v)
-    plot_curves(curves, "generated frame", "SSIM (free rollout)", path, "follow: SSIM vs frame")
+    panels = {}
+    for set_name, base in results["sets"].items():
+        curves = {}
+        for i, (name, m) in enumerate(results["models"].items()):
+            pf = m["sets"][set_name]["per_frame"]
+            for key, label, ls in (("free", "", "-"), ("shuffled_actions", ", actions shuffled", "--")):
+                v = pf[key]["ssim"]
+                curves[name + label] = (list(range(1, len(v) + 1)), v, {"color": f"C{i % 10}", "ls": ls})
+        for key, label, ls in (("repeat_last_frame", "repeat last frame", ":"),
+                               ("best_context_frame", "best context frame (oracle)", "-.")):
+            v = base["per_frame"][key]["ssim"]
+            curves[label] = (list(range(1, len(v) + 1)), v, {"color": "0.5", "ls": ls})
+        panels[set_name] = curves
+    plot_curve_panels(panels, "generated frame", "SSIM", path, "follow: SSIM vs generated frame")

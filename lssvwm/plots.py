@@ -42,6 +42,30 @@ def plot_curves(curves: dict[str, tuple], xlabel: str, ylabel: str, out_png: str
     return _finish(plt, fig, ax, xlabel, ylabel, out_png)
 
 
+def plot_curve_panels(panels: dict[str, dict[str, tuple]], xlabel: str, ylabel: str, out_png: str | Path,
+                      title: str = "") -> Path:
+    """Side-by-side panels on one y scale: ``panels`` = panel title -> {name: (x, y) or (x, y, matplotlib line
+    style)}; one legend (the first panel's names) under the panels."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), dpi=120, sharey=True, squeeze=False)
+    for ax, (panel, curves) in zip(axes[0], panels.items()):
+        for name, (x, y, *style) in curves.items():
+            ax.plot(x, y, label=name, **(style[0] if style else {}))
+        ax.set_title(panel)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(ylabel)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    rows = -(-len(labels) // 3)
+    fig.tight_layout(rect=(0, min(0.5, 0.055 * rows + 0.03), 1, 1))
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)
+
+
 def _finish(plt, fig, ax, xlabel: str, ylabel: str, out_png) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
