@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -164,7 +165,8 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
 
 def test_every_shipped_config_loads():
     """Each YAML under configs/ is a valid run (or autoencoder run) config; the GPU recipe trains the shipped
-    model's architecture from scratch, compiled, on 8x the frames per step of stage 1."""
+    model's architecture (plus the previous-frame input) from scratch, compiled, on 8x the frames per step of
+    stage 1."""
     from lssvwm.config import load_ae_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
@@ -173,7 +175,7 @@ def test_every_shipped_config_loads():
     for name in names:
         (load_ae_config if name.startswith("ae-") else load_config)(root / name)
     gpu, stage1 = load_config(root / "maze-small-gpu.yaml"), load_config(root / "maze-small-stage1.yaml")
-    assert gpu.model == stage1.model and gpu.train.compile and not gpu.train.init
+    assert gpu.model == replace(stage1.model, prev_frame=True) and gpu.train.compile and not gpu.train.init
     assert gpu.train.batch_size * gpu.train.clip_len == 8 * stage1.train.batch_size * stage1.train.clip_len
 
 
@@ -224,6 +226,7 @@ def test_demo_model_is_the_recipes_width_of_small():
 
     small = demo_model()
     assert small.d_model == RECIPE["d_model"] == 96 and small.layers == model_preset("small", window=4).layers
+    assert small.prev_frame and demo_model("tiny").prev_frame  # the recipe's previous-frame input, every preset
     assert demo_model(d_model=64).d_model == 64
     assert demo_model("tiny").d_model == model_preset("tiny").d_model  # other presets keep their width
 
