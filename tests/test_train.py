@@ -219,6 +219,9 @@ def test_demo_path_end_to_end(tmp_path):
     assert set(m["follow"]["run"]["train-mazes"]) == {"free", "teacher_forced", "shuffled_actions", "action_gain"}
     log = (tmp_path / "demo" / "run" / "log.jsonl").read_text().splitlines()
     assert m["train_steps"] == len(log) <= m["train_steps_planned"]  # steps trained, not planned
+    from lssvwm.demo import RECIPE
+    saved = load_config(tmp_path / "demo" / "run" / "config.yaml")  # the recipe's batch and lr reach the run
+    assert saved.train.batch_size == RECIPE["batch_size"] == 4 and saved.train.lr == RECIPE["lr"]
 
 
 def test_demo_model_is_the_recipes_width_of_small():
