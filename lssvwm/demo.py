@@ -40,7 +40,7 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # d_model: the width of the `small` preset in the demo (a 14-minute CPU budget favours a narrower, faster model);
 # other presets keep their own width. prev_frame: each frame's tokens also embed the previous input frame (one step
 # ahead +0.05 SSIM at the demo's budget, 2 seeds). batch_size: clips per step; at equal frames seen, twice the steps
-# at batch 4 beat batch 8 on every follow score (one step ahead +0.07 at the demo's budget, 2 seeds at 38 minutes).
+# at batch 4 beat batch 8 on every follow score (one step ahead +0.06 at the demo's budget, 2 seeds at 38 minutes).
 RECIPE = dict(lr=5e-3, window=4, d_model=96, prev_frame=True, batch_size=4,
               sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
 SHIPPED = "maze-small"  # weights trained on the demo's mazes for hours (weights/README.md), shown beside it
@@ -78,8 +78,9 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     generate_dataset(data, episodes, steps_per_episode, resolution=res, seed=0, workers=2, mazes=mazes)
 
     cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
-                    train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16, batch_size=RECIPE["batch_size"], lr=lr,
-                                      warmup=50, ckpt_every=100, max_minutes=minutes, seed=0))
+                    train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16,
+                                      batch_size=RECIPE["batch_size"], lr=lr, warmup=50, ckpt_every=100,
+                                      max_minutes=minutes, seed=0))
     per_step = _seconds_per_step(cfg)
     # The time budget (max_minutes) ends the run; the plan uses the whole budget, so the LR schedule is cut a
     # little short by the loop's extra work (data, logs, checkpoints).
