@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, save as _save, table as _table
 
 
 def _vm(key: str) -> int:
@@ -21,20 +21,6 @@ def _vm(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def _table(rows: list[dict], cols: list[str]) -> str:
-    widths = [max(len(c), *(len(f"{r[c]}") for r in rows)) for c in cols]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(f"{r[c]}".rjust(w) for c, w in zip(cols, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-def _save(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2))
-    return path
 
 
 def _in_subprocess(fn: str, *args) -> dict:
@@ -75,7 +61,7 @@ def bench_maze() -> dict:
 def ssm_scan(kind: str, length: int, d_model: int = 256, repeats: int = 3) -> dict:
     import torch
 
-    from lssvwm.models.ssm import ssd_chunked, ssd_reference
+    from lssvwm.models.ssd import ssd_chunked, ssd_reference
 
     torch.manual_seed(0)
     d_inner, headdim, d_state = 2 * d_model, 64, 64
@@ -160,48 +146,6 @@ def bench_rollout() -> dict:
     return {**res, "ms_ratio_4000_vs_64": round(ratio_t, 3)}
 
 
-def bench_play() -> dict:
-    """Interactive play speed: the `small` preset with its default 8 sampling steps, 2 threads, PNG encoding."""
-    import os as _os
-
-    _os.environ["BENCH_THREADS"] = "2"
-    res = _in_subprocess("play_speed")
-    print(f"play speed, '{res['preset']}' preset, {res['sampling_steps']} sampling steps/frame, 2 CPU threads: "
-          f"{res['frames_per_s']} frames/s (model {res['model_ms']} ms + PNG {res['png_ms']} ms per frame)")
-    return res
-
-
-def play_speed(preset: str = "small", frames: int = 120, steps: int = 8) -> dict:
-    import torch
-
-    from lssvwm.config import SamplingConfig, model_preset
-    from lssvwm.diffusion import Sampler
-    from lssvwm.models.world_model import WorldModel
-    from lssvwm.video import to_uint8
-    from lssvwm.web import png_data_url
-
-    torch.manual_seed(0)
-    cfg = model_preset(preset)
-    model = WorldModel(cfg).eval()
-    sampler = Sampler(model, SamplingConfig(steps=steps))
-    shape = (1, cfg.channels, cfg.frame_size, cfg.frame_size)
-    cache = sampler.prefill(torch.zeros(1, 16, *shape[1:]), torch.zeros(1, 16, dtype=torch.long))
-    action = torch.ones(1, dtype=torch.long)
-    t_model = t_png = 0.0
-    for i in range(frames + 10):
-        t0 = time.perf_counter()
-        frame, cache = sampler.step(cache, action)
-        t1 = time.perf_counter()
-        png_data_url(to_uint8(frame)[0])
-        t2 = time.perf_counter()
-        if i >= 10:  # warm-up excluded
-            t_model += t1 - t0
-            t_png += t2 - t1
-    per = (t_model + t_png) / frames
-    return {"preset": preset, "sampling_steps": steps, "frames_per_s": round(1 / per, 2),
-            "model_ms": round(1000 * t_model / frames, 2), "png_ms": round(1000 * t_png / frames, 2)}
-
-
 # -- inference vs context length, and training vs clip length (issue: hybrid vs quadratic baselines) -------
 def _cache_with_context(model, frames: int):
     """A cache that has seen ``frames`` frames. Per-frame cost depends on the cache's size, not its content,
@@ -220,8 +164,8 @@ def _cache_with_context(model, frames: int):
         kv = lc.kv
         if kv is not None:
             keep = frames if blk.attn.window is None else min(frames, blk.attn.window - 1)
-            b, h, _, n, d = kv.k.shape
-            kv = KVCache(torch.randn(b, h, keep, n, d), torch.randn(b, h, keep, n, d))
+            b, _, n, h, d = kv.k.shape
+            kv = KVCache(torch.randn(b, keep, n, h, d), torch.randn(b, keep, n, h, d))
         layers.append(LayerCache(lc.ssm, kv))
     return WorldCache(tuple(layers), frames, cache.last)
 
@@ -423,12 +367,10 @@ def matmul_peak(device, n: int = 8192, dtype=None) -> float:
 
 
 def step_flops(fn) -> int:
-    """FLOPs of one call of ``fn`` as torch counts them (matmuls, convolutions, attention): the model FLOPs of MFU."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention): the model FLOPs of MFU."""
+    from benchmarks.train_step import count_flops
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+    return count_flops(fn)
 
 
 def train_throughput(preset: str, batch: int, clip: int, device, attn_backend: str = "auto", compile: bool = False,
@@ -510,7 +452,7 @@ def kernels_vs_reference(device, L: int = 4096, frames: int = 32, tokens: int = 
     import torch
 
     from lssvwm.models.attention import FrameLocalAttention
-    from lssvwm.models.ssm import _fla_available, ssd_reference, ssd_scan
+    from lssvwm.models.ssd import _fla_available, ssd_reference, ssd_scan
 
     rows = []
     g = torch.Generator(device=device).manual_seed(0)
@@ -529,7 +471,7 @@ def kernels_vs_reference(device, L: int = 4096, frames: int = 32, tokens: int = 
     xs = torch.randn(2, frames, tokens, 256, device=device)
     with torch.no_grad():
         outs = {}
-        for backend in ("sdpa", "flex"):
+        for backend in ("sdpa", "window", "flex"):
             attn.backend = backend
             outs[backend] = attn(xs)[0]
             sec = _time(lambda: attn(xs), device)
@@ -588,7 +530,22 @@ def bench_gpu_smoke() -> dict:
     return bench_gpu(smoke=True)
 
 
-BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout, "play": bench_play,
+def bench_play() -> dict:
+    """What a user plays (maze-small and the demo's model at batch 1, 1 and 2 threads): benchmarks/play.py."""
+    from benchmarks import play
+
+    return play.run()
+
+
+def bench_profile() -> dict:
+    """The training step of the demo's model and `base` against the measured matmul peak: benchmarks/train_step.py
+    (``python -m benchmarks.train_step --against REV`` times another commit side by side)."""
+    from benchmarks import train_step
+
+    return train_step.run(rounds=3)
+
+
+BENCHES = {"maze": bench_maze, "ssm": bench_ssm, "rollout": bench_rollout, "play": bench_play, "profile": bench_profile,
            "inference": bench_inference, "training": bench_training, "recall": bench_recall,
            "gpu": bench_gpu, "gpu-smoke": bench_gpu_smoke}
 

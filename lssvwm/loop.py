@@ -93,7 +93,8 @@ def init_training(model: torch.nn.Module, loop: LoopConfig, run: Path, resume: b
 def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """A fresh EMA copy of ``model`` and its AdamW (no weight decay on biases, norms and SSM parameters)."""
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    fused = all(p.is_cuda for p in model.parameters())  # one kernel for the whole update on a GPU
+    # one fused kernel for the whole update (CUDA and CPU); other devices take the foreach path
+    fused = all(p.device.type in ("cuda", "cpu") for p in model.parameters())
     return ema, torch.optim.AdamW(param_groups(model, loop.weight_decay), lr=loop.lr, betas=(0.9, 0.99), fused=fused)
 
 
@@ -114,8 +115,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
     """EMA of the weights, with a warmup of the decay (``(1 + step) / (10 + step)``) so early EMA tracks."""
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm, 1 - d)
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
 
 
 
@@ -129,21 +129,22 @@ def device_memory(device: torch.device) -> int | None:
 
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_fast() -> bool:
-    """Whether bf16 matmuls beat fp32 on this CPU. With AMX or AVX512-BF16 they are ~2-8x faster; without them
-    (AVX2-only CPUs) PyTorch emulates bf16 and a matmul is ~50-100x *slower* than fp32. The CPU flags decide where
-    PyTorch reports them; otherwise a 256x256 matmul is timed in both types (a few ms)."""
-    if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
-        return True
-    a = torch.randn(256, 256)
-    times = {}
+    """Whether bf16 matmuls clearly beat fp32 ones on this CPU: a 512^3 matmul timed in both types (best of 5, at
+    the thread count in use), bf16 chosen only when 1.5x faster, since it costs precision. The CPU flags do not
+    settle it: with AMX bf16 is several times faster, on AVX2-only CPUs PyTorch emulates it (~50-100x slower),
+    and with AVX512-BF16 but no AMX it was measured ~1.7x *slower* than fp32 (docs/results.md)."""
+    a = torch.randn(512, 512)
+    best = {}
     for dtype in (torch.float32, torch.bfloat16):
         x = a.to(dtype)
         x @ x  # warm-up
-        t = time.perf_counter()
-        for _ in range(3):
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
             x @ x
-        times[dtype] = time.perf_counter() - t
-    return times[torch.bfloat16] < times[torch.float32]
+            times.append(time.perf_counter() - t)
+        best[dtype] = min(times)
+    return best[torch.bfloat16] * 1.5 < best[torch.float32]
 
 
 def autocast_dtype(loop: LoopConfig, device: torch.device):

@@ -188,3 +188,33 @@ def test_gpu_benchmark_code_runs_small_on_the_cpu():
     assert res["decoding"][0]["frames_per_s"] > 0
     kernels = {r["kernel"]: r for r in res["kernels"]}
     assert kernels["ssd:torch"]["rel_err_vs_ref"] < 1e-4 and kernels["attention:flex"]["rel_err_vs_ref"] < 1e-4
+
+
+def test_flop_count_covers_cpu_attention_and_grouped_convolutions():
+    """The profile benchmark's FLOP count: the CPU flash-attention kernels (forward 4*B*H*Lq*Lk*d, backward twice
+    that plus the recomputed scores) and a depthwise conv's backward at its true size, not ``groups`` times more."""
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.train_step import count_flops
+
+    q, k, v = (torch.randn(2, 3, 5, 8, requires_grad=True) for _ in range(3))
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 4 * 2 * 3 * 5 * 5 * 8
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 14 * 2 * 3 * 5 * 5 * 8
+    x, w = torch.randn(1, 6, 10, requires_grad=True), torch.randn(6, 1, 3, requires_grad=True)
+    fwd = count_flops(lambda: F.conv1d(x, w, groups=6))
+    assert fwd == 2 * 6 * 8 * 3  # per channel: 8 outputs x 3 taps, one multiply-add each
+    assert count_flops(lambda: F.conv1d(x, w, groups=6).sum().backward()) == 3 * fwd  # + grad input + grad weight
+
+
+def test_profile_benchmark_times_this_tree_against_a_commit():
+    """`python -m benchmarks.train_step --against REV`: both trees timed in their own processes, alternating; the
+    table has the share of the measured peak, and the speed-up is reported."""
+    from benchmarks import train_step
+
+    res = train_step.run(models=("tiny",), against="HEAD", rounds=1, steps=1, top=3)
+    rows = {r["code"]: r for r in res["rows"]}
+    assert set(rows) == {"HEAD", "this tree"}
+    for r in rows.values():
+        assert r["ms_per_step"] > 0 and r["gflop_per_step"] > 0 and 0 < r["share_of_peak_%"] < 100
+    assert res["models"]["tiny"]["speedup"]["overall"] > 0 and len(res["models"]["tiny"]["this tree"]["top_ops"]) == 3

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from lssvwm.models.ssm import BlockwiseSSM, Mamba2, _fla_available, ssd_chunked, ssd_reference, ssd_scan
+from lssvwm.models.ssd import _fla_available, ssd_chunked, ssd_reference, ssd_scan
+from lssvwm.models.ssm import BlockwiseSSM, Mamba2
 
 
 def inputs(b, L, h, p, n, dtype=torch.float64, seed=0, state=True):

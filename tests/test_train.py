@@ -297,7 +297,7 @@ def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
         assert loop.autocast_dtype(TrainConfig(autocast="none"), cpu) is None
     monkeypatch.undo()
     loop.cpu_bf16_fast.cache_clear()
-    assert loop.cpu_bf16_fast() in (True, False)  # measured (or read from the CPU flags) on this machine
+    assert loop.cpu_bf16_fast() in (True, False)  # measured on this machine
 
 
 def test_demo_shows_the_shipped_weights_beside_its_run(tmp_path, monkeypatch):

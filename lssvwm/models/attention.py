@@ -2,12 +2,22 @@
 
 A token of frame ``i`` attends to every token of frames ``i-k+1 .. i``: dense within a frame, causal across
 frames. ``window=None`` means every past frame (a full causal transformer); ``window=1`` is per-frame
-spatial attention. Frames are processed in chunks of ``chunk`` frames: each chunk's queries see the keys of
-their own chunk and of the ``k-1`` frames before it, so memory and compute are O(T * (k + chunk) * N^2) for
-N tokens per frame, never O((T*N)^2) (except for ``window=None``, the quadratic baseline by design).
+spatial attention. Frame order is encoded with rotary embeddings (RoPE) over the absolute frame index; since RoPE
+scores depend only on index differences, the cached and the parallel paths agree exactly.
 
-Frame order is encoded with rotary embeddings (RoPE) over the absolute frame index; since RoPE scores
-depend only on index differences, the cached and the parallel paths agree exactly.
+Three ways to compute it (``backend``), all equal to :func:`frame_local_attention_reference` (a dense masked
+softmax, for tests):
+
+- ``window`` (the CPU default): each query frame with exactly the keys of its window, gathered into a dense block
+  (B*frames, heads, tokens, k*tokens) and given to SDPA's fused kernel without a mask; only the first frames of a
+  clip, which see fewer than k frames, take one small masked call. No key outside a window is ever scored.
+- ``sdpa``: frames in chunks of ``chunk``; each chunk's queries see the keys of their chunk and of the ``k-1``
+  frames before it, with a mask (O(T * (k + chunk) * N^2), never O((T*N)^2)).
+- ``flex`` (the CUDA default): one FlexAttention call with a frame block mask; blocks outside the window are
+  skipped by the fused kernel.
+
+Layout: tokens (B, T, N, D) -> q, k, v (B, T, N, heads, head_dim), the order the qkv projection writes them in;
+the KV cache keeps the rotated keys and the values of the last ``k-1`` frames in the same layout.
 """
 from __future__ import annotations
 
@@ -16,26 +26,116 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
+
 
 
 class KVCache(NamedTuple):
     """Rotated keys and values of the last ``frames`` committed frames of one attention layer."""
 
-    k: torch.Tensor  # (B, heads, frames, N, head_dim)
-    v: torch.Tensor  # (B, heads, frames, N, head_dim)
+    k: torch.Tensor  # (B, frames, N, heads, head_dim)
+    v: torch.Tensor  # (B, frames, N, heads, head_dim)
 
 
-def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate pairs of channels of ``x`` (..., F, N, hd) by angles ``pos[f] * base^(-2i/hd)``."""
-    hd = x.shape[-1]
-    freqs = base ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float64) / hd)  # (hd/2,)
-    ang = pos.to(torch.float64)[:, None] * freqs[None]  # (F, hd/2), fp64: frame 10^5 keeps its precision
-    cos = torch.cos(ang).to(x.dtype)[:, None, :]  # (F, 1, hd/2)
-    sin = torch.sin(ang).to(x.dtype)[:, None, :]
+def rope_rotation(pos: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Unit complex numbers (F, head_dim/2) that rotate channel pair i of frame ``pos[f]`` by
+    ``pos[f] * base^(-2i/head_dim)``; angles in fp64, so frame 10^5 keeps its precision."""
+    freqs = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float64) / head_dim)
+    ang = pos.to(torch.float64)[:, None] * freqs[None]
+    return torch.polar(torch.ones_like(ang), ang)
+
+
+@functools.lru_cache(maxsize=8)
+def _frames_rotation(t0: int, t: int, head_dim: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`rope_rotation` of frames t0 .. t0+t-1 in ``dtype``, cached: every layer and every denoising step of
+    a frame asks for the same one. A few entries only, so that a long rollout holds no more than a short one."""
+    return rope_rotation(torch.arange(t0, t0 + t, device=device), head_dim).to(dtype)
+
+
+def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (B, F, N, h, d) -> RMSNorm over d (in fp32, fp64 for fp64), then channel pairs (2i, 2i+1) of frame f
+    rotated by ``rot[f]`` (:func:`rope_rotation`) as one complex multiply."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = F.rms_norm(x.to(ct), x.shape[-1:], weight.to(ct), eps)
+    xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rot.to(xc.dtype)[:, None, None, :]).flatten(-2)
+
+
+def _rmsnorm_rope_frames(x, weight, t0: int, eps: float):
+    """:func:`rmsnorm_rope` for frames t0 .. t0 + x.shape[1] - 1."""
+    ct = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+    return rmsnorm_rope(x, weight, _frames_rotation(t0, x.shape[1], x.shape[-1], str(x.device), ct), eps)
+
+
+def rmsnorm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`rmsnorm_rope` written out: the norm by hand, the rotation on the even and odd channels."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(ct)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(ct)
     x1, x2 = x[..., 0::2], x[..., 1::2]
+    cos, sin = rot.real.to(ct)[:, None, None, :], rot.imag.to(ct)[:, None, None, :]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def frame_local_attention_reference(q, k, v, window: int | None, past: int = 0):
+    """Dense masked softmax attention: q (B, T, N, h, d) for frames ``past ..``; k, v (B, past + T, N, h, d).
+    Query frame ``past + i`` sees key frames ``past + i - window + 1 .. past + i`` (all earlier for None)."""
+    b, t, n, h, d = q.shape
+    fq = torch.arange(past, past + t, device=q.device).repeat_interleave(n)
+    fk = torch.arange(past + t, device=q.device).repeat_interleave(n)
+    allowed = fk[None, :] <= fq[:, None]
+    if window is not None:
+        allowed &= fk[None, :] > fq[:, None] - window
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.flatten(1, 2), k.flatten(1, 2)) * d**-0.5
+    p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return torch.einsum("bhqk,bkhd->bqhd", p, v.flatten(1, 2)).unflatten(1, (t, n))
+
+
+class _FrameWindows(torch.autograd.Function):
+    """k (B, F, N, h, d) -> (B, Q, w, N, h, d) contiguous: window i is frames ``start + i .. start + i + w - 1``.
+    The backward adds each window's gradient back onto its frames (w slice additions, no scatter)."""
+
+    @staticmethod
+    def forward(ctx, k, w: int, start: int, Q: int):
+        ctx.meta = (k.shape[1], w, start, Q)
+        return k[:, start:start + Q + w - 1].unfold(1, w, 1).permute(0, 1, 5, 2, 3, 4).contiguous()
+
+    @staticmethod
+    def backward(ctx, g):
+        frames, w, start, Q = ctx.meta
+        out = g.new_zeros(g.shape[0], frames, *g.shape[3:])
+        for j in range(w):
+            out[:, start + j:start + j + Q] += g[:, :, j]
+        return out, None, None, None
+
+
+def _sdpa(q, k, v, mask=None):
+    """q (G, Lq, h, d), k/v (G, Lk, h, d) (tokens before heads, as the projections lay them out) -> (G, Lq, h, d)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
+
+
+def window_attention(q, k, v, window: int | None, past: int = 0):
+    """The ``window`` backend: same arguments and result as :func:`frame_local_attention_reference`."""
+    b, t, n, h, d = q.shape
+    w = past + t if window is None else min(window, past + t)  # no key lies further back than past + t frames
+    head = min(t, w - 1 - past) if w - 1 > past else 0  # the first frames see fewer than w frames
+    outs = []
+    if head:  # one masked call: query frame past + i sees key frames 0 .. past + i
+        fq = torch.arange(past, past + head, device=q.device).repeat_interleave(n)
+        fk = torch.arange(past + head, device=q.device).repeat_interleave(n)
+        mask = fk[None, :] <= fq[:, None]
+        outs.append(_sdpa(q[:, :head].flatten(1, 2), k[:, :past + head].flatten(1, 2),
+                          v[:, :past + head].flatten(1, 2), mask).unflatten(1, (head, n)))
+    if head < t:  # every later query frame sees exactly w frames: a dense block each, no mask
+        Q = t - head
+        if Q == 1 and k.shape[1] == w:  # one frame whose window is all the keys (a sampling step): as they are
+            kw, vw = k.flatten(1, 2), v.flatten(1, 2)
+        else:
+            kw = _FrameWindows.apply(k, w, past + head - w + 1, Q).flatten(0, 1).flatten(1, 2)  # (B*Q, w*N, h, d)
+            vw = _FrameWindows.apply(v, w, past + head - w + 1, Q).flatten(0, 1).flatten(1, 2)
+        outs.append(_sdpa(q[:, head:].reshape(b * Q, n, h, d), kw, vw).unflatten(0, (b, Q)))
+    return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -62,7 +162,7 @@ def _flex_fn(device_type: str):
     return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
 
 
-ATTN_BACKENDS = ("auto", "sdpa", "flex")
+ATTN_BACKENDS = ("auto", "window", "sdpa", "flex")
 
 
 class FrameLocalAttention(nn.Module):
@@ -86,20 +186,25 @@ class FrameLocalAttention(nn.Module):
     def forward(self, x: torch.Tensor, t0: int = 0, cache: KVCache | None = None
                 ) -> tuple[torch.Tensor, KVCache]:
         """x: (B, T, N, D) tokens of frames t0 .. t0+T-1. Returns the output and the cache after them."""
-        b, t, n, _ = x.shape
-        q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h t n d", three=3, h=self.n_heads)
-        pos = torch.arange(t0, t0 + t, device=x.device)
-        q = rope(self.q_norm(q), pos)
-        k = rope(self.k_norm(k), pos)
-        past = 0 if cache is None else cache.k.shape[2]
+        b, t, n, d_model = x.shape
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, self.head_dim)).unbind(3)  # (B, T, N, h, d) each
+        q = _rmsnorm_rope_frames(q, self.q_norm.weight, t0, self.q_norm.eps)  # fp32 (fp64 for fp64 models)
+        k = _rmsnorm_rope_frames(k, self.k_norm.weight, t0, self.k_norm.eps)
+        v = v.to(k.dtype)
+        past = 0 if cache is None else cache.k.shape[1]
         if cache is not None:
-            k = torch.cat([cache.k.to(k.dtype), k], dim=2)
-            v = torch.cat([cache.v.to(v.dtype), v], dim=2)
-        keep = k.shape[2] if self.window is None else min(self.window - 1, k.shape[2])
-        new_cache = KVCache(k[:, :, k.shape[2] - keep:], v[:, :, k.shape[2] - keep:])
-        use_flex = self.backend == "flex" or (self.backend == "auto" and x.is_cuda)
-        out = (self._attend_flex if use_flex else self._attend)(q, k, v, t0, past)  # (B, heads, T, N, hd)
-        return self.proj(rearrange(out, "b h t n d -> b t n (h d)")), new_cache
+            k = torch.cat([cache.k.to(k.dtype), k], dim=1)
+            v = torch.cat([cache.v.to(v.dtype), v], dim=1)
+        keep = k.shape[1] if self.window is None else min(self.window - 1, k.shape[1])
+        new_cache = KVCache(k[:, k.shape[1] - keep:].contiguous(), v[:, v.shape[1] - keep:].contiguous())
+        backend = self.backend if self.backend != "auto" else ("flex" if x.is_cuda else "window")
+        if backend == "window":
+            out = window_attention(q, k, v, self.window, past)
+        else:  # the chunked and flex paths take (B, h, frames, N, d): views of the same tensors
+            q, k, v = (z.permute(0, 3, 1, 2, 4) for z in (q, k, v))
+            out = (self._attend_flex if backend == "flex" else self._attend)(q, k, v, t0, past)
+            out = out.permute(0, 2, 3, 1, 4)
+        return self.proj(out.reshape(b, t, n, d_model).to(x.dtype)), new_cache
 
     def _attend_flex(self, q, k, v, t0: int, past: int):
         """One FlexAttention call over all frames with the frame block mask (no dense mask, no padding): blocks

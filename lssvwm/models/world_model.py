@@ -41,8 +41,12 @@ class WorldCache(NamedTuple):
                            if part is not None for t in part)
 
 
-def modulate(x, shift, scale):
-    return x * (1 + scale) + shift
+NORM_EPS = 1e-6  # the adaLN LayerNorms (no affine)
+
+
+def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: LayerNorm over the last axis (no affine), then ``* (1 + scale) + shift`` (per frame, broadcast)."""
+    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=NORM_EPS), 1 + scale)
 
 
 def timestep_embedding(level: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -109,7 +113,6 @@ class Block(nn.Module):
             d, cfg.n_heads, window=None if spec.attn == "all" else int(spec.attn), chunk=cfg.attn_chunk,
             backend=cfg.attn_backend)
         self.mixers = [m for m in ("ssm", "attn") if getattr(self, m) is not None] + ["mlp"]
-        self.norms = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=False, eps=1e-6) for _ in self.mixers)
         self.mlp = Mlp(d, cfg.mlp_ratio)
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 3 * len(self.mixers) * d))
         nn.init.zeros_(self.adaLN[1].weight)
@@ -122,7 +125,7 @@ class Block(nn.Module):
         ssm_state, kv = (None, None) if cache is None else cache
         for i, name in enumerate(self.mixers):
             shift, scale, gate = mods[3 * i:3 * i + 3]
-            h = modulate(self.norms[i](x), shift, scale)
+            h = layernorm_modulate(x, shift, scale)  # LayerNorm (no affine) * (1 + scale) + shift
             if name == "ssm":
                 h, ssm_state = self.ssm(h, ssm_state)
             elif name == "attn":
@@ -130,7 +133,7 @@ class Block(nn.Module):
                 h = h.reshape(b, t, hh, ww, d)
             else:
                 h = self.mlp(h)
-            x = x + gate * h
+            x = torch.addcmul(x, gate, h)
         return x, LayerCache(ssm_state, kv)
 
 
@@ -152,7 +155,6 @@ class WorldModel(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, 1, *self.grid, d) * 0.02)  # learned 2D position embedding
         self.cond = Conditioning(d, cfg.num_actions, cfg.action_dim)
         self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.layers)
-        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out = nn.Linear(d, p * p * cfg.channels)
         self.final_conv = nn.Conv2d(cfg.channels, cfg.channels, 3, padding=1) if cfg.final_conv else None
@@ -215,7 +217,7 @@ class WorldModel(nn.Module):
                 tokens, lc = blk(tokens, c, cache.frames, layer_cache)
             new_layers.append(lc)
         shift, scale = self.final_adaLN(c)[:, :, None, None, :].chunk(2, dim=-1)
-        out = self.out(modulate(self.final_norm(tokens), shift, scale))  # (B, T, h, w, p*p*C)
+        out = self.out(layernorm_modulate(tokens, shift, scale))  # (B, T, h, w, p*p*C)
         p = self.cfg.patch_size
         out = rearrange(out, "b t h w (p q c) -> b t c (h p) (w q)", p=p, q=p, c=ch)
         if self.final_conv is not None:  # per frame: no mixing across time

@@ -1,0 +1,206 @@
+"""Training-step profile: time, FLOPs and the share of the machine's matmul peak, against another commit.
+
+    python -m benchmarks.train_step                           # this tree: the demo's model and `base`
+    python -m benchmarks.train_step --against 28b825b         # the same, side by side with that commit's code
+    python -m benchmarks.train_step --models demo --rounds 9 --autocast fp32 --threads 1
+
+For each model: one training step exactly as the training loop takes it (forward, backward, gradient clipping,
+AdamW, EMA) on random data at the model's training shape, timed in fresh processes, one per tree and round,
+alternating between the trees (A B A B ...), so that a machine whose speed drifts (a shared VM) slows both alike.
+Step times vary by 10-30% from one minute to the next on a shared machine, so the table gives the
+median and the fastest step; the speed-up is the ratio of medians, with its range over the rounds. In the same
+process: the FLOPs of one step as ``torch.utils.flop_counter`` counts that tree's ops, the
+matmul peak measured in fp32 and bf16 (1024^3, one thread count), the share of the peak of the type training
+runs in (``autocast``: each tree's own ``auto`` choice unless forced), and the top ops of one step by self CPU
+time. Prints a table and writes ``benchmarks/results/train_step.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a worker script: the benchmarks folder is on sys.path, not the root
+    import common
+else:
+    from benchmarks import common
+# model -> (how to build its config, batch, clip frames): the demo's recipe at its training shape; `base` small
+# enough to time (one 8-frame clip of 64x64)
+MODELS = {"demo": ("demo", 4, 16), "base": ("base", 1, 8), "small": ("small", 4, 16), "tiny": ("tiny", 2, 4)}
+
+
+def _time_matmul(dtype, n: int = 1024, reps: int = 5) -> float:
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` as ``torch.utils.flop_counter`` counts them (matmuls, convolutions, attention),
+    with two gaps of torch 2.13's table filled: the CPU flash-attention kernels (not counted at all there) and the
+    weight gradient of grouped convolutions (counted as if dense there: ``groups`` times too large, which made a
+    depthwise conv's backward 8.7 of the 28.8 GFLOP once reported for the demo's step)."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def conv_backward(*args, **kwargs):  # args: grad_out, input, weight (shapes), ..., groups, output_mask
+        count = fc.conv_backward_flop.__wrapped__
+        mask, groups = args[10], max(1, int(args[9]))
+        return (count(*args[:10], [mask[0], False, False], **kwargs) +  # grad input: right as it is
+                count(*args[:10], [False, mask[1], False], **kwargs) // groups)
+
+    mapping = {aten.convolution_backward: conv_backward,
+               aten._scaled_dot_product_flash_attention_for_cpu:
+                   lambda q, k, v, *a, **kw: fc.sdpa_flop_count(q, k, v),
+               aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                   lambda g, q, k, v, *a, **kw: fc.sdpa_backward_flop_count(g, q, k, v)}
+    with fc.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def worker(model: str, autocast: str, steps: int, top: int) -> dict:
+    """Runs inside a fresh process whose ``lssvwm`` is the tree under test (PYTHONPATH); uses only the API that
+    every tree compared here has (demo_model/model_preset, training_loss, ema_and_optimizer, optimizer_step)."""
+    import torch
+
+    import lssvwm
+    from lssvwm.config import DiffusionConfig, TrainConfig, model_preset
+    from lssvwm.diffusion import training_loss
+    from lssvwm.loop import autocast_dtype, ema_and_optimizer, optimizer_step
+    from lssvwm.models.world_model import WorldModel
+
+    kind, batch, clip = MODELS[model]
+    if kind == "demo":
+        from lssvwm.demo import demo_model
+
+        cfg = demo_model()
+    else:
+        cfg = model_preset(kind)
+    tc = TrainConfig(autocast="auto" if autocast == "auto" else {"fp32": "none", "bf16": "bf16"}[autocast])
+    amp = autocast_dtype(tc, torch.device("cpu"))
+    torch.manual_seed(0)
+    net = WorldModel(cfg)
+    ema, opt = ema_and_optimizer(net, tc)
+    x = torch.randn(batch, clip, cfg.channels, cfg.frame_size, cfg.frame_size)
+    a = torch.randint(0, cfg.num_actions, (batch, clip))
+
+    def step(i: int):
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            loss, _ = training_loss(net, x, a, DiffusionConfig(), torch.Generator().manual_seed(i))
+        optimizer_step(net, ema, opt, loss, i, tc)
+
+    for i in range(3):
+        step(i)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - t)
+    flops = count_flops(lambda: step(0))
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(0)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = [{"op": e.key, "share_%": round(100 * e.self_cpu_time_total / total, 1), "calls": e.count}
+           for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]]
+    return {"tree": str(Path(lssvwm.__file__).parent.parent), "model": model, "batch": batch, "clip": clip,
+            "params_M": round(net.num_params() / 1e6, 2), "autocast": "bf16" if amp == torch.bfloat16 else "fp32",
+            "threads": torch.get_num_threads(), "step_s": times, "flops": flops,
+            "peak_fp32_gflops": round(_time_matmul(torch.float32), 1),
+            "peak_bf16_gflops": round(_time_matmul(torch.bfloat16), 1), "top_ops": ops}
+
+
+def _summary(runs: list[dict]) -> dict:
+    """Median step time over every timed step of every round, and the run's other figures (from its first
+    round: they do not depend on timing)."""
+    first = runs[0]
+    step = statistics.median(t for r in runs for t in r["step_s"])
+    peak = first[f"peak_{first['autocast']}_gflops"]
+    gflops = first["flops"] / step / 1e9
+    return {**{k: first[k] for k in ("model", "batch", "clip", "params_M", "autocast", "threads")},
+            "ms_per_step": round(1000 * step, 1),
+            "ms_min": round(1000 * min(t for r in runs for t in r["step_s"]), 1), "gflop_per_step": round(first["flops"] / 1e9, 2),
+            "achieved_gflops": round(gflops, 1), "peak_gflops": peak, "share_of_peak_%": round(100 * gflops / peak, 1),
+            "peak_fp32_gflops": first["peak_fp32_gflops"], "peak_bf16_gflops": first["peak_bf16_gflops"],
+            "round_ms": [round(1000 * statistics.median(r["step_s"]), 1) for r in runs],
+            "top_ops": first["top_ops"]}
+
+
+def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, steps: int = 3, autocast: str = "auto",
+        threads: int = 1, top: int = 8) -> dict:
+    trees = common.trees(against)
+    rows, per_model = [], {}
+    for model in models:
+        runs = {name: [] for name in trees}
+        for r in range(rounds):
+            for name, tree in trees.items():  # alternate: A B A B ...
+                runs[name].append(common.run_worker(Path(__file__).resolve(), tree, [
+                    model, "--autocast", autocast, "--steps", str(steps), "--top", str(top)], threads))
+                print(f"  {model} round {r + 1}/{rounds} {name}: "
+                      f"{1000 * statistics.median(runs[name][-1]['step_s']):.0f} ms/step", flush=True)
+        per_model[model] = {name: _summary(rs) for name, rs in runs.items()}
+        for name, s in per_model[model].items():
+            rows.append({"code": name, **{k: v for k, v in s.items() if k not in ("top_ops", "round_ms")}})
+        if against:  # the speed-up, per round (each round timed both trees back to back) and overall
+            a, b = per_model[model][against], per_model[model]["this tree"]
+            pairs = [x / y for x, y in zip(a["round_ms"], b["round_ms"])]
+            per_model[model]["speedup"] = {"overall": round(a["ms_per_step"] / b["ms_per_step"], 2),
+                                           "of_fastest_steps": round(a["ms_min"] / b["ms_min"], 2),
+                                           "per_round_min": round(min(pairs), 2), "per_round_max": round(max(pairs), 2)}
+    cols = ["model", "code", "autocast", "ms_per_step", "ms_min", "gflop_per_step", "achieved_gflops", "peak_gflops",
+            "share_of_peak_%"]
+    print(f"training step (forward, backward, clip, AdamW, EMA), {threads} thread(s), {common.cpu_name()} "
+          f"({common.cpu_kind()}); peak = 1024^3 matmul measured in the same process in the type training uses; "
+          f"median of {rounds} rounds x {steps} steps, trees alternating")
+    print(common.table(rows, cols))
+    for model, res in per_model.items():
+        if "speedup" in res:
+            sp = res["speedup"]
+            print(f"{model}: this tree is {sp['overall']}x the speed of {against} (medians; per round "
+                  f"{sp['per_round_min']} to {sp['per_round_max']}; fastest steps {sp['of_fastest_steps']}x)")
+        for name, s in res.items():
+            if name != "speedup":
+                print(f"  top ops, {model}, {name}: " + ", ".join(f"{o['op']} {o['share_%']}%" for o in s["top_ops"]))
+    return {"cpu": common.cpu_name(), "cpu_kind": common.cpu_kind(), "threads": threads, "rounds": rounds, "steps": steps,
+            "against": against, "models": per_model, "rows": rows}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--models", default="demo,base", help="comma-separated: " + ", ".join(MODELS))
+    p.add_argument("--against", help="a git revision to time side by side (e.g. 28b825b)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument("--autocast", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--top", type=int, default=8)
+    a = p.parse_args(argv)
+    if a.worker:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        print(json.dumps(worker(a.worker, a.autocast, a.steps, a.top)))
+        return
+    res = run(tuple(a.models.split(",")), a.against, a.rounds, a.steps, a.autocast, a.threads, a.top)
+    print(f"-> {common.save('train_step', res)}")
+
+
+if __name__ == "__main__":
+    main()
