@@ -8,6 +8,7 @@ a process killed at any moment leaves the previous checkpoint loadable.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import AERunConfig, RunConfig, load_ae_config, load_config
 from .models.autoencoder import Autoencoder, LatentCodec, PixelCodec
+from .writer_lock import one_writer
 
 
 class CheckpointError(RuntimeError):
@@ -39,8 +41,13 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, cfg: RunConfig, model
     clean_stale(ckpts)  # a killed or failed writer's leftovers would only take the space this write needs
     final = ckpts / f"step_{step:07d}"
     tmp = ckpts / f".tmp_step_{step:07d}_{os.getpid()}"
-    tmp.mkdir()
+
+    def clean():  # a failed write (a full disk, ...) leaves the previous checkpoint and no partial folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        (ckpts / "latest.tmp").unlink(missing_ok=True)
+
     try:
+        tmp.mkdir()
         save_file(_state_dict(model), tmp / "model.safetensors")
         save_file(_state_dict(ema), tmp / "ema.safetensors")
         cfg.save(tmp / "config.yaml")
@@ -51,13 +58,28 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, cfg: RunConfig, model
         pointer = ckpts / "latest.tmp"
         pointer.write_text(final.name)
         os.replace(pointer, ckpts / "latest")
-    finally:  # a failed write (a full disk, ...) leaves the previous checkpoint and no partial folder
-        shutil.rmtree(tmp, ignore_errors=True)
-        (ckpts / "latest.tmp").unlink(missing_ok=True)
+    except (OSError, RuntimeError) as e:  # torch.save says a full disk as "RuntimeError: ... unexpected pos"
+        clean()
+        need = _checkpoint_bytes(model, ema, optimizer)
+        free = shutil.disk_usage(ckpts).free
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device: the checkpoint of step {step} needs about "
+                          f"{need / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free; the previous checkpoint is "
+                          f"kept: free some space, then --resume", str(ckpts)) from e
+        raise
+    finally:
+        clean()
     old = sorted(p for p in ckpts.glob("step_*") if p.is_dir() and p != final)
     for p in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def _checkpoint_bytes(model, ema, optimizer) -> int:
+    """About what a checkpoint of these takes on disk: the weights twice (model, EMA) and the optimizer's state."""
+    tensors = [*_state_dict(model).values(), *_state_dict(ema).values()]
+    tensors += [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def clean_stale(ckpts: Path) -> None:
@@ -273,7 +295,8 @@ def export_run(path: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     """A run or checkpoint -> a folder in the Hugging Face layout that works without the training data: the EMA
     weights (in ``dtype``), ``config.json`` and, when the run's data is an episode folder, ``data/`` with its
     ``meta.json`` (so the follow benchmark and the memory tasks can rebuild its mazes) and the first
-    ``clip_frames`` frames of its last ``clips`` validation episodes (start clips for play and DreamEnv)."""
+    ``clip_frames`` frames of its last ``clips`` validation episodes (start clips for play and DreamEnv). A second
+    export into the same folder at once is refused."""
     from .data.dataset import split_files
     from .data.episodes import episode_files, load_episode, read_meta, save_episode
 
@@ -281,20 +304,21 @@ def export_run(path: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a folder")
-    data = Path(cfg.train.data or "")
-    meta = read_meta(data) if data.is_dir() else {}
-    if clips > 0 and meta:
-        files = split_files(episode_files(data), "val", cfg.train.val_fraction)[-clips:]
-        folder = out / PRETRAINED_DATA
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            ep = {k: v[:clip_frames] for k, v in load_episode(f).items()}
-            save_episode(folder / f.name, ep)
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps({**meta, "exported_clips": [f.name for f in files], "clip_frames": clip_frames},
-                                  indent=2))
-        os.replace(tmp, folder / "meta.json")
-    return save_pretrained(model, cfg, out, dtype)
+    with one_writer(out, "model export"):  # one writer per folder
+        data = Path(cfg.train.data or "")
+        meta = read_meta(data) if data.is_dir() else {}
+        if clips > 0 and meta:
+            files = split_files(episode_files(data), "val", cfg.train.val_fraction)[-clips:]
+            folder = out / PRETRAINED_DATA
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                ep = {k: v[:clip_frames] for k, v in load_episode(f).items()}
+                save_episode(folder / f.name, ep)
+            tmp = folder / "meta.json.tmp"
+            tmp.write_text(json.dumps({**meta, "exported_clips": [f.name for f in files], "clip_frames": clip_frames},
+                                      indent=2))
+            os.replace(tmp, folder / "meta.json")
+        return save_pretrained(model, cfg, out, dtype)
 
 
 def start_clip_split(data: str | os.PathLike) -> str:

@@ -347,6 +347,13 @@ def _generation_args(p) -> None:
                    help="0: a new maze per episode; K: episodes cycle through K fixed mazes (default 0)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error of the CLI: what is wrong, and where the rest is."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default when it has a real one (not None/False) and its help does not already say it."""
 
@@ -360,8 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import MODEL_PRESETS
 
-    p = argparse.ArgumentParser(prog="lssvwm", description="Long-context state-space video world models",
-                                formatter_class=_Help)
+    p = _Parser(prog="lssvwm", description="Long-context state-space video world models", formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"lssvwm {__version__}")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or LSSVWM_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -199,11 +199,14 @@ def check_fits(what: str, nbytes: float, hint: str, limit: int | None = None) ->
 
 def training_bytes(cfg: ModelConfig, batch: int, clip_len: int) -> float:
     """A lower estimate of a training step's memory: 20 bytes per parameter (weights, gradients, AdamW, EMA) and
-    about 200 bytes per token x d_model x layer of activations (a lower bound of what the presets take on CPU and
-    GPU; docs/results.md)."""
+    the activations kept for the backward, per token and layer about 4 bytes x (14 d_model + 12 x the SSM's inner
+    width (expand x d_model) + 3 x the MLP's hidden width): 200 bytes x d_model at the presets' expand 2 and MLP
+    ratio 4, a lower bound of what they take on CPU and GPU (docs/results.md). Every field that scales memory
+    enters it, through the parameter count or these widths."""
     grid = cfg.frame_size // cfg.patch_size
     layers = max(1, len(cfg.layers))
-    per_layer = 200.0 * batch * clip_len * grid * grid * cfg.d_model
+    width = 14 * cfg.d_model + 12 * cfg.expand * cfg.d_model + 3 * int(cfg.d_model * cfg.mlp_ratio)
+    per_layer = 4.0 * batch * clip_len * grid * grid * width
     acts = per_layer * (2 if cfg.gradient_checkpointing else layers)  # checkpointing keeps about one layer's worth
     return 20.0 * param_count(cfg) + acts
 

@@ -46,7 +46,12 @@ class Recording:
         path.parent.mkdir(parents=True, exist_ok=True)
         ep = self.episode()
         save_episode(path, ep)
-        video = write_video(path.with_suffix(".mp4"), upscale(ep["image"], max(1, 256 // ep["image"].shape[1])), fps)
+        try:
+            video = write_video(path.with_suffix(".mp4"), upscale(ep["image"], max(1, 256 // ep["image"].shape[1])),
+                                fps)
+        except BaseException:
+            path.unlink(missing_ok=True)  # both files or neither: no half recording looks like one
+            raise
         return path, video
 
 
@@ -145,8 +150,12 @@ class DreamEnv(gym.Env):
         self.recording = Recording(self.frame, self.num_actions)
 
     def stop_recording(self, path: str | os.PathLike | None = None):
-        """Stop; with ``path`` save the episode (``.npz``) and an ``.mp4`` beside it. Returns the paths."""
-        rec, self.recording = self.recording, None
+        """Stop; with ``path`` save the episode (``.npz``) and an ``.mp4`` beside it. Returns the paths. A save that
+        fails (a full disk) raises and keeps the recording going, so nothing recorded is lost: stop again to retry,
+        or save elsewhere."""
+        rec = self.recording
         if rec is None:
             raise RuntimeError("no recording in progress: call start_recording() first")
-        return rec.save(path) if path is not None else None
+        paths = rec.save(path) if path is not None else None
+        self.recording = None
+        return paths

@@ -191,16 +191,23 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     frames at frames 1, 2, 4, ... 200), ``ssim_vs_frame.png`` and, with ``videos``, ``rollout_<set>.gif`` and
     ``next_frame_<set>.gif`` (the first window: ground truth beside each model's free rollout / one-step-ahead
     predictions) to ``out``. Returns the results."""
+    from .config import check_fits
     from .evaluation import common_resolution, load_runs, lpips_fn
 
     if context < 1 or frames < 1 or long < frames or windows < 1:
         raise ValueError(f"need context >= 1, frames >= 1, long >= frames and windows >= 1 (got context={context}, "
                          f"frames={frames}, long={long}, windows={windows})")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(ckpts, device)
     resolution = common_resolution(runs)
     first = next(iter(runs.values())).cfg
+    # held at once: the windows of both sets (and their episodes), and per model the free, teacher-forced and
+    # shuffled-actions rollouts of every window, as float pixels
+    frame_bytes = 4 * 3 * resolution**2  # RGB pixels (latent models are scored on decoded frames)
+    check_fits(f"the follow benchmark ({windows} windows per set, {context} context + {long} generated frames, "
+               f"{len(runs)} model(s))", 2 * windows * (context + long) * frame_bytes * (2 + 3 * len(runs)),
+               "use fewer --windows or a shorter --long / --context")
+    out.mkdir(parents=True, exist_ok=True)
     data = data or first.train.data
     sets = window_sets(data, out, context, long, windows, seed, resolution, first.train.val_fraction,
                        first.train.data_layout)

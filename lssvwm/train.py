@@ -8,6 +8,7 @@ equals that of an uninterrupted run, and N processes compute what one process do
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, trai
 from .loop import (Loop, StepBatchSampler, autocast_dtype, device_memory, init_training, optimizer_step,
                    setup_distributed, stable_seed)
 from .models.world_model import WorldModel
+from .writer_lock import one_writer
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,9 +63,16 @@ def check_data_matches(cfg: RunConfig, ds: EpisodeWindows, codec=None) -> None:
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:
-    """Train; returns the run folder. ``stop_after`` ends the process-local loop early (tests: a 'kill')."""
+    """Train; returns the run folder. ``stop_after`` ends the process-local loop early (tests: a 'kill'). The
+    process that writes the run (rank 0) holds the folder for as long as it trains (one writer per run)."""
     cfg.validate()
     rank, world, device = setup_distributed()
+    with one_writer(cfg.train.out, "training run") if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, resume, progress, stop_after, rank, world, device)
+
+
+def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None, rank: int, world: int,
+           device: torch.device) -> Path:
     tc = cfg.train
     run = Path(tc.out)
     ds = EpisodeWindows(tc.data, tc.clip_len, "train", tc.val_fraction, skip_bad=tc.skip_bad_files,

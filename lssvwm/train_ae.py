@@ -19,6 +19,7 @@ from .data.dataset import EpisodeWindows
 from .metrics import psnr
 from .models.autoencoder import Autoencoder
 from .loop import Loop, StepBatchSampler, autocast_dtype, init_training, optimizer_step, stable_seed
+from .writer_lock import one_writer
 
 
 def _frames(ds: EpisodeWindows, n: int) -> torch.Tensor:
@@ -44,7 +45,13 @@ def evaluate_reconstruction(ae: Autoencoder, frames: torch.Tensor, train_mean: t
 
 def train_autoencoder(cfg: AERunConfig, resume: bool = False, progress: bool = True,
                       stop_after: int | None = None) -> Path:
+    """Train the frame autoencoder; returns the run folder, held by this process while it trains."""
     cfg.validate()
+    with one_writer(cfg.train.out, "autoencoder training run"):
+        return _train_autoencoder(cfg, resume, progress, stop_after)
+
+
+def _train_autoencoder(cfg: AERunConfig, resume: bool, progress: bool, stop_after: int | None) -> Path:
     tc, a = cfg.train, cfg.autoencoder
     run = Path(tc.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

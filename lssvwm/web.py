@@ -16,6 +16,7 @@ import base64
 import io
 import itertools
 import json
+import sys
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -177,7 +178,14 @@ class PlaySession:
             if self.record_dir is None:
                 self.env.stop_recording()
                 return {"type": "error", "message": "recording discarded: start the server with --record DIR"}
-            npz, mp4 = self.env.stop_recording(unique_recording_path(self.record_dir))
+            path = unique_recording_path(self.record_dir)
+            try:
+                npz, mp4 = self.env.stop_recording(path)
+            except OSError as e:  # a full disk: the frames stay in memory, the reserved name is given back
+                path.with_suffix(".npz").unlink(missing_ok=True)
+                return {"type": "error", "message": f"could not save the recording ({e.strerror or e}); it is kept: "
+                                                    f"free some space and stop again to save it",
+                        "recording": True}
             return {"type": "saved", "path": str(npz), "video": str(mp4)}
         return {"type": "error", "message": f"unknown message type {kind!r}; expected 'action', 'reset' or 'record'"}
 
@@ -205,15 +213,25 @@ async def serve(env_factory, host: str = "127.0.0.1", port: int = 8765, record_d
                                                            ("Content-Length", str(len(html)))]), html)
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
+    def answer(fn, *args) -> dict:
+        """fn(*args) as a reply; a failure (the start clips deleted, ...) is an error message for the client and
+        one line in the server's log, never a closed connection and a traceback."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001
+            message = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            print(f"lssvwm play: {message}", file=sys.stderr, flush=True)
+            return {"type": "error", "message": message}
+
     async def handler(ws):
-        session = PlaySession(env_factory(), record)
-        await ws.send(json.dumps(session.reset()))
+        loop = asyncio.get_running_loop()
+        session = await loop.run_in_executor(None, answer, lambda: PlaySession(env_factory(), record))
+        if isinstance(session, dict):  # the env could not be built: say so and close normally
+            await ws.send(json.dumps(session))
+            return
+        await ws.send(json.dumps(await loop.run_in_executor(None, answer, session.reset)))
         async for raw in ws:
-            try:
-                reply = await asyncio.get_running_loop().run_in_executor(None, session.handle, raw)
-            except Exception as e:  # noqa: BLE001 - a failing step (disk full while saving ...) answers, never drops
-                reply = {"type": "error", "message": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
-            await ws.send(json.dumps(reply))
+            await ws.send(json.dumps(await loop.run_in_executor(None, answer, session.handle, raw)))
 
     async with ws_serve(handler, host, port, process_request=process_request, max_size=2**16) as server:
         bound = server.sockets[0].getsockname()[1]

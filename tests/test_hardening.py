@@ -365,3 +365,231 @@ def test_fuzzed_generate_numbers(tiny_run, tiny_data, tmp_path, capsys, context,
         assert err.startswith("error: ") or "usage:" in err
     else:
         assert json.loads(out.with_suffix(".json").read_text())["psnr"] > 0
+
+
+def test_full_disk_said_as_a_full_disk_with_the_space_needed(tiny_data, tmp_path, monkeypatch, capsys):
+    """torch.save on a full disk raises 'RuntimeError: [enforce fail at inline_container.cc] unexpected pos';
+    the user is told the disk is full, where, and how much the checkpoint needs; the previous one is kept."""
+    import lssvwm.checkpoint as ck
+    from lssvwm.cli import describe_error
+    from lssvwm.models.world_model import WorldModel
+
+    cfg = _tiny_run(tiny_data, tmp_path / "run")
+    before = find_checkpoint(tmp_path / "run")
+
+    def torch_save_on_full_disk(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ck.torch, "save", torch_save_on_full_disk)
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    m = WorldModel(cfg.model)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(tmp_path / "run", 3, cfg, m, m, torch.optim.AdamW(m.parameters()), {})
+    message, code = describe_error(info.value)
+    assert message.startswith(f"{tmp_path / 'run' / 'checkpoints'}: No space left on device") and code == 1
+    assert "MiB are free" in message and "needs about" in message and "unexpected" not in message
+    assert find_checkpoint(tmp_path / "run") == before
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp_step_*"))
+
+
+def test_other_checkpoint_errors_are_not_called_a_full_disk(tiny_data, tmp_path, monkeypatch):
+    import lssvwm.checkpoint as ck
+    from lssvwm.models.world_model import WorldModel
+
+    cfg = _tiny_run(tiny_data, tmp_path / "run")
+
+    def broken(*a, **k):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(ck.torch, "save", broken)
+    m = WorldModel(cfg.model)
+    with pytest.raises(RuntimeError, match="something else"):
+        save_checkpoint(tmp_path / "run", 3, cfg, m, m, torch.optim.AdamW(m.parameters()), {})
+
+
+# -- one writer per folder ----------------------------------------------------------------------------------------
+def _hold(folder, seconds=60):
+    """A second process that holds ``folder`` as its writer (as a training run would) until killed."""
+    code = (f"import time; from lssvwm.writer_lock import one_writer\n"
+            f"with one_writer({str(folder)!r}, 'test'):\n    print('held', flush=True); time.sleep({seconds})")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_two_writers_of_one_run_folder_the_second_is_refused_with_the_pid(tiny_data, tmp_path, capsys):
+    """train, train-ae, data generation and model export into a folder another process writes: refused at once,
+    naming that process; after it is killed (-9) the folder is free again and a resume works."""
+    run = tmp_path / "run"
+    cfg = _tiny_run(tiny_data, run)
+    holder = _hold(run)
+    try:
+        code, err = run_cli(capsys, "train", "--out", run, "--resume", "--set", "train.steps=4")
+        assert code == 2 and f"process {holder.pid}" in err and "one writer per folder" in err, err
+        assert err.count("\n") == 1
+        lines_before = (run / "log.jsonl").read_text()
+        for argv in (["train-ae", "--data", tiny_data, "--out", run],
+                     ["data", "maze", "--episodes", "1", "--steps", "5", "--resolution", "16", "--out", run],
+                     ["model", "export", "--ckpt", tiny_data.parent / "nothing", "--out", run]):
+            code, err = run_cli(capsys, *argv)
+            assert code == 2, (argv, err)
+            if argv[0] != "model":  # export first loads the checkpoint (missing here) and says so
+                assert f"process {holder.pid}" in err, (argv, err)
+        assert (run / "log.jsonl").read_text() == lines_before  # the refused writers wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    from lssvwm.train import train
+
+    cfg.train.steps = 3
+    train(cfg, resume=True, progress=False)  # free after the holder's kill -9
+    assert find_checkpoint(run).name == "step_0000003"
+
+
+def test_export_into_a_held_folder_is_refused(tiny_run, tmp_path, capsys):
+    holder = _hold(tmp_path / "export")
+    try:
+        code, err = run_cli(capsys, "model", "export", "--ckpt", tiny_run, "--out", tmp_path / "export")
+        assert code == 2 and f"process {holder.pid}" in err, err
+        assert not any((tmp_path / "export").iterdir())
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_refused_job_leaves_no_folder_and_locks_nothing_behind(tmp_path):
+    from lssvwm.writer_lock import FolderBusy, one_writer
+
+    with one_writer(tmp_path / "new", "job"):
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()  # created and left empty: removed
+    holder = _hold(tmp_path / "busy")
+    try:
+        with pytest.raises(FolderBusy, match=f"process {holder.pid}"):
+            with one_writer(tmp_path / "busy", "job"):
+                pass
+        assert (tmp_path / "busy").is_dir()  # the holder's folder stays
+    finally:
+        holder.kill()
+        holder.wait()
+    with one_writer(tmp_path / "busy", "job"):  # free once its holder is gone
+        pass
+
+
+@pytest.mark.parametrize("argv, where", [(["train", "--steps", "abc"], "lssvwm"), (["nosuch"], "lssvwm"),
+                                         (["data", "maze", "--episodes", "0"], "lssvwm data maze"),
+                                         ([], "lssvwm")])
+def test_usage_errors_are_one_line_with_where_to_look(argv, where, capsys):
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {where}: "), err
+    assert err.rstrip().endswith(f"(see: {where} --help)") and "usage:" not in err
+
+
+# -- reads that end: only regular files are data, and what they hold must fit in memory ---------------------------
+def _episode_folder_with(tmp_path, tiny_data, make_bad):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = data / "ep_000001.npz"
+    bad.unlink()
+    make_bad(bad)
+    return data, bad
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "dev-urandom", "folder"])
+def test_data_files_that_are_not_regular_files_are_refused_at_once(kind, tiny_data, tmp_path):
+    """A FIFO (would block forever), a symlink to /dev/zero or /dev/urandom (would read until memory runs out), a
+    folder: refused by name before any read, in a fresh process with a deadline, through `train`."""
+    makers = {"fifo": os.mkfifo, "dev-zero": lambda p: os.symlink("/dev/zero", p),
+              "dev-urandom": lambda p: os.symlink("/dev/urandom", p), "folder": os.mkdir}
+    data, bad = _episode_folder_with(tmp_path, tiny_data, makers[kind])
+    cmd = [sys.executable, "-m", "lssvwm", "train", "--preset", "tiny", "--data", str(data), "--out",
+           str(tmp_path / "r"), "--set", "train.steps=1", "train.clip_len=6", "train.batch_size=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 2 and str(bad) in r.stderr and "not a regular file" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_play_context_that_is_a_fifo_is_refused(tiny_run, tmp_path):
+    from lssvwm.dream import DreamEnv
+    from lssvwm.data.episodes import EpisodeFormatError
+
+    fifo = tmp_path / "context.npz"
+    os.mkfifo(fifo)
+    env = DreamEnv(tiny_run, context=str(fifo))
+    with pytest.raises(EpisodeFormatError, match="a FIFO .* not a regular file"):
+        env.reset(seed=0)
+
+
+def test_sparse_file_of_a_terabyte_is_refused_without_reading_it(tmp_path):
+    from lssvwm.data.episodes import EpisodeFormatError, load_episode, probe_episode
+
+    sparse = tmp_path / "ep_000000.npz"
+    with open(sparse, "wb") as f:
+        f.truncate(2**40)  # 1 TiB of holes: no disk used
+    t = time.time()
+    for fn in (load_episode, probe_episode):
+        with pytest.raises(EpisodeFormatError, match="not a readable .npz"):
+            fn(sparse)
+    assert time.time() - t < 10
+
+
+def test_arrays_larger_than_the_memory_are_refused_naming_file_and_size(tiny_data, monkeypatch):
+    """An .npz whose headers honestly declare more bytes than the memory available: refused from the headers,
+    before anything is allocated; the error names the file, what it would take and what is free."""
+    import lssvwm.data.episodes as episodes
+    from lssvwm.data.episodes import EpisodeFormatError, load_episode, probe_episode
+
+    f = sorted(tiny_data.glob("ep_*.npz"))[0]
+    monkeypatch.setattr(episodes, "available_memory", lambda: 1000)
+    for fn in (load_episode, probe_episode):
+        with pytest.raises(EpisodeFormatError, match=rf"{f.name}: its arrays take .* GiB once read .* more than the "
+                                                     rf"0.0 GiB of memory available"):
+            fn(f)
+
+
+# -- counts and sizes that scale memory go through the memory estimate --------------------------------------------
+@pytest.mark.parametrize("args", [["--windows", "1000000000"], ["--long", "100000000"], ["--context", "100000000"]])
+def test_follow_counts_are_checked_against_memory_before_work(args, tiny_run, tmp_path, capsys):
+    code, err = run_cli(capsys, "eval", "follow", "--ckpt", tiny_run, "--out", tmp_path / "f", *args)
+    assert code == 2 and "needs about" in err and "GiB of memory is available" in err, err
+    assert not any((tmp_path / "f").iterdir())  # checked writable, then nothing generated or written
+
+
+def test_model_widths_enter_the_training_memory_estimate(tiny_data, tmp_path, capsys):
+    """model.expand (the SSM's inner width) and model.mlp_ratio scale the activations; a huge one is refused by
+    the estimate before anything is allocated (it used to die in the allocator)."""
+    from lssvwm.config import model_preset, training_bytes
+
+    base = training_bytes(model_preset("tiny"), 2, 6)
+    assert training_bytes(model_preset("tiny", expand=4), 2, 6) > base
+    assert training_bytes(model_preset("tiny", mlp_ratio=8.0), 2, 6) > base
+    for setting in ("model.expand=100000", "model.mlp_ratio=100000"):
+        code, err = run_cli(capsys, "train", "--preset", "tiny", "--data", tiny_data, "--out", tmp_path / "r",
+                            "--set", setting)
+        assert code == 2 and "needs about" in err, (setting, err)
+        assert not (tmp_path / "r").exists()
+
+
+def test_two_real_trainings_into_one_run_folder(tiny_data, tmp_path, capsys):
+    """`lssvwm train ... --out R` twice at once: the second is refused naming the first's PID, and the first
+    trains on alone (its log has no duplicate steps)."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lssvwm", "train", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run),
+           "--no-progress", "--set", "train.steps=100000", "train.clip_len=6", "train.batch_size=2",
+           "train.val_fraction=0.25", "train.autocast=none"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        for _ in range(600):
+            if (run / "log.jsonl").exists() and (run / "log.jsonl").read_text().count("\n") >= 2:
+                break
+            time.sleep(0.1)
+        code, err = run_cli(capsys, *cmd[3:])
+        assert code == 2 and f"process {first.pid}" in err, err
+        assert first.poll() is None  # the first one trains on
+    finally:
+        first.kill()
+        first.wait()
+    lines = (run / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in lines[:-1]]  # the last line may be cut by the kill
+    assert len(steps) >= 1 and len(steps) == len(set(steps))

@@ -20,7 +20,7 @@ from lssvwm.web import EnvFactory, PlaySession, serve
 
 
 @contextlib.contextmanager
-def running_server(factory):
+def running_server(factory, record_dir=None):
     """The play server on a free loopback port, in a background thread; yields the port."""
     port_box, loop_box, stop_box = [], [], []
 
@@ -28,7 +28,8 @@ def running_server(factory):
         loop = asyncio.new_event_loop()
         loop_box.append(loop)
         stop_box.append(asyncio.Event())
-        loop.run_until_complete(serve(factory, "127.0.0.1", 0, on_ready=port_box.append, stop=stop_box[0]))
+        loop.run_until_complete(serve(factory, "127.0.0.1", 0, record_dir=record_dir, on_ready=port_box.append,
+                                      stop=stop_box[0]))
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
@@ -243,3 +244,69 @@ def test_play_checks_its_settings_at_start(tiny_run, tmp_path, capsys):
         s.listen()
         code, err = run("--port", s.getsockname()[1])
     assert code == 2 and "is in use" in err and "Traceback" not in err
+
+
+def test_recording_survives_a_full_disk_through_the_server(tiny_run, tmp_path, monkeypatch):
+    """`--record` on a full disk: the stop is answered with an error, the frames stay in memory (a second stop
+    saves them once there is space), and no 0-byte .npz or .tmp file is left looking like a recording."""
+    import errno
+
+    import lssvwm.data.episodes as episodes
+    from websockets.sync.client import connect
+
+    real = episodes.np.savez_compressed
+    full = {"on": True}
+
+    def savez(f, **arrays):
+        if full["on"]:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, **arrays)
+
+    monkeypatch.setattr(episodes.np, "savez_compressed", savez)
+    rec = tmp_path / "rec"
+    with running_server(EnvFactory(tiny_run), record_dir=str(rec)) as port:
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+            ws.recv(timeout=30)
+            ws.send(json.dumps({"type": "record", "on": True}))
+            ws.recv(timeout=30)
+            for a in (1, 2, 1):
+                ws.send(json.dumps({"type": "action", "action": a}))
+                ws.recv(timeout=30)
+            ws.send(json.dumps({"type": "record", "on": False}))
+            reply = json.loads(ws.recv(timeout=30))
+            assert reply["type"] == "error" and "No space left" in reply["message"] and "kept" in reply["message"]
+            assert list(rec.iterdir()) == []  # no placeholder, no partial npz, no .tmp
+            full["on"] = False
+            ws.send(json.dumps({"type": "record", "on": False}))  # the second stop saves what was recorded
+            reply = json.loads(ws.recv(timeout=30))
+            assert reply["type"] == "saved", reply
+            from lssvwm.data.episodes import load_episode
+
+            assert load_episode(reply["path"])["image"].shape[0] == 4  # the first frame and the three steps
+
+
+def test_start_clips_deleted_while_serving_every_connection_gets_an_error(tiny_run, tmp_path, capsys):
+    """The start clips vanish after the server started: a reset and a new connection each get an error message
+    the page can show (no close with 1011), and the log gets one line each, no traceback."""
+    import shutil
+
+    from lssvwm.checkpoint import load_run
+    from lssvwm.data.episodes import episode_files
+    from websockets.sync.client import connect
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(episode_files(load_run(tiny_run).cfg.train.data)[0], clips / "ep_000000.npz")
+    with running_server(EnvFactory(tiny_run, context=str(clips / "ep_000000.npz"))) as port:
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "frame"
+            (clips / "ep_000000.npz").unlink()
+            ws.send(json.dumps({"type": "reset"}))
+            reply = json.loads(ws.recv(timeout=30))
+            assert reply["type"] == "error" and "not found" in reply["message"]
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+            reply = json.loads(ws.recv(timeout=30))
+            assert reply["type"] == "error" and "not found" in reply["message"]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("lssvwm play: EpisodeFormatError") == 2, err

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from ..config import available_memory
+from ..writer_lock import one_writer
 from .maze import ACTION_NAMES, NUM_ACTIONS, ExplorationPolicy, MazeEnv
 
 FORMAT_VERSION = 1
@@ -86,16 +89,72 @@ def save_episode(path: str | os.PathLike, episode: dict) -> None:
     path = Path(path)
     validate_episode(episode, path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **episode)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **episode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk, ...) leaves no partial file
+
+
+def regular_file(path: str | os.PathLike, what: str = "file") -> int:
+    """The size of ``path``, which must be a regular file: reading a FIFO, a device (a symlink to /dev/zero) or a
+    socket may never end, or never stop growing. Symlinks are followed to what they point at."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise EpisodeFormatError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise EpisodeFormatError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+        via = f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise EpisodeFormatError(f"{path}: is {kind}{via}, not a regular file: data files must be regular files")
+    return st.st_size
+
+
+def npz_headers(path: Path) -> dict:
+    """{key: (shape, dtype)} of the arrays in an ``.npz``, from their npy headers (nothing decompressed). A header
+    may not promise more bytes than its member holds, and all of them together must fit in the memory available:
+    a sparse or forged file would otherwise be read until memory runs out."""
+    size = regular_file(path)
+    arrays, total = {}, 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with z.open(name) as fh:
+                    major, _ = np.lib.format.read_magic(fh)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(fh)
+                    header = fh.tell()
+                key = name[:-4]
+                declared = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+                stored = z.getinfo(name).file_size - header
+                if declared > stored:  # a header may not promise more than the file holds (indexing trusts it)
+                    raise EpisodeFormatError(f"{path}: field '{key}' declares shape {tuple(shape)} ({declared:,} bytes) "
+                                             f"but the file holds {max(0, stored):,} bytes (truncated or corrupt)")
+                arrays[key] = (tuple(shape), np.dtype(dtype))
+                total += declared
+    except EpisodeFormatError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise EpisodeFormatError(f"{path}: not a readable .npz file (truncated or corrupt?): {e}") from e
+    avail = available_memory()
+    if avail is not None and total > avail:
+        raise EpisodeFormatError(f"{path}: its arrays take {total / 2**30:.1f} GiB once read ({size / 2**20:.1f} MiB "
+                                 f"on disk), more than the {avail / 2**30:.1f} GiB of memory available")
+    return arrays
 
 
 def load_episode(path: str | os.PathLike) -> dict:
     """Load and validate one episode ``.npz`` (ours or Memory Maze's)."""
     path = Path(path)
-    if not path.exists():
-        raise EpisodeFormatError(f"{path}: file not found")
+    npz_headers(path)  # a regular file whose arrays fit in memory
     try:
         with np.load(path, allow_pickle=False) as data:
             episode = {k: data[k] for k in data.files}
@@ -146,28 +205,10 @@ def probe_episode(path: str | os.PathLike) -> tuple[tuple, tuple]:
     arrays (milliseconds per file, so huge datasets such as Memory Maze's 30k files can be indexed quickly).
     Content checks (one-hot actions) happen when the episode is loaded."""
     path = Path(path)
-    shapes = {}
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = {n[:-4]: n for n in z.namelist() if n.endswith(".npy")}
-            for key in REQUIRED_KEYS:
-                if key not in names:
-                    raise EpisodeFormatError(f"{path}: missing key '{key}' (found keys: {sorted(names)})")
-                with z.open(names[key]) as fh:
-                    major, _ = np.lib.format.read_magic(fh)
-                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read(fh)
-                    header = fh.tell()
-                declared = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
-                stored = z.getinfo(names[key]).file_size - header
-                if declared > stored:  # a header may not promise more than the file holds (indexing trusts it)
-                    raise EpisodeFormatError(f"{path}: field '{key}' declares shape {tuple(shape)} ({declared:,} bytes) "
-                                             f"but the file holds {max(0, stored):,} bytes (truncated or corrupt)")
-                shapes[key] = (tuple(shape), np.dtype(dtype))
-    except EpisodeFormatError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise EpisodeFormatError(f"{path}: not a readable .npz file (truncated or corrupt?): {e}") from e
+    shapes = npz_headers(path)
+    for key in REQUIRED_KEYS:
+        if key not in shapes:
+            raise EpisodeFormatError(f"{path}: missing key '{key}' (found keys: {sorted(shapes)})")
     (image, image_dtype), (action, _) = shapes["image"], shapes["action"]
     if image_dtype != np.uint8 or len(image) != 4 or image[-1] != 3:
         raise EpisodeFormatError(f"{path}: field 'image' must be uint8 (T+1, H, W, 3), got {image_dtype} {image}")
@@ -249,43 +290,44 @@ def write_dataset(out: str | os.PathLike, meta: dict, same: tuple, worker, job_a
 
     Complete episodes already there are kept (a folder made with other ``same`` settings is refused), broken
     ones and stale ``.tmp`` files from a killed run are redone. Episodes are written atomically, so re-running
-    the same command after an interruption finishes the job; ``meta.json`` is written last.
+    the same command after an interruption finishes the job; ``meta.json`` is written last. A second process
+    writing into the same folder at once is refused (:mod:`lssvwm.writer_lock`).
     """
     from tqdm import tqdm
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "meta.json"
-    if meta_path.exists():
-        old = read_meta(out)
-        if any(old.get(k) != meta[k] for k in same):
-            raise EpisodeFormatError(
-                f"{meta_path}: folder holds a dataset with different settings "
-                f"({ {k: old.get(k) for k in same} }); use another --out or delete it")
-    for stale in out.glob("*.tmp"):
-        stale.unlink()
-    todo = []
-    for i in range(meta["episodes"]):
-        path = out / f"ep_{i:06d}.npz"
-        if path.exists():
-            try:
-                load_episode(path)
-                continue
-            except EpisodeFormatError:
-                path.unlink()
-        todo.append((path, *job_args(i)))
-    bar = tqdm(total=meta["episodes"], initial=meta["episodes"] - len(todo), desc=desc, unit="ep",
-               disable=not progress)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(worker, todo):
+    with one_writer(out, "dataset generation"):  # one writer per folder
+        meta_path = out / "meta.json"
+        if meta_path.exists():
+            old = read_meta(out)
+            if any(old.get(k) != meta[k] for k in same):
+                raise EpisodeFormatError(
+                    f"{meta_path}: folder holds a dataset with different settings "
+                    f"({ {k: old.get(k) for k in same} }); use another --out or delete it")
+        for stale in out.glob("*.tmp"):
+            stale.unlink()
+        todo = []
+        for i in range(meta["episodes"]):
+            path = out / f"ep_{i:06d}.npz"
+            if path.exists():
+                try:
+                    load_episode(path)
+                    continue
+                except EpisodeFormatError:
+                    path.unlink()
+            todo.append((path, *job_args(i)))
+        bar = tqdm(total=meta["episodes"], initial=meta["episodes"] - len(todo), desc=desc, unit="ep",
+                   disable=not progress)
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(worker, todo):
+                    bar.update()
+        else:
+            for job in todo:
+                worker(job)
                 bar.update()
-    else:
-        for job in todo:
-            worker(job)
-            bar.update()
-    bar.close()
-    tmp = meta_path.with_name("meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)
+        bar.close()
+        tmp = meta_path.with_name("meta.json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, meta_path)
     return out

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodeFormatError
+from .episodes import EpisodeFormatError, npz_headers, regular_file
 
 TECO_ACTION_NAMES = ("forward", "left", "right")
 VIDEO_SUFFIX = ".mp4"
@@ -43,8 +43,7 @@ VIDEO_SUFFIX = ".mp4"
 def read_video(path: str | os.PathLike) -> np.ndarray:
     """Decode a whole video -> (T, H, W, 3) uint8 (imageio-ffmpeg; PyAV is used instead when installed)."""
     path = Path(path)
-    if not path.exists():
-        raise EpisodeFormatError(f"{path}: video file not found")
+    regular_file(path, "video file")
     try:
         try:
             import av  # noqa: F401
@@ -68,8 +67,7 @@ def probe_video(path: str | os.PathLike) -> tuple[int, int, int]:
     """(frames, height, width) of a video without keeping its frames: PyAV's container count when installed,
     else ffmpeg counts them (it decodes, at C speed: ~0.1 s for 300 frames of 128x128)."""
     path = Path(path)
-    if not path.exists():
-        raise EpisodeFormatError(f"{path}: video file not found")
+    regular_file(path, "video file")
     try:
         try:
             import av
@@ -129,6 +127,10 @@ def action_file(video: str | os.PathLike) -> Path:
 def read_actions(path: str | os.PathLike) -> np.ndarray:
     """The raw action array of an ``.npz`` (key ``actions`` or ``action``) or ``.json`` (list or {"actions": list})."""
     path = Path(path)
+    if path.suffix == ".json":
+        regular_file(path, "action file")
+    else:
+        npz_headers(path)  # a regular file whose arrays fit in memory
     try:
         if path.suffix == ".json":
             try:
