@@ -1,4 +1,5 @@
 """lssvwm: long-context state-space video world models (Po et al., 2025, arXiv 2505.20171)."""
+from . import checkpoint  # noqa: F401 - registers save/load/push of WorldModel (models/world_model.PRETRAINED_IO)
 from .config import ModelConfig, RunConfig, model_preset
 from .dream import DreamEnv
 from .models.world_model import WorldCache, WorldModel

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import AERunConfig, RunConfig, load_ae_config, load_config
+from .models import world_model
 from .models.autoencoder import Autoencoder, LatentCodec, PixelCodec
 from .writer_lock import one_writer
 
@@ -388,3 +389,6 @@ def frame_codec(cfg: RunConfig, device="cpu") -> PixelCodec | LatentCodec:
         return PixelCodec()
     ae, _ = load_autoencoder(cfg.train.autoencoder, device=device)
     return LatentCodec(ae)
+
+
+world_model.PRETRAINED_IO.update(save=save_pretrained, load=load_model, push=push_to_hub)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.memory_tasks import build_task_set
+from .data.worlds import World, world_from_meta
 
 
 def lpips_fn(download: bool = False):
@@ -95,10 +96,9 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     resolution = common_resolution(runs)
     first = next(iter(runs.values())).cfg
     meta = read_meta(data or first.train.data) if (data or Path(first.train.data).exists()) else {}
-    world = f"memory-maze-{meta.get('maze', '9x9')}" if meta.get("generator") == "memory_maze" else "maze"
-    tasks = build_task_set(out / f"tasks_{world}_{task}_c{context}_f{frames}_s{seed}_r{resolution}", task, episodes,
-                           context, frames, resolution, seed, meta.get("maze_size", 9), meta.get("mazes", 0),
-                           meta.get("seed", 0), world)
+    world = world_from_meta(meta) or World()  # data no generator can rebuild: the default built-in maze
+    tasks = build_task_set(out / f"tasks_{world.name}_{task}_c{context}_f{frames}_s{seed}_r{resolution}", task,
+                           episodes, context, frames, resolution, seed, world=world)
     lp, lp_note = lpips_fn(download=lpips == "download")
     results = {"task": task, "context": context, "frames": frames, "episodes": episodes, "seed": seed,
                "task_set": str(tasks), "lpips": lp_note, "models": {}}

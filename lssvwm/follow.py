@@ -38,7 +38,6 @@ import torch
 BINS_SHORT = ((1, 8), (9, 24), (25, 48))
 BINS_LONG = ((49, 100), (101, 200))
 TRAJECTORY_SEED = 20_261_123  # held-out trajectories: never a training episode's seed
-UNSEEN_MAZE_SEED = 7_777_777  # unseen mazes: a maze seed stream the generators never use for training data
 STRIP_FRAMES = (1, 2, 4, 8, 16, 24, 32, 48, 100, 200)
 SHUFFLE_SEED = 1234  # the fixed time shuffle of the control's actions
 
@@ -52,52 +51,34 @@ def window_sets(data: str | os.PathLike, out: str | os.PathLike, context: int, f
     the validation split (episodes long enough for the window; fewer than ``windows`` when there are not enough).
     """
     from .data.episodes import read_meta
+    from .data.worlds import world_from_meta
 
-    meta = read_meta(data) if Path(data).is_dir() else {}
+    world = world_from_meta(read_meta(data)) if Path(data).is_dir() else None
     steps = context + frames - 1  # an episode of T steps has T + 1 frames; the window starts at frame 0
-    if meta.get("generator") in ("lssvwm.data.maze", "memory_maze"):
-        res = resolution or meta.get("resolution", 64)
+    if world is not None:
+        res = resolution or world.settings.get("resolution", 64)
         sets = {}
         for name in ("train-mazes", "unseen-mazes"):
             folder = Path(out) / f"windows_{name}_c{context}_f{frames}_w{windows}_s{seed}_r{res}"
-            _build_window_set(folder, name, meta, windows, steps, res, seed)
+            _build_window_set(folder, name, world, windows, steps, res, seed)
             sets[name] = _load_windows(folder, context + frames)
         return sets
     return {"val": _val_windows(data, context + frames, windows, val_fraction, layout)}
 
 
-def _maze_seed(name: str, meta: dict, i: int) -> int:
-    from .data.episodes import episode_seed, fixed_maze_seed
-
-    if name == "unseen-mazes":
-        return episode_seed(UNSEEN_MAZE_SEED + int(meta.get("seed", 0)), i)
-    if meta.get("mazes"):  # the dataset cycles through K fixed mazes
-        return fixed_maze_seed(meta.get("seed", 0), meta["mazes"], i)
-    # a new maze per episode: training episode i's maze came from its own seed (the first episodes are training
-    # episodes; the validation split takes the last ones)
-    return episode_seed(meta.get("seed", 0), i)
-
-
-def _build_window_set(folder: Path, name: str, meta: dict, windows: int, steps: int, res: int, seed: int) -> None:
+def _build_window_set(folder: Path, name: str, world, windows: int, steps: int, res: int, seed: int) -> None:
+    """Held-out trajectories in the training data's mazes (a new maze per training episode: training episode
+    i's maze) or in unseen ones, in the dataset's world (:class:`~lssvwm.data.worlds.World`)."""
     from .data.episodes import episode_seed, save_episode
 
-    spec = {"set": name, "generator": meta["generator"], "data_seed": meta.get("seed", 0),
-            "mazes": meta.get("mazes", 0), "maze": meta.get("maze"), "maze_size": meta.get("maze_size", 9),
-            "windows": windows, "steps": steps, "resolution": res, "seed": seed}
+    spec = {"set": name, "world": world.kind, "settings": world.settings, "data_seed": world.seed,
+            "mazes": world.mazes, "windows": windows, "steps": steps, "resolution": res, "seed": seed}
     if (folder / "spec.json").exists() and json.loads((folder / "spec.json").read_text()) == spec:
         return
     folder.mkdir(parents=True, exist_ok=True)
+    maze = world.unseen_maze if name == "unseen-mazes" else world.training_maze
     for i in range(windows):
-        traj = episode_seed(TRAJECTORY_SEED + seed, i)
-        if meta["generator"] == "memory_maze":
-            from .data.memory_maze import generate_episode as mm_episode
-
-            ep = mm_episode(traj, steps, meta.get("maze", "9x9"), _maze_seed(name, meta, i))
-        else:
-            from .data.episodes import generate_episode
-
-            ep = generate_episode(traj, steps, size=meta.get("maze_size", 9), resolution=res,
-                                  maze_seed=_maze_seed(name, meta, i))
+        ep = world.episode(episode_seed(TRAJECTORY_SEED + seed, i), steps, maze(i), res)
         save_episode(folder / f"ep_{i:06d}.npz", ep)
     tmp = folder / "spec.json.tmp"
     tmp.write_text(json.dumps(spec, indent=2))

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import available_memory
 from ..writer_lock import one_writer
-from .maze import ACTION_NAMES, NUM_ACTIONS, ExplorationPolicy, MazeEnv
+from .maze import ACTION_NAMES, NUM_ACTIONS, ExplorationPolicy, MazeEnv, maze_settings
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("image", "action")
@@ -261,37 +261,44 @@ def read_meta(root: str | os.PathLike) -> dict:
 
 
 def _generate_one(args):
-    path, seed, steps, size, resolution, maze_seed = args
-    save_episode(path, generate_episode(seed, steps, size=size, resolution=resolution, maze_seed=maze_seed))
+    path, seed, steps, settings, maze_seed = args
+    save_episode(path, generate_episode(seed, steps, maze_seed=maze_seed, **settings))
     return path
 
 
 def generate_dataset(out: str | os.PathLike, episodes: int, steps: int, resolution: int = 64, size: int = 9,
-                     seed: int = 0, workers: int = 1, progress: bool = True, mazes: int = 0) -> Path:
+                     seed: int = 0, workers: int = 1, progress: bool = True, mazes: int = 0,
+                     world: dict | None = None) -> Path:
     """Generate ``episodes`` maze episodes into ``out``; complete episodes already there are kept.
 
     ``mazes=0``: every episode in its own maze. ``mazes=K``: episode i runs in maze ``i % K`` (seeded by
-    (seed, K, i % K)), so the dataset revisits K fixed mazes along different trajectories.
+    (seed, K, i % K)), so the dataset revisits K fixed mazes along different trajectories. ``world``: other
+    :class:`~lssvwm.data.maze.MazeEnv` settings (``move_step``, ``fov_deg``, ...); ``meta.json`` records every
+    setting of the world under ``world``, so evaluations rebuild the same one (:mod:`lssvwm.data.worlds`).
     """
+    settings = maze_settings(**{**(world or {}), "size": size, "resolution": resolution})
     meta = {
         "generator": "lssvwm.data.maze", "format_version": FORMAT_VERSION, "seed": seed, "episodes": episodes,
         "steps": steps, "frames_per_episode": steps + 1, "resolution": resolution, "maze_size": size,
         "image_shape": [steps + 1, resolution, resolution, 3], "action_shape": [steps + 1, NUM_ACTIONS],
-        "action_names": list(ACTION_NAMES), "mazes": mazes,
+        "action_names": list(ACTION_NAMES), "mazes": mazes, "world": settings,
     }
-    return write_dataset(out, meta, ("seed", "steps", "resolution", "maze_size", "mazes"), _generate_one,
-                         lambda i: (episode_seed(seed, i), steps, size, resolution, fixed_maze_seed(seed, mazes, i)),
-                         workers, progress, "episodes")
+    # a folder written before `world` was recorded was made with MazeEnv's defaults at its size and resolution
+    legacy = {"world": maze_settings(size=size, resolution=resolution)}
+    return write_dataset(out, meta, ("seed", "steps", "resolution", "maze_size", "mazes", "world"), _generate_one,
+                         lambda i: (episode_seed(seed, i), steps, settings, fixed_maze_seed(seed, mazes, i)),
+                         workers, progress, "episodes", legacy)
 
 
 def write_dataset(out: str | os.PathLike, meta: dict, same: tuple, worker, job_args, workers: int = 1,
-                  progress: bool = True, desc: str = "episodes") -> Path:
+                  progress: bool = True, desc: str = "episodes", legacy: dict | None = None) -> Path:
     """Write ``meta["episodes"]`` files ``ep_<i>.npz`` with ``worker((path, *job_args(i)))``, resumably.
 
     Complete episodes already there are kept (a folder made with other ``same`` settings is refused), broken
     ones and stale ``.tmp`` files from a killed run are redone. Episodes are written atomically, so re-running
     the same command after an interruption finishes the job; ``meta.json`` is written last. A second process
-    writing into the same folder at once is refused (:mod:`lssvwm.writer_lock`).
+    writing into the same folder at once is refused (:mod:`lssvwm.writer_lock`). ``legacy``: what a ``same`` key
+    that an older ``meta.json`` lacks stood for.
     """
     from tqdm import tqdm
 
@@ -299,7 +306,7 @@ def write_dataset(out: str | os.PathLike, meta: dict, same: tuple, worker, job_a
     with one_writer(out, "dataset generation"):  # one writer per folder
         meta_path = out / "meta.json"
         if meta_path.exists():
-            old = read_meta(out)
+            old = {**(legacy or {}), **read_meta(out)}
             if any(old.get(k) != meta[k] for k in same):
                 raise EpisodeFormatError(
                     f"{meta_path}: folder holds a dataset with different settings "

@@ -18,6 +18,7 @@ heading ``angle`` is measured from the +x axis towards +y.
 """
 from __future__ import annotations
 
+import inspect
 from collections import deque
 
 import gymnasium as gym
@@ -365,3 +366,13 @@ class ExplorationPolicy:
         if abs(err) > np.deg2rad(10):
             return 5 if err > 0 else 4
         return 1
+
+
+def maze_settings(**overrides) -> dict:
+    """Every constructor setting of :class:`MazeEnv` that shapes the world (its defaults, then ``overrides``)."""
+    params = inspect.signature(MazeEnv.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in ("self", "max_steps", "render_mode")}
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown maze settings {sorted(unknown)}; MazeEnv takes {sorted(defaults)}")
+    return {**defaults, **overrides}

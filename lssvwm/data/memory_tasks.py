@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import episode_seed, fixed_maze_seed, save_episode
-from .maze import NUM_ACTIONS, ExplorationPolicy, MazeEnv
+from .episodes import episode_seed, save_episode
+from .maze import NUM_ACTIONS, ExplorationPolicy
+from .worlds import World, world_named
 
 TASKS = ("retrieval", "reasoning")
 # (move, turn) -> action id, Memory Maze's set: noop, forward, left, right, forward+left, forward+right
@@ -57,24 +58,8 @@ def memory_distance(positions: np.ndarray, context: int) -> np.ndarray:
                      for i in range(context, len(positions))], dtype=np.int64)
 
 
-def make_world(world: str, size: int, resolution: int, steps: int):
-    """The environment a task set is built in: ``maze`` (built-in, any resolution) or ``memory-maze-9x9`` etc.
-    (the real Memory Maze, 64x64, needs the ``memory-maze`` extra)."""
-    if world == "maze":
-        return MazeEnv(size=size, resolution=resolution, max_steps=steps)
-    if world.startswith("memory-maze-"):
-        from .memory_maze import MemoryMazeEnv, check_maze
-
-        maze = world[len("memory-maze-"):]
-        if resolution != 64:
-            raise ValueError(f"the real Memory Maze renders 64x64 frames, not {resolution}x{resolution}")
-        check_maze(maze, steps)
-        return MemoryMazeEnv(maze)
-    raise ValueError(f"world must be 'maze' or 'memory-maze-<9x9|11x11|13x13|15x15>', got {world!r}")
-
-
 def build_task_episode(task: str, seed: int, context: int, frames: int, resolution: int, size: int = 9,
-                       maze_seed: int | None = None, world: str = "maze") -> dict:
+                       maze_seed: int | None = None, world: "World | str" = "maze") -> dict:
     """One task episode: ``context + frames`` steps (``context + frames + 1`` images incl. the first).
 
     In the real Memory Maze (``world="memory-maze-9x9"``), the rolling ball's inertia makes a retrace only
@@ -82,7 +67,7 @@ def build_task_episode(task: str, seed: int, context: int, frames: int, resoluti
     come from the positions reached."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    env = make_world(world, size, resolution, context + frames + 1)
+    env = world_named(world, size).env(context + frames + 1, resolution)
     obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
     rng = np.random.default_rng(seed)
     policy = ExplorationPolicy(env, rng)
@@ -126,19 +111,22 @@ def build_task_episode(task: str, seed: int, context: int, frames: int, resoluti
 
 def build_task_set(out: str | os.PathLike, task: str, episodes: int, context: int, frames: int, resolution: int,
                    seed: int = 0, size: int = 9, mazes: int = 0, maze_dataset_seed: int = 0,
-                   world: str = "maze") -> Path:
-    """Write (or reuse) a task set. ``mazes > 0`` draws mazes as ``lssvwm data maze --mazes`` does, so a model
-    trained on K fixed mazes is evaluated in those mazes, on new trajectories."""
+                   world: "World | str" = "maze") -> Path:
+    """Write (or reuse) a task set in ``world`` (a :class:`~lssvwm.data.worlds.World`, e.g. the training data's
+    from :func:`~lssvwm.data.worlds.world_from_meta`, or a name with ``size``, ``mazes`` and
+    ``maze_dataset_seed``). A world with fixed mazes is used as ``lssvwm data maze --mazes`` draws them, so a
+    model trained on K fixed mazes is evaluated in those mazes, on new trajectories."""
     out = Path(out)
+    world = world_named(world, size, maze_dataset_seed, mazes)
     meta = {"task": task, "episodes": episodes, "context": context, "frames": frames, "resolution": resolution,
-            "seed": seed, "maze_size": size, "mazes": mazes, "maze_dataset_seed": maze_dataset_seed,
-            "generator": "lssvwm.evaluation", "world": world}
+            "seed": seed, "world": world.name, "settings": world.settings, "mazes": world.mazes,
+            "maze_dataset_seed": world.seed, "generator": "lssvwm.evaluation"}
     if (out / "meta.json").exists() and json.loads((out / "meta.json").read_text()) == meta:
         return out
     out.mkdir(parents=True, exist_ok=True)
     for i in range(episodes):
-        ep = build_task_episode(task, episode_seed(seed + 1_000_003, i), context, frames, resolution, size,
-                                fixed_maze_seed(maze_dataset_seed, mazes, i), world)
+        ep = build_task_episode(task, episode_seed(seed + 1_000_003, i), context, frames, resolution,
+                                maze_seed=world.fixed_maze(i), world=world)
         save_episode(out / f"ep_{i:06d}.npz", ep)
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out

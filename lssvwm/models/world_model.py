@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import LayerSpec, ModelConfig, check_fits, param_count
+from ..schedule import alpha_sigma
 from .attention import FrameLocalAttention, KVCache
 from .ssm import BlockwiseSSM, SSMState, resolve_block
 
@@ -234,8 +235,6 @@ class WorldModel(nn.Module):
     def _edm_terms(self, levels: torch.Tensor, x: torch.Tensor):
         """alpha, sigma of the noise levels (B, T) broadcast over (B, T, C, H, W), and sigma_data (fp32, or fp64
         for fp64 inputs)."""
-        from ..diffusion import alpha_sigma  # the one noise schedule (imported here: diffusion imports this module)
-
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         a, s = alpha_sigma(levels.to(dtype)[:, :, None, None, None])
         return a, s, float(self.cfg.sigma_data)
@@ -250,28 +249,29 @@ class WorldModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # The file layout and the hub live in lssvwm.checkpoint, above this module; it registers itself here when the
+    # package is imported (PRETRAINED_IO), so the model delegates to it without importing upward.
     def save_pretrained(self, folder, run_config=None, dtype: torch.dtype | None = None):
         """Save in the Hugging Face layout: ``config.json`` + ``model.safetensors``. ``run_config``: the whole
         :class:`~lssvwm.config.RunConfig` (sampling defaults included); default: this model's config only."""
-        from ..checkpoint import save_pretrained
         from ..config import RunConfig
 
-        return save_pretrained(self, run_config or RunConfig(model=self.cfg), folder, dtype)
+        return PRETRAINED_IO["save"](self, run_config or RunConfig(model=self.cfg), folder, dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path, device="cpu") -> "WorldModel":
         """A model from a Hugging Face-layout folder, shipped weights (``"maze-small"``), a hub repo id
         (``"user/repo"``) or a run folder. For its sampling settings and frame codec too, use
         :func:`lssvwm.checkpoint.load_run`."""
-        from ..checkpoint import load_model
-
-        return load_model(name_or_path, device=device)[0]
+        return PRETRAINED_IO["load"](name_or_path, device=device)[0]
 
     def push_to_hub(self, repo_id: str, run_config=None, private: bool = False, token: str | None = None) -> str:
         """Save to a temporary folder in the Hugging Face layout and upload it (needs huggingface_hub)."""
         import tempfile
 
-        from ..checkpoint import push_to_hub
-
         with tempfile.TemporaryDirectory() as tmp:
-            return push_to_hub(self.save_pretrained(tmp, run_config), repo_id, private, token)
+            return PRETRAINED_IO["push"](self.save_pretrained(tmp, run_config), repo_id, private, token)
+
+
+# save / load / push of the Hugging Face layout, filled in by lssvwm.checkpoint (imported with the package)
+PRETRAINED_IO: dict = {}
