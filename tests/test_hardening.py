@@ -520,12 +520,55 @@ def test_play_context_that_is_a_fifo_is_refused(tiny_run, tmp_path):
         env.reset(seed=0)
 
 
+def _sparse_npz(path, frames: int) -> None:
+    """An uncompressed .npz whose image.npy honestly declares and holds (frames, 64, 64, 3) uint8 (zip64 sizes
+    that match its npy header), with the array's bytes a hole in the file: a terabyte that costs no disk."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (frames, 64, 64, 3)})
+    header, name = buf.getvalue(), b"image.npy"
+    size = len(header) + frames * 64 * 64 * 3
+    extra = struct.pack("<HHQQ", 1, 16, size, size)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0, 0, 0xFFFFFFFF, 0xFFFFFFFF, len(name),
+                            len(extra)) + name + extra + header)
+        f.seek(size - len(header), 1)  # the array: a hole
+        cd_offset, cextra = f.tell(), struct.pack("<HHQQQ", 1, 24, size, size, 0)
+        central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0, 0, 0xFFFFFFFF, 0xFFFFFFFF,
+                              len(name), len(cextra), 0, 0, 0, 0, 0xFFFFFFFF) + name + cextra
+        f.write(central)
+        end64 = f.tell()
+        f.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, 1, 1, len(central), cd_offset))
+        f.write(struct.pack("<IIQI", 0x07064B50, 0, end64, 1))
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+
+
+def test_sparse_npz_whose_headers_honestly_claim_a_terabyte_is_refused_by_size(tmp_path):
+    """Its header promises no more than the file holds, so only the memory check can stop it: refused from the
+    headers (nothing allocated, in well under a second), naming the file and what it would take."""
+    import zipfile
+
+    from lssvwm.data.episodes import EpisodeFormatError, load_episode, probe_episode
+
+    f = tmp_path / "ep_000000.npz"
+    _sparse_npz(f, 2**40 // (64 * 64 * 3))
+    assert zipfile.ZipFile(f).getinfo("image.npy").file_size > 0.99 * 2**40 and f.stat().st_blocks * 512 < 2**20
+    t = time.time()
+    for fn in (load_episode, probe_episode):
+        with pytest.raises(EpisodeFormatError, match=r"ep_000000.npz: its arrays take 1024.0 GiB once read .* more "
+                                                     r"than the .* GiB of memory available"):
+            fn(f)
+    assert time.time() - t < 5
+
+
 def test_sparse_file_of_a_terabyte_is_refused_without_reading_it(tmp_path):
     from lssvwm.data.episodes import EpisodeFormatError, load_episode, probe_episode
 
     sparse = tmp_path / "ep_000000.npz"
     with open(sparse, "wb") as f:
-        f.truncate(2**40)  # 1 TiB of holes: no disk used
+        f.truncate(2**40)  # 1 TiB of holes and no zip structure
     t = time.time()
     for fn in (load_episode, probe_episode):
         with pytest.raises(EpisodeFormatError, match="not a readable .npz"):
