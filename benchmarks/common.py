@@ -14,6 +14,28 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def vm(key: str) -> int:
+    """A memory figure of this process from /proc/self/status in bytes (VmRSS, VmHWM: the peak), 0 where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def in_subprocess(module: str, fn: str, *args) -> dict:
+    """``benchmarks.<module>.<fn>(*args)`` in a fresh Python with ``BENCH_THREADS`` (default 1) CPU threads, so
+    that every figure, peak memory above all, comes from its own process; returns its JSON result."""
+    code = f"import json, benchmarks.{module} as b; print(json.dumps(b.{fn}(*{args!r})))"
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("BENCH_THREADS", "1"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     cols = [c for c in cols if any(c in r for r in rows)]
     widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in cols]

@@ -181,6 +181,11 @@ def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, st
             "against": against, "models": per_model, "rows": rows}
 
 
+def run_default() -> dict:
+    """`make bench`'s profile: the demo's model and `base`, this tree only, 3 rounds."""
+    return run(rounds=3)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)

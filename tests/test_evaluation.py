@@ -165,7 +165,7 @@ def test_hybrid_recalls_beyond_the_window_and_windowed_transformer_cannot(tmp_pa
 
     Measured when written: hybrid 16.8 dB at every D from 0 to 20; windowed 11.4 dB at D = 0, 8.6-8.7 dB for
     D >= 2 (the cue has left its window)."""
-    import benchmarks.run as bench
+    import benchmarks.recall as bench
 
     res = bench.recall_experiment(str(tmp_path), steps=3000, distances=(12, 20))
     psnr = {(r["variant"], r["D"]): r["recall_psnr"] for r in res["rows"]}
@@ -178,7 +178,7 @@ def test_gpu_benchmark_code_runs_small_on_the_cpu():
     """`python -m benchmarks.run gpu` needs CUDA; its smoke variant runs the same code on the CPU (tiny sizes)."""
     import warnings
 
-    from benchmarks.run import bench_gpu
+    from benchmarks.gpu import run as bench_gpu
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
