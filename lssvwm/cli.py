@@ -126,10 +126,8 @@ def _train_ae(a):
 
 
 def _data_preview(a):
-    import numpy as np
-
     from .data.episodes import episode_files, load_episode
-    from .video import side_by_side, top_down_map, upscale, write_video
+    from .video import episode_preview, write_video
 
     files = episode_files(a.dir)
     if a.episode >= len(files):
@@ -137,22 +135,7 @@ def _data_preview(a):
                           f"{a.episode}")
     out = a.out or Path(a.dir) / f"preview_{a.episode:06d}.mp4"
     _check_output_file(Path(out))
-    ep = load_episode(files[a.episode])
-    frames = ep["image"][: a.frames]
-    res = frames.shape[1]
-    scale = max(1, 256 // res)
-    view = upscale(frames, scale)
-    panels = [view]
-    if "maze_layout" in ep and "agent_pos" in ep:
-        layout = np.asarray(ep["maze_layout"][0] if ep["maze_layout"].ndim == 3 else ep["maze_layout"])
-        if "targets_pos" in ep:  # the real Memory Maze's files: 1 = free and no outer walls (see data.memory_maze)
-            layout = np.pad(1 - layout, 1, constant_values=1)
-            positions = ep["agent_pos"][: a.frames] + 1.0
-        else:
-            positions = ep["agent_pos"][: a.frames]
-        cell = max(4, view.shape[1] // layout.shape[0])
-        panels.append(top_down_map(layout, positions, cell))
-    write_video(out, side_by_side(*panels), fps=a.fps)
+    write_video(out, episode_preview(load_episode(files[a.episode]), a.frames), fps=a.fps)
     print(f"preview: {out}")
 
 
@@ -215,23 +198,14 @@ def _train(a):
 
 
 def _generate(a):
-    from .checkpoint import load_run, start_clip_split
-    from .data.dataset import EpisodeWindows
-    from .generate import comparison_video, episode_rollout, frame_metrics, write_metrics
+    from .checkpoint import load_run
+    from .generate import comparison_video, episode_rollout, frame_metrics, start_episode, write_metrics
     from .video import write_video
 
     _check_output_file(a.out)
     run = load_run(a.ckpt, device=_device(a.device))
     sampler = run.sampler(**_sampling_overrides(a))
-    data = a.data or run.cfg.train.data
-    if not data or not Path(data).is_dir():
-        raise ConfigError(f"--data: the run's data folder {data!r} is not on this machine; give --data")
-    split = a.split or start_clip_split(data)
-    ds = EpisodeWindows(data, 1, split, run.cfg.train.val_fraction, layout=run.cfg.train.data_layout)
-    if a.episode >= len(ds.files):
-        raise ConfigError(f"--episode must be in [0, {len(ds.files)}) for the {len(ds.files)} '{split}' episodes of "
-                          f"{data}, got {a.episode}")
-    ep = ds.episode(a.episode)
+    ep = start_episode(run, a.data, a.split, a.episode)
     ctx, gt, pred = episode_rollout(sampler, ep, a.context, a.frames, start=a.start, progress=True,
                                     teacher_forcing=a.teacher_forcing)
     metrics = frame_metrics(gt, pred)
@@ -305,6 +279,16 @@ def _device(name: str | None) -> str:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return name
+
+
+def _device_arg(p) -> None:
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def _lpips_arg(p) -> None:
+    p.add_argument("--lpips", choices=["local", "download"], default="local",
+                   help="LPIPS: 'local' uses AlexNet weights already on this machine (else reports it unavailable); "
+                   "'download' fetches them once (needs the lpips package and internet) (default local)")
 
 
 def _sampling_args(p, seed: bool = True) -> None:
@@ -445,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=POSITIVE, default=8, help="video frames per second")
     g.add_argument("--out", type=_video_path, default=Path("rollout.mp4"),
                    help="video (.mp4 or .gif); the metrics go beside it as .json")
-    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _device_arg(g)
     _sampling_args(g)
     g.add_argument("--teacher-forcing", action="store_true",
                    help="predict each frame from the true frames before it (one step ahead), not from its own")
@@ -460,12 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--episodes", type=POSITIVE, default=4, help="task episodes")
     em.add_argument("--seed", type=NONNEG, default=0, help="task-set seed (also seeds sampling, per episode)")
     em.add_argument("--data", help="training data folder whose meta.json names the mazes (default: the run's)")
-    em.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _device_arg(em)
     _sampling_args(em, seed=False)
     em.add_argument("--out", default="runs/eval", help="output folder")
-    em.add_argument("--lpips", choices=["local", "download"], default="local",
-                    help="LPIPS: 'local' uses AlexNet weights already on this machine (else reports it unavailable); "
-                    "'download' fetches them once (needs the lpips package and internet) (default local)")
+    _lpips_arg(em)
 
     ef = cmd(ev, "follow", _eval_follow, help="does the model keep to the true path? held-out trajectories in the "
                                               "training mazes and in unseen mazes, free and teacher-forced")
@@ -477,10 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("--windows", type=POSITIVE, default=8, help="held-out trajectories per window set")
     ef.add_argument("--seed", type=NONNEG, default=0, help="window-set seed")
     ef.add_argument("--out", default="runs/follow", help="output folder")
-    ef.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    ef.add_argument("--lpips", choices=["local", "download"], default="local",
-                    help="LPIPS: 'local' uses AlexNet weights already on this machine (else reports it unavailable); "
-                    "'download' fetches them once (needs the lpips package and internet) (default local)")
+    _device_arg(ef)
+    _lpips_arg(ef)
     _sampling_args(ef, seed=False)
 
     pl = cmd(sub, "play", _play, help="play a trained model in the browser (WebSocket server)")
@@ -490,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--port", type=_int_at_least(0, 65535), default=8765, help="port (0 = any free port)")
     pl.add_argument("--allow-remote", action="store_true", help="required for a --host other than loopback")
     pl.add_argument("--record", metavar="DIR", help="save recordings (episode .npz + .mp4) here")
-    pl.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    _device_arg(pl)
     _sampling_args(pl, seed=False)
 
     d = cmd(sub, "demo", _demo, help="data -> train -> rollout on the built-in maze, on CPU")

@@ -11,6 +11,24 @@ from .metrics import psnr, ssim
 from .video import side_by_side, to_uint8, upscale, write_video
 
 
+def start_episode(run, data: str | None = None, split: str | None = None, episode: int = 0) -> dict:
+    """The episode a rollout of ``run`` starts from: ``episode`` of the ``split`` (default: where its start clips
+    are, see :func:`lssvwm.checkpoint.start_clip_split`) of ``data`` (default: the run's training data)."""
+    from .checkpoint import start_clip_split
+    from .config import ConfigError
+    from .data.dataset import EpisodeWindows
+
+    data = data or run.cfg.train.data
+    if not data or not Path(data).is_dir():
+        raise ConfigError(f"--data: the run's data folder {data!r} is not on this machine; give --data")
+    split = split or start_clip_split(data)
+    ds = EpisodeWindows(data, 1, split, run.cfg.train.val_fraction, layout=run.cfg.train.data_layout)
+    if episode >= len(ds.files):
+        raise ConfigError(f"--episode must be in [0, {len(ds.files)}) for the {len(ds.files)} '{split}' episodes of "
+                          f"{data}, got {episode}")
+    return ds.episode(episode)
+
+
 def episode_rollout(sampler, episode: dict, context: int, frames: int, start: int = 0, progress: bool = False,
                     teacher_forcing: bool = False):
     """Context = episode frames [start, start+context); generate the next ``frames`` with the episode's actions.

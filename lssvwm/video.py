@@ -40,6 +40,20 @@ def side_by_side(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
     return np.concatenate(out, axis=2)
 
 
+def episode_preview(ep: dict, frames: int) -> np.ndarray:
+    """The first ``frames`` frames of an episode, enlarged to ~256 px, beside a top-down map of the maze with the
+    agent's path where the episode has one: (T, H, W', 3) uint8 for :func:`write_video`."""
+    from .data.episodes import top_down
+
+    images = ep["image"][:frames]
+    view = upscale(images, max(1, 256 // images.shape[1]))
+    mapped = top_down(ep, frames)
+    if mapped is None:
+        return view
+    layout, positions = mapped
+    return side_by_side(view, top_down_map(layout, positions, max(4, view.shape[1] // layout.shape[0])))
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> Path:
     """Write (T, H, W, 3) uint8 frames as .mp4 (H.264 via imageio-ffmpeg) or .gif, atomically."""
     import imageio.v2 as imageio

@@ -124,3 +124,20 @@ def test_cli_data_and_preview(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lssvwm", "data", "preview", str(tmp_path / "empty")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "dataset folder not found" in bad.stderr
+
+
+def test_top_down_reads_both_file_formats():
+    """Ours: 1 = wall, outer walls included. The real Memory Maze's: 1 = free, no outer walls (targets_pos
+    present): inverted and padded, positions shifted into the padded grid."""
+    import numpy as np
+
+    from lssvwm.data.episodes import top_down
+
+    layout = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]])
+    ours = {"maze_layout": layout, "agent_pos": np.array([[1.5, 1.5], [1.5, 1.6]])}
+    lay, pos = top_down(ours)
+    assert np.array_equal(lay, layout) and np.array_equal(pos, ours["agent_pos"])
+    mm = {"maze_layout": np.ones((2, 2, 2)), "agent_pos": np.array([[0.5, 0.5]]), "targets_pos": np.zeros((3, 2))}
+    lay, pos = top_down(mm)
+    assert lay.shape == (4, 4) and lay[1:3, 1:3].sum() == 0 and lay.sum() == 12 and np.array_equal(pos, [[1.5, 1.5]])
+    assert top_down({"image": np.zeros((2, 8, 8, 3))}) is None

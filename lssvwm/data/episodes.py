@@ -218,6 +218,19 @@ def probe_episode(path: str | os.PathLike) -> tuple[tuple, tuple]:
     return image, action
 
 
+def top_down(ep: dict, frames: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """An episode's map and path for a top-down view: (layout (S, S), 1 = wall, outer walls included; the agent's
+    positions (T, 2) in that grid), or None when the episode has neither. Knows both file formats: ours (1 = wall)
+    and the real Memory Maze's (``targets_pos`` present: 1 = free and no outer walls, see data.memory_maze)."""
+    if "maze_layout" not in ep or "agent_pos" not in ep:
+        return None
+    layout = np.asarray(ep["maze_layout"][0] if ep["maze_layout"].ndim == 3 else ep["maze_layout"])
+    positions = np.asarray(ep["agent_pos"][:frames])
+    if "targets_pos" in ep:
+        return np.pad(1 - layout, 1, constant_values=1), positions + 1.0
+    return layout, positions
+
+
 def action_indices(action_onehot: np.ndarray) -> np.ndarray:
     """One-hot ``(T+1, A)`` -> int64 ``(T+1,)`` indices; the all-zero dummy row becomes -1 ("no action")."""
     idx = action_onehot.argmax(axis=1).astype(np.int64)
