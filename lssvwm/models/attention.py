@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class KVCache(NamedTuple):
     """Rotated keys and values of the last ``frames`` committed frames of one attention layer."""
 
