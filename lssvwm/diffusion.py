@@ -88,17 +88,14 @@ def own_rollout_history(model, frames: torch.Tensor, actions: torch.Tensor, n: i
                         generators: list[torch.Generator] | None = None, clamp: tuple[float, float] | None = None
                         ) -> torch.Tensor:
     """``frames`` (B, T, C, H, W) with frames ``n .. n+r-1`` replaced by the model's own free rollout from the true
-    frames ``0 .. n-1``, sampled as at inference (``sampling``: steps, grid, eta, stabilization; ``clamp``: the
-    codec's range). No gradient flows through it. ``generators``: one per clip, so that a clip's rollout does not
-    depend on which process (or batch) it is in."""
-    module = getattr(model, "module", model)  # not through DDP: this forward has no backward
-    cache = prefill(module, frames[:, :n], actions[:, :n], sampling.stabilization, generators)
+    frames ``0 .. n-1``, by the :class:`Sampler` as at inference (``sampling``, history guidance included;
+    ``clamp``: the value range of the space the frames are in, the codec's). No gradient flows through it. ``generators``: one per clip, so that a
+    clip's rollout does not depend on which process (or batch) it is in."""
+    sampler = Sampler(getattr(model, "module", model), sampling, clamp=clamp)  # not through DDP: no backward here
+    if generators is not None:
+        sampler.generator = generators
     out = frames.clone()
-    shape = (frames.shape[0],) + tuple(frames.shape[2:])
-    for j in range(n, n + r):
-        x = denoise_frame(module, cache, actions[:, j], shape, sampling, generators, frames.device, clamp)
-        cache = commit_frame(module, cache, x, actions[:, j], sampling.stabilization, generators)
-        out[:, j] = x.to(out.dtype)
+    out[:, n:n + r] = sampler.rollout(frames[:, :n], actions[:, :n], actions[:, n:n + r], to_cpu=False).to(out)
     return out
 
 
@@ -249,7 +246,7 @@ class Sampler:
 
     Frames go in and come out as pixels in [-1, 1]; ``codec`` (a PixelCodec or LatentCodec, see
     :func:`lssvwm.checkpoint.frame_codec`) maps them to the space the model works in. Without a codec the
-    model's own space is used as is. The state (``cache``) is fixed-size and never mutated: ``step`` returns the
+    model's own space is used as is, with ``clamp`` its value range where it has one (pixels: (-1, 1)). The state (``cache``) is fixed-size and never mutated: ``step`` returns the
     cache after committing the new frame. Random draws come from ``self.generator`` (seeded by ``cfg.seed``;
     ``reseed`` starts a new stream).
 
@@ -258,13 +255,15 @@ class Sampler:
     extrapolates from that history-poor prediction towards the one with the full history.
     """
 
-    def __init__(self, model, cfg: SamplingConfig | None = None, codec=None, device=None):
+    def __init__(self, model, cfg: SamplingConfig | None = None, codec=None, device=None,
+                 clamp: tuple[float, float] | None = None):
         self.model, self.cfg, self.codec = model, cfg or SamplingConfig(), codec
         self.cfg.validate()
         params = getattr(model, "parameters", None)
         self.device = torch.device(device) if device is not None else (
             next(params()).device if params is not None else torch.device("cpu"))
-        self.clamp = getattr(codec, "value_range", None)  # pixels: (-1, 1); latents: None (unbounded)
+        # pixels: (-1, 1); latents: None (unbounded)
+        self.clamp = getattr(codec, "value_range", None) if codec is not None else clamp
         self.num_actions = getattr(getattr(model, "cfg", None), "num_actions", None)
         self.action_dim = getattr(getattr(model, "cfg", None), "action_dim", 0)
         self.reseed(self.cfg.seed)
@@ -327,11 +326,12 @@ class Sampler:
     @torch.no_grad()
     def rollout(self, context_frames: torch.Tensor, context_actions: torch.Tensor, future_actions: torch.Tensor,
                 teacher_frames: torch.Tensor | None = None, on_frame: Callable[[int, torch.Tensor], None] | None = None,
-                keep: bool = True, progress: bool = False) -> torch.Tensor | None:
+                keep: bool = True, progress: bool = False, to_cpu: bool = True) -> torch.Tensor | None:
         """Generate ``M = future_actions.shape[1]`` frames after a context of N frames (pixels, (B, N, C, H, W)).
 
         The state is fixed-size, so memory does not grow with M (with ``keep=False`` not even the outputs are
-        kept; use ``on_frame(i, frame)`` to stream them). Returns (B, M, C, H, W) pixels on the CPU when ``keep``.
+        kept; use ``on_frame(i, frame)`` to stream them). Returns (B, M, C, H, W) pixels when ``keep``, on the CPU
+        unless ``to_cpu=False``.
 
         ``teacher_frames`` (B, M, C, H, W): commit these true frames instead of the generated ones, so every frame
         is a one-step-ahead prediction from the true history (teacher forcing: how well the model predicts, apart
@@ -348,6 +348,6 @@ class Sampler:
             if on_frame is not None:
                 on_frame(i, frame)
             if keep:
-                out.append(frame.cpu())
+                out.append(frame.cpu() if to_cpu else frame)
         return torch.stack(out, dim=1) if keep else None
 

@@ -147,26 +147,24 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
 
 def recall_psnr(model, distance: int, length: int, trials: int = 16, seed: int = 1, size: int = 16,
                 cue_frames: int = 2) -> float:
-    """Mean PSNR of the model's one-shot prediction (from pure noise) of the recall frame at ``distance``."""
-    import torch
-
+    """Mean PSNR of the model's one-shot prediction (from pure noise) of the recall frame at ``distance``: the
+    :class:`~lssvwm.diffusion.Sampler` with one step on the uniform grid, so the frame is the clamped x0 estimate
+    from pure noise, after a clean context."""
+    from .config import SamplingConfig
     from .data.episodes import episode_tensors
     from .data.recall import recall_clip
-    from .diffusion import prefill, x0_eps_from_v
+    from .diffusion import Sampler
     from .metrics import psnr
 
     rng = np.random.default_rng(seed)
+    sampler = Sampler(model, SamplingConfig(steps=1, schedule="uniform", stabilization=0.0), clamp=(-1.0, 1.0))
     scores = []
-    with torch.no_grad():
-        for _ in range(trials):
-            clip = recall_clip(rng, length, distance, size, cue_frames)
-            r = int(clip["recall_index"])
-            tensors = episode_tensors(clip)
-            frames, acts = tensors["frames"][None], tensors["actions"][None]
-            cache = prefill(model, frames[:, :r], acts[:, :r])
-            noise = torch.randn(frames[:, r].shape, generator=torch.Generator().manual_seed(len(scores)))
-            t = torch.ones(1)  # one DDIM step from pure noise: the x0 estimate itself
-            v, _ = model.step(noise, t, acts[:, r], cache)
-            x0, _ = x0_eps_from_v(noise, v, t)
-            scores.append(float(psnr(x0.clamp(-1, 1), frames[:, r])))
+    for _ in range(trials):
+        clip = recall_clip(rng, length, distance, size, cue_frames)
+        r = int(clip["recall_index"])
+        tensors = episode_tensors(clip)
+        frames, acts = tensors["frames"][None], tensors["actions"][None]
+        sampler.reseed(len(scores))  # the trial's noise: the same for every model
+        x0, _ = sampler.step(sampler.prefill(frames[:, :r], acts[:, :r]), acts[:, r])
+        scores.append(float(psnr(x0, frames[:, r])))
     return float(np.mean(scores))
