@@ -131,8 +131,8 @@ def device_memory(device: torch.device) -> int | None:
 def cpu_bf16_fast() -> bool:
     """Whether bf16 matmuls clearly beat fp32 ones on this CPU: a 512^3 matmul timed in both types (best of 5, at
     the thread count in use), bf16 chosen only when 1.5x faster, since it costs precision. The CPU flags do not
-    settle it: with AMX bf16 is several times faster, on AVX2-only CPUs PyTorch emulates it (~50-100x slower),
-    and with AVX512-BF16 but no AMX it was measured ~1.7x *slower* than fp32 (docs/results.md)."""
+    settle it: with AMX bf16 is several times faster, on AVX2-only CPUs PyTorch emulates it (far slower), and
+    with AVX512-BF16 but no AMX it measured slower than fp32 too (docs/results.md has the figures)."""
     a = torch.randn(512, 512)
     best = {}
     for dtype in (torch.float32, torch.bfloat16):
