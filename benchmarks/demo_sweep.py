@@ -6,8 +6,8 @@ The demo's data (64 episodes x 400 steps, 32x32, 4 fixed mazes) and the `small` 
 steps, batch, clip length, lr or the model, trains in its own process (several share one GPU), then is
 evaluated on 3 held-out windows (32 context frames from frame 100, 48 generated): free-rollout and
 teacher-forced PSNR/SSIM for several sampler settings, the repeat-last-frame baseline, and PNG strips (ground
-truth over prediction). Run on an H100 on 2026-11-23 to pick the demo's lr and window; results in the README,
-"How the demo was tuned". ``SWEEP_MAX_MIN`` caps each run's training minutes.
+truth over prediction). Run on an H100 on 2026-11-23 to pick the demo's lr and window; results in docs/results.md,
+"How the first demo recipe was tuned". ``SWEEP_MAX_MIN`` caps each run's training minutes.
 """
 from __future__ import annotations
 

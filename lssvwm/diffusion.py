@@ -1,6 +1,6 @@
 """Diffusion Forcing: per-frame noise levels, the long-context training mask, the per-frame sampler, rollout.
 
-Choices (the anchors are Diffusion Forcing, DFoT, Oasis and DIAMOND; see the README's "How it works"):
+Choices (the anchors are Diffusion Forcing, DFoT, Oasis and DIAMOND; see docs/architecture.md):
 
 - Continuous time ``t`` in [0, 1] per (sample, frame); ``t = 0`` is a clean frame. Cosine schedule
   ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)`` (variance preserving, ``alpha^2 + sigma^2 = 1``); its math
