@@ -23,6 +23,8 @@ it, picked with the truth: how much of what comes was already in view, the most 
 context could score without rendering anything new).
 
     lssvwm eval follow --ckpt runs/a --ckpt runs/b [--data DIR] [--windows 8] [--out runs/follow]
+
+This module builds the windows and scores them; :mod:`lssvwm.follow_report` writes the table and the pictures.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ import torch
 BINS_SHORT = ((1, 8), (9, 24), (25, 48))
 BINS_LONG = ((49, 100), (101, 200))
 TRAJECTORY_SEED = 20_261_123  # held-out trajectories: never a training episode's seed
-STRIP_FRAMES = (1, 2, 4, 8, 16, 24, 32, 48, 100, 200)
 SHUFFLE_SEED = 1234  # the fixed time shuffle of the control's actions
 
 
@@ -174,6 +175,7 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     predictions) to ``out``. Returns the results."""
     from .config import check_fits
     from .evaluation import common_resolution, load_runs, lpips_fn
+    from .follow_report import write_report
 
     if context < 1 or frames < 1 or long < frames or windows < 1:
         raise ValueError(f"need context >= 1, frames >= 1, long >= frames and windows >= 1 (got context={context}, "
@@ -231,20 +233,8 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
                               "shuffled_actions": _rounded(ctl_pf)}}
             strips[set_name] += [(f"{name}: free", f), (f"{name}: one step ahead", t)]
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    for set_name, rows in strips.items():
-        write_strip(rows, out / f"strip_{set_name}.png", long)
-        if videos:
-            first = sets[set_name]["frames"][0, :context]
-            free_rows = [rows[0]] + [r for r in rows[1:] if r[0].endswith(": free")]
-            tf_rows = [rows[0]] + [r for r in rows[1:] if r[0].endswith("one step ahead")]
-            write_side_by_side(first, free_rows, out / f"rollout_{set_name}.gif", frames=None)
-            write_side_by_side(first, tf_rows, out / f"next_frame_{set_name}.gif", frames=frames)
-    _plot(results, out / "ssim_vs_frame.png")
-    results["table"] = follow_table(results)
-    print(f"follow: {context} context frames, then {frames} and {long} generated ({lp_note})")
-    print(results["table"])
-    print(f"results: {out / 'results.json'}\npictures: " + ", ".join(str(out / f"strip_{s}.png") for s in sets) +
-          f", {out / 'ssim_vs_frame.png'}")
+    first_context = {set_name: win["frames"][0, :context] for set_name, win in sets.items()}
+    results["table"] = write_report(results, strips, first_context, out, videos)
     return results
 
 
@@ -256,88 +246,3 @@ def _train_steps(run) -> int | None:
     """Training steps of a checkpoint folder ``step_XXXXXXX`` (None for weights saved elsewhere)."""
     name = run.checkpoint.name
     return int(name[len("step_"):]) if name.startswith("step_") and name[len("step_"):].isdigit() else None
-
-
-def follow_table(results: dict) -> str:
-    """A text table: per model and window set, free-rollout SSIM by bin, drift, PSNR, teacher-forced SSIM."""
-    head = (f"{'model':<22} {'windows':<13} {'SSIM 1-8':>8} {'9-24':>6} {'25-48':>6} {'all48':>6} {'drift':>6} "
-            f"{'PSNR48':>7} {'TF SSIM':>7} {'SSIM200':>7}")
-    lines = [head]
-    rows = []
-    for n, m in results["models"].items():
-        rows += [(n, s, r["free"], r["teacher_forced"]) for s, r in m["sets"].items()]
-        rows += [(f"{n[:12]} shuffled†", s, r["shuffled_actions"], None) for s, r in m["sets"].items()]
-    rows += [("repeat last frame", s, r["repeat_last_frame"], None) for s, r in results["sets"].items()]
-    rows += [("best context frame*", s, r["best_context_frame"], None) for s, r in results["sets"].items()]
-    for name, set_name, free, tf in rows:
-        ssim = free["ssim"]
-        tf_ssim = f"{tf['ssim']['all']:7.3f}" if tf else f"{'':>7}"
-        long_all = free.get("ssim_long", {}).get("all")
-        lines.append(f"{name[:22]:<22} {set_name:<13} {ssim.get('1-8', float('nan')):8.3f} "
-                     f"{ssim.get('9-24', float('nan')):6.3f} {ssim.get('25-48', float('nan')):6.3f} "
-                     f"{ssim['all']:6.3f} {free.get('ssim_drift', float('nan')):6.3f} {free['psnr']['all']:7.2f} "
-                     f"{tf_ssim} {'' if long_all is None else f'{long_all:7.3f}':>7}")
-    lines.append("† the same model and context, each window's actions shuffled in time: where its SSIM meets the model's "
-                 "row, the rollout no longer follows the actions")
-    lines.append("* picked with the truth: per true frame, the context frame most like it (an oracle of recall)")
-    return "\n".join(lines)
-
-
-def write_strip(rows: list[tuple[str, torch.Tensor]], path: Path, long: int, window: int = 0) -> Path:
-    """One PNG: a row per entry (ground truth, then each model's rows), columns at frames 1, 2, 4 ... 200 of
-    window ``window``, with the row names on the left."""
-    from PIL import Image, ImageDraw
-
-    from .video import to_uint8, upscale
-
-    cols = [f for f in STRIP_FRAMES if f <= long]
-    size = rows[0][1].shape[-1]
-    scale = max(1, 64 // size)
-    label_w, gap = 170, 2
-    cell = size * scale
-    img = Image.new("RGB", (label_w + len(cols) * (cell + gap), 14 + len(rows) * (cell + gap)), "white")
-    draw = ImageDraw.Draw(img)
-    for j, f in enumerate(cols):
-        draw.text((label_w + j * (cell + gap) + 2, 1), f"frame {f}", fill="black")
-    for i, (label, video) in enumerate(rows):
-        y = 14 + i * (cell + gap)
-        draw.text((2, y + cell // 2 - 6), label[:28], fill="black")
-        for j, f in enumerate(cols):
-            if f <= video.shape[1]:
-                tile = upscale(to_uint8(video[window, f - 1:f]), scale)[0]
-                img.paste(Image.fromarray(tile), (label_w + j * (cell + gap), y))
-    img.save(path)
-    return path
-
-
-def write_side_by_side(context: torch.Tensor, rows: list[tuple[str, torch.Tensor]], path: Path,
-                       frames: int | None = None) -> Path:
-    """A gif of window 0: the context frames (blue border) on every panel, then the ground truth and each model's
-    generated frames (red border) side by side, in the order of ``rows``."""
-    from .generate import comparison_panels
-    from .video import write_video
-
-    n = frames or min(r[1].shape[1] for r in rows)
-    panels = comparison_panels(context, [r[1][0, :n] for r in rows])
-    return write_video(path, panels, fps=8)
-
-
-def _plot(results: dict, path: Path) -> None:
-    """SSIM vs generated frame, a panel per window set: each model's free rollout (solid) and its
-    shuffled-actions control (dashed, same colour), and the two baselines (grey)."""
-    from .plots import plot_curve_panels
-
-    panels = {}
-    for set_name, base in results["sets"].items():
-        curves = {}
-        for i, (name, m) in enumerate(results["models"].items()):
-            pf = m["sets"][set_name]["per_frame"]
-            for key, label, ls in (("free", "", "-"), ("shuffled_actions", ", actions shuffled", "--")):
-                v = pf[key]["ssim"]
-                curves[name + label] = (list(range(1, len(v) + 1)), v, {"color": f"C{i % 10}", "ls": ls})
-        for key, label, ls in (("repeat_last_frame", "repeat last frame", ":"),
-                               ("best_context_frame", "best context frame (oracle)", "-.")):
-            v = base["per_frame"][key]["ssim"]
-            curves[label] = (list(range(1, len(v) + 1)), v, {"color": "0.5", "ls": ls})
-        panels[set_name] = curves
-    plot_curve_panels(panels, "generated frame", "SSIM", path, "follow: SSIM vs generated frame")
