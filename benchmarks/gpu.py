@@ -198,7 +198,8 @@ def run(smoke: bool = False) -> dict:
     print(table(decode_rows, ["preset", "steps", "frames_per_s", "ms_per_frame"]))
     kernel_rows = kernels_vs_reference(device, 256, 4, 16) if smoke else kernels_vs_reference(device)
     print(table(kernel_rows, ["kernel", "L", "ms", "rel_err_vs_ref"]))
-    return {"device": name, "autocast": kind, "matmul_peak_tflops": float(f"{peak:.3g}"), "datasheet_tflops": spec, "training": train_rows,
+    return {"device": name, "autocast": kind, "matmul_peak_tflops": float(f"{peak:.3g}"), "datasheet_tflops": spec,
+            "training": train_rows,
             "decoding": decode_rows, "kernels": kernel_rows}
 
 

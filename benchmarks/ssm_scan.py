@@ -33,7 +33,7 @@ def ssm_scan(kind: str, length: int, d_model: int = 256, repeats: int = 3) -> di
 
 
 def run() -> dict:
-    rows = [in_subprocess("ssm_scan", "ssm_scan", "reference", 4096), in_subprocess("ssm_scan", "ssm_scan", "chunked", 4096)]
+    rows = [in_subprocess("ssm_scan", "ssm_scan", kind, 4096) for kind in ("reference", "chunked")]
     speedup = rows[0]["seconds"] / rows[1]["seconds"]
     mem_rows = [in_subprocess("ssm_scan", "ssm_scan", "chunked", L) for L in (1024, 2048, 4096, 8192)]
     print(f"SSD scan on CPU, one thread, L = 4096, d_model 256: chunked is {speedup:.1f}x the reference loop "

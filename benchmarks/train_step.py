@@ -135,7 +135,8 @@ def _summary(runs: list[dict]) -> dict:
     gflops = first["flops"] / step / 1e9
     return {**{k: first[k] for k in ("model", "batch", "clip", "params_M", "autocast", "threads")},
             "ms_per_step": round(1000 * step, 1),
-            "ms_min": round(1000 * min(t for r in runs for t in r["step_s"]), 1), "gflop_per_step": round(first["flops"] / 1e9, 2),
+            "ms_min": round(1000 * min(t for r in runs for t in r["step_s"]), 1),
+            "gflop_per_step": round(first["flops"] / 1e9, 2),
             "achieved_gflops": round(gflops, 1), "peak_gflops": peak, "share_of_peak_%": round(100 * gflops / peak, 1),
             "peak_fp32_gflops": first["peak_fp32_gflops"], "peak_bf16_gflops": first["peak_bf16_gflops"],
             "round_ms": [round(1000 * statistics.median(r["step_s"]), 1) for r in runs],
@@ -177,8 +178,8 @@ def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, st
         for name, s in res.items():
             if name != "speedup":
                 print(f"  top ops, {model}, {name}: " + ", ".join(f"{o['op']} {o['share_%']}%" for o in s["top_ops"]))
-    return {"cpu": common.cpu_name(), "cpu_kind": common.cpu_kind(), "threads": threads, "rounds": rounds, "steps": steps,
-            "against": against, "models": per_model, "rows": rows}
+    return {"cpu": common.cpu_name(), "cpu_kind": common.cpu_kind(), "threads": threads, "rounds": rounds,
+            "steps": steps, "against": against, "models": per_model, "rows": rows}
 
 
 def run_default() -> dict:

@@ -36,7 +36,8 @@ def train_cost(variant: str, clip: int, preset: str = "small") -> dict:
 
 
 def run() -> dict:
-    rows = [in_subprocess("training", "train_cost", v, c) for v in ("hybrid", "full-transformer") for c in (16, 64, 256)]
+    rows = [in_subprocess("training", "train_cost", v, c) for v in ("hybrid", "full-transformer")
+            for c in (16, 64, 256)]
     import torch
 
     from lssvwm.config import TrainConfig

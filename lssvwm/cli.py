@@ -225,9 +225,9 @@ def _play(a):
                          f"confirm")
     if a.record:
         _writable_dir(a.record, "--record")
-    if a.context and not Path(a.context).exists():
-        raise ConfigError(f"--context {a.context}: no such dataset folder or episode file")
-    factory = EnvFactory(a.ckpt, context=a.context, device=_device(a.device), **_sampling_overrides(a))
+    if a.start_clips and not Path(a.start_clips).exists():
+        raise ConfigError(f"--start-clips {a.start_clips}: no such dataset folder or episode file")
+    factory = EnvFactory(a.ckpt, context=a.start_clips, device=_device(a.device), **_sampling_overrides(a))
     try:
         asyncio.run(serve(factory, a.host, a.port, a.record))
     except KeyboardInterrupt:
@@ -465,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = cmd(sub, "play", _play, help="play a trained model in the browser (WebSocket server)")
     pl.add_argument("--ckpt", required=True, help="run or checkpoint folder")
-    pl.add_argument("--context", help="dataset folder or episode .npz for the start clip (default: the run's data)")
+    pl.add_argument("--start-clips", "--context", dest="start_clips", metavar="PATH",
+                    help="dataset folder or episode .npz the start clips come from (default: the run's data; "
+                         "--context is the old name)")
     pl.add_argument("--host", default="127.0.0.1", help="address to listen on")
     pl.add_argument("--port", type=_int_at_least(0, 65535), default=8765, help="port (0 = any free port)")
     pl.add_argument("--allow-remote", action="store_true", help="required for a --host other than loopback")

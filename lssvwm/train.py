@@ -74,7 +74,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
 def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None, rank: int, world: int,
            device: torch.device) -> Path:
     tc = cfg.train
-    run = Path(tc.out)
+    run_dir = Path(tc.out)
     ds = EpisodeWindows(tc.data, tc.clip_len, "train", tc.val_fraction, skip_bad=tc.skip_bad_files,
                         layout=tc.data_layout)
     if ds.bad_files and rank == 0:
@@ -94,7 +94,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
 
     torch.manual_seed(tc.seed)
     model = WorldModel(cfg.model).to(device)
-    ema, opt, start, state = init_training(model, tc, run, resume, truncate_log=rank == 0)
+    ema, opt, start, state = init_training(model, tc, run_dir, resume, truncate_log=rank == 0)
     if state:
         torch.set_rng_state(state["rng_torch"])
     elif tc.init:  # fine-tuning: the weights of another run, a fresh optimizer and schedule
@@ -102,9 +102,9 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
         if rank == 0:
             print(f"starting from the weights of {source}", flush=True)
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        cfg.save(run / "config.yaml")
-        print(f"lssvwm train: {run} | {model.num_params() / 1e6:.2f}M params | {len(ds)} windows | device {device}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        print(f"lssvwm train: {run_dir} | {model.num_params() / 1e6:.2f}M params | {len(ds)} windows | device {device}"
               f" x{world} | autocast {amp}\n{cfg.to_yaml()}", flush=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     fwd = torch.compile(ddp) if tc.compile else ddp  # the training forward; rollouts run the module as it is
@@ -113,7 +113,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
                                                                             tc.steps, rank, world),
                                          num_workers=tc.num_workers, persistent_workers=False)
     batches = iter(loader)
-    loop = Loop(tc, run, start, opt, "train", progress, rank, world, device, tc.tensorboard, stop_after)
+    loop = Loop(tc, run_dir, start, opt, "train", progress, rank, world, device, tc.tensorboard, stop_after)
     autocast = functools.partial(torch.autocast, device.type, dtype=amp or torch.float32, enabled=amp is not None)
     for step in loop:
         batch = next(batches)  # this rank's slice of global batch `step`
@@ -147,7 +147,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
                     print(f"step {step}: non-finite loss {loss.item()}, step skipped (train.nan_policy=skip)")
                 continue
             raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopped. The last good checkpoint in "
-                                   f"{run / 'checkpoints'} is kept. Lower train.lr or set train.nan_policy=skip.")
+                                   f"{run_dir / 'checkpoints'} is kept. Lower train.lr or set train.nan_policy=skip.")
         grad_norm = optimizer_step(model, ema, opt, loss, step, tc)
         record = {"loss": logged.item(), "grad_norm": float(grad_norm), **stats}
         if plan is not None:
@@ -155,22 +155,22 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
         checkpoint_due = loop.end_step(step, record, frames=tc.batch_size * n_frames)
         if rank == 0:
             if checkpoint_due:
-                save_checkpoint(run, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})
+                save_checkpoint(run_dir, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})
             if tc.sample_every and (step + 1) % tc.sample_every == 0:
-                _sample(ema, cfg, run, step + 1, codec, loop.tb)
+                _sample(ema, cfg, run_dir, step + 1, codec, loop.tb)
         if world > 1:
             dist.barrier()
     loop.close()
     if world > 1 and dist.is_initialized():
         dist.destroy_process_group()
-    return run
+    return run_dir
 
 
-def _sample(ema, cfg: RunConfig, run: Path, step: int, codec, tb) -> None:
+def _sample(ema, cfg: RunConfig, run_dir: Path, step: int, codec, tb) -> None:
     """A rollout video of the EMA model; in TensorBoard too, ground truth over the rollout."""
     from .generate import write_sample
 
-    sample = write_sample(ema, cfg, run / "samples" / f"step_{step:07d}.mp4", codec)
+    sample = write_sample(ema, cfg, run_dir / "samples" / f"step_{step:07d}.mp4", codec)
     if tb is not None:
         tb.add_image("samples/rollout", sample["image"], step, dataformats="HWC")
         tb.add_scalar("samples/psnr", sample["psnr"], step)

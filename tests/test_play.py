@@ -235,8 +235,9 @@ def test_play_checks_its_settings_at_start(tiny_run, tmp_path, capsys):
             code = e.code
         return code, capsys.readouterr().err
 
-    code, err = run("--context", tmp_path / "missing")
-    assert code == 2 and "no such dataset folder or episode file" in err
+    for flag in ("--start-clips", "--context"):  # --context: the old name, still taken
+        code, err = run(flag, tmp_path / "missing")
+        assert code == 2 and "--start-clips" in err and "no such dataset folder or episode file" in err
     code, err = run("--stabilization", "3")
     assert code == 2 and "--stabilization" in err
     with socket.socket() as s:  # a port that is in use
