@@ -120,12 +120,12 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
         frames = codec.encode(batch["frames"].to(device))  # (B, T, C, H, W): pixels or latents
         actions = batch["actions"].to(device)  # (B, T)
         if tc.curriculum_steps > 0:  # not from the paper: grow the clip length
-            length = max(2, int(round(tc.clip_len * min(1.0, 0.25 + 0.75 * step / tc.curriculum_steps))))
-            frames, actions = frames[:, :length], actions[:, :length]
-        n_frames = frames.shape[1]
+            clip_len = max(2, int(round(tc.clip_len * min(1.0, 0.25 + 0.75 * step / tc.curriculum_steps))))
+            frames, actions = frames[:, :clip_len], actions[:, :clip_len]
+        clip_len = frames.shape[1]  # this step's (train.clip_len, or shorter in the curriculum)
         levels, mask, noise = training_noise((tc.batch_size, *frames.shape[1:]), cfg.diffusion,
                                              torch.Generator().manual_seed(stable_seed(tc.seed, step, 1)))
-        plan = own_rollout_plan(n_frames, cfg.diffusion, torch.Generator().manual_seed(stable_seed(tc.seed, step, 3)))
+        plan = own_rollout_plan(clip_len, cfg.diffusion, torch.Generator().manual_seed(stable_seed(tc.seed, step, 3)))
         plan = plan if step >= cfg.diffusion.own_rollout_start else None
         if plan is not None:  # the first n + r frames become context: true, then the model's own rollout
             clip_gens = [torch.Generator().manual_seed(stable_seed(tc.seed, step, 2, i))
@@ -152,7 +152,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
         record = {"loss": logged.item(), "grad_norm": float(grad_norm), **stats}
         if plan is not None:
             record["own_rollout"] = list(plan)
-        checkpoint_due = loop.end_step(step, record, frames=tc.batch_size * n_frames)
+        checkpoint_due = loop.end_step(step, record, frames=tc.batch_size * clip_len)
         if rank == 0:
             if checkpoint_due:
                 save_checkpoint(run_dir, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})

@@ -78,7 +78,7 @@ def split_files(files: list[Path], split: str, val_fraction: float) -> list[Path
 
 
 class EpisodeWindows(Dataset):
-    """Random-access windows of ``length`` frames.
+    """Random-access windows of ``clip_len`` frames (``train.clip_len``).
 
     Returns ``{"frames": (L, C, H, W) float32 in [-1, 1], "actions": (L,) int64}`` (or ``(L, A)`` float32 for
     continuous actions); ``actions[t]`` is the action that led to ``frames[t]`` (-1 or a zero vector = none, for
@@ -90,17 +90,17 @@ class EpisodeWindows(Dataset):
     Minecraft, are read per item instead; use ``train.num_workers`` to hide the decoding.
     """
 
-    def __init__(self, root: str | os.PathLike, length: int, split: str = "train", val_fraction: float = 0.1,
+    def __init__(self, root: str | os.PathLike, clip_len: int, split: str = "train", val_fraction: float = 0.1,
                  stride: int = 1, cache: bool | None = None, skip_bad: bool = False, layout: str = "auto",
                  max_cache_gb: float = 4.0):
-        if length < 1:
-            raise ValueError(f"window length must be >= 1, got {length}")
+        if clip_len < 1:
+            raise ValueError(f"window length must be >= 1, got {clip_len}")
         if layout not in LAYOUTS:
             raise ValueError(f"data layout must be one of {LAYOUTS}, got {layout!r}")
         self.root = Path(root)
         self.layout = detect_layout(root) if layout == "auto" else layout
         self.reader = READERS[self.layout]()
-        self.length, self.stride = length, stride
+        self.clip_len, self.stride = clip_len, stride
         self._episodes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         files = self.reader.files(self.root, split, val_fraction)
         self.num_actions, self.action_dim = 0, 0
@@ -130,9 +130,9 @@ class EpisodeWindows(Dataset):
                     continue
                 image, actions, width = read
                 shape = image.shape
-            if shape[0] < length:
+            if shape[0] < clip_len:
                 raise EpisodeFormatError(f"{f}: episode has {shape[0]} frames, shorter than the window "
-                                         f"length {length}")
+                                         f"length {clip_len}")
             e = len(self.files)
             self.files.append(f)
             self._lengths.append(shape[0])
@@ -148,7 +148,7 @@ class EpisodeWindows(Dataset):
                 self.action_dim = int(actions.shape[1])
             else:
                 self.num_actions = max(self.num_actions, width)
-            self.index.extend((e, s) for s in range(0, shape[0] - length + 1, stride))
+            self.index.extend((e, s) for s in range(0, shape[0] - clip_len + 1, stride))
         if not self.files:
             raise EpisodeFormatError(f"{root}: split '{split}' has no usable episodes ({len(files)} files, "
                                      f"{len(self.bad_files)} unreadable)")
@@ -175,8 +175,8 @@ class EpisodeWindows(Dataset):
     def __getitem__(self, i: int) -> dict:
         e, s = self.index[i]
         image, actions = self._load(e)
-        return {"frames": image_to_frames(image[s:s + self.length]),
-                "actions": torch.from_numpy(actions[s:s + self.length].copy())}
+        return {"frames": image_to_frames(image[s:s + self.clip_len]),
+                "actions": torch.from_numpy(actions[s:s + self.clip_len].copy())}
 
     def episode(self, e: int) -> dict:
         """A whole episode as tensors (for rollouts and evaluation)."""
