@@ -150,67 +150,6 @@ class ModelConfig:
                                   f"{grid}x{grid} (frame_size/patch_size)")
 
 
-def param_count(cfg: ModelConfig) -> int:
-    """The number of parameters of ``WorldModel(cfg)``, computed from the config alone (so that absurd sizes are
-    refused before anything is allocated). Tests hold it equal to the built model's count."""
-    d, p, c = cfg.d_model, cfg.patch_size, cfg.channels
-    grid = cfg.frame_size // p
-    total = c * p * p * d + d + grid * grid * d  # patch embedding, 2D positions
-    total += (c * p * p * d + d) if cfg.prev_frame else 0
-    total += 256 * d + d + d * d + d  # noise-level MLP
-    if cfg.action_dim > 0:
-        total += cfg.action_dim * d + d + d * d + d
-    else:
-        total += (cfg.num_actions + 1) * d
-    d_inner = cfg.expand * d
-    nheads, conv_dim = d_inner // cfg.ssm_headdim, d_inner + 2 * cfg.d_state
-    hidden = int(d * cfg.mlp_ratio)
-    for spec in cfg.layers:
-        mixers = 1 + (spec.ssm is not None) + (spec.attn is not None)
-        total += d * 3 * mixers * d + 3 * mixers * d  # adaLN
-        total += d * hidden + hidden + hidden * d + d  # MLP
-        if spec.attn is not None:
-            total += d * 3 * d + 3 * d + 2 * (d // cfg.n_heads) + d * d + d
-        if spec.ssm is not None:
-            total += d * (2 * d_inner + 2 * cfg.d_state + nheads) + conv_dim * 5 + 3 * nheads + d_inner + d_inner * d
-    total += d * 2 * d + 2 * d + d * p * p * c + p * p * c  # final adaLN, output
-    total += (c * c * 9 + c) if cfg.final_conv else 0
-    return total
-
-
-def available_memory() -> int | None:
-    """Bytes of memory this process could still get (Linux: MemAvailable), or None when unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_fits(what: str, nbytes: float, hint: str, limit: int | None = None) -> None:
-    """A ConfigError when ``nbytes`` exceed the memory available (``limit``, default: this machine's)."""
-    limit = available_memory() if limit is None else limit
-    if limit is not None and nbytes > limit:
-        raise ConfigError(f"{what} needs about {nbytes / 2**30:.1f} GiB but only {limit / 2**30:.1f} GiB of memory "
-                          f"is available; {hint}")
-
-
-def training_bytes(cfg: ModelConfig, batch: int, clip_len: int) -> float:
-    """A lower estimate of a training step's memory: 20 bytes per parameter (weights, gradients, AdamW, EMA) and
-    the activations kept for the backward, per token and layer about 4 bytes x (14 d_model + 12 x the SSM's inner
-    width (expand x d_model) + 3 x the MLP's hidden width): 200 bytes x d_model at the presets' expand 2 and MLP
-    ratio 4, a lower bound of what they take on CPU and GPU (docs/results.md). Every field that scales memory
-    enters it, through the parameter count or these widths."""
-    grid = cfg.frame_size // cfg.patch_size
-    layers = max(1, len(cfg.layers))
-    width = 14 * cfg.d_model + 12 * cfg.expand * cfg.d_model + 3 * int(cfg.d_model * cfg.mlp_ratio)
-    per_layer = 4.0 * batch * clip_len * grid * grid * width
-    acts = per_layer * (2 if cfg.gradient_checkpointing else layers)  # checkpointing keeps about one layer's worth
-    return 20.0 * param_count(cfg) + acts
-
-
 def layer_plan(variant: str, n_layers: int, grid: int, window: int) -> list[LayerSpec]:
     """The per-layer (SSM block, attention window) plan of a model variant; see the module docstring."""
     if variant not in VARIANTS:

@@ -173,7 +173,7 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     frames at frames 1, 2, 4, ... 200), ``ssim_vs_frame.png`` and, with ``videos``, ``rollout_<set>.gif`` and
     ``next_frame_<set>.gif`` (the first window: ground truth beside each model's free rollout / one-step-ahead
     predictions) to ``out``. Returns the results."""
-    from .config import check_fits
+    from .resources import check_fits
     from .evaluation import common_resolution, load_runs, lpips_fn
     from .follow_report import write_report
 

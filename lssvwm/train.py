@@ -16,17 +16,32 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import frame_codec, init_from, save_checkpoint
-from .config import ConfigError, RunConfig, check_fits, training_bytes
+from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
 from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, training_noise
 from .loop import (Loop, StepBatchSampler, autocast_dtype, device_memory, init_training, optimizer_step,
                    setup_distributed, stable_seed)
-from .models.world_model import WorldModel
+from .models.world_model import WorldModel, parameter_count
+from .resources import check_fits
 from .writer_lock import one_writer
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def training_bytes(cfg, batch: int, clip_len: int) -> float:
+    """A lower estimate of a training step's memory: 20 bytes per parameter (weights, gradients, AdamW, EMA) and
+    the activations kept for the backward, per token and layer about 4 bytes x (14 d_model + 12 x the SSM's inner
+    width (expand x d_model) + 3 x the MLP's hidden width): 200 bytes x d_model at the presets' expand 2 and MLP
+    ratio 4, a lower bound of what they take on CPU and GPU (docs/results.md). Every field that scales memory
+    enters it, through the parameter count or these widths."""
+    grid = cfg.frame_size // cfg.patch_size
+    layers = max(1, len(cfg.layers))
+    width = 14 * cfg.d_model + 12 * cfg.expand * cfg.d_model + 3 * int(cfg.d_model * cfg.mlp_ratio)
+    per_layer = 4.0 * batch * clip_len * grid * grid * width
+    acts = per_layer * (2 if cfg.gradient_checkpointing else layers)  # checkpointing keeps about one layer's worth
+    return 20.0 * parameter_count(cfg) + acts
 
 
 def check_data_matches(cfg: RunConfig, ds: EpisodeWindows, codec=None) -> None:

@@ -601,7 +601,8 @@ def test_follow_counts_are_checked_against_memory_before_work(args, tiny_run, tm
 def test_model_widths_enter_the_training_memory_estimate(tiny_data, tmp_path, capsys):
     """model.expand (the SSM's inner width) and model.mlp_ratio scale the activations; a huge one is refused by
     the estimate before anything is allocated (it used to die in the allocator)."""
-    from lssvwm.config import model_preset, training_bytes
+    from lssvwm.config import model_preset
+    from lssvwm.train import training_bytes
 
     base = training_bytes(model_preset("tiny"), 2, 6)
     assert training_bytes(model_preset("tiny", expand=4), 2, 6) > base

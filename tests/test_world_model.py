@@ -334,3 +334,25 @@ def test_edm_preconditioning():
             setattr(c2, k, v)
         with pytest.raises(ConfigError, match="model.prediction|model.sigma_data"):
             c2.validate()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"prev_frame": True, "final_conv": True}, {"action_dim": 3},
+                                       {"expand": 3, "mlp_ratio": 2.5}])
+@pytest.mark.parametrize("variant", ["hybrid", "full-transformer", "mamba2"])
+def test_parameter_count_on_the_meta_device_equals_the_built_model(variant, overrides):
+    from lssvwm.models.world_model import parameter_count
+
+    cfg = model_preset("tiny", variant, **overrides)
+    assert parameter_count(cfg) == WorldModel(cfg).num_params()
+
+
+def test_absurd_model_is_refused_before_anything_is_allocated():
+    """1e12 parameters would take 4 TB: refused from the meta-device count, in well under a second."""
+    import time
+
+    from lssvwm.config import ConfigError
+
+    t = time.time()
+    with pytest.raises(ConfigError, match=r"a model with [\d,]+ parameters needs about .* GiB"):
+        WorldModel(model_preset("tiny", d_model=2**20, n_heads=2))
+    assert time.time() - t < 5

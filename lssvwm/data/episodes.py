@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import available_memory
+from ..resources import available_memory
 from ..writer_lock import one_writer
 from .maze import ACTION_NAMES, NUM_ACTIONS, ExplorationPolicy, MazeEnv, maze_settings
 

@@ -17,7 +17,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import LayerSpec, ModelConfig, check_fits, param_count
+from ..config import ConfigError, LayerSpec, ModelConfig
+from ..resources import available_memory, check_fits
 from ..schedule import alpha_sigma
 from .attention import FrameLocalAttention, KVCache
 from .ssm import BlockwiseSSM, SSMState, resolve_block
@@ -138,12 +139,32 @@ class Block(nn.Module):
         return x, LayerCache(ssm_state, kv)
 
 
+def parameter_count(cfg: ModelConfig) -> int:
+    """The number of parameters of ``WorldModel(cfg)``, counted on a copy built on the meta device: nothing is
+    allocated, so absurd sizes can be refused before they are. Sizes whose tensors torch cannot even describe
+    (over 2^63 bytes) are a ConfigError."""
+    try:
+        with torch.device("meta"):
+            return WorldModel(cfg, check_memory=False).num_params()
+    except RuntimeError as e:
+        if "overflow" not in str(e):
+            raise
+        avail = available_memory()
+        raise ConfigError(f"a model with these sizes has tensors larger than torch can index (over 2^63 bytes), "
+                          f"far more than the {'?' if avail is None else f'{avail / 2**30:.1f}'} GiB of memory is "
+                          f"available; choose smaller model sizes (model.d_model, model.layers, model.mlp_ratio, ...)"
+                          ) from None
+
+
 class WorldModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, check_memory: bool = True):
+        """``check_memory``: refuse (ConfigError) a model whose weights alone exceed the memory available."""
         super().__init__()
         cfg.validate()
-        check_fits(f"a model with {param_count(cfg):,} parameters", 4 * param_count(cfg),
-                   "choose smaller model sizes (model.d_model, model.layers, model.mlp_ratio, ...)")
+        if check_memory:
+            n = parameter_count(cfg)
+            check_fits(f"a model with {n:,} parameters", 4 * n,
+                       "choose smaller model sizes (model.d_model, model.layers, model.mlp_ratio, ...)")
         self.cfg = cfg
         p, d = cfg.patch_size, cfg.d_model
         self.grid = (cfg.frame_size // p, cfg.frame_size // p)
