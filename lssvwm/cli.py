@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import SCHEDULES, VARIANTS, ConfigError
+from .config import VARIANTS, ConfigError
 
 
 # -- argument types: bad values are refused while parsing, with the option's name ------------------------------
@@ -293,18 +293,26 @@ def _lpips_arg(p) -> None:
 
 def _sampling_args(p, seed: bool = True) -> None:
     """Sampling options shared by generate, eval and play; each defaults to the run's own setting."""
+    from .config import SamplingConfig, allowed
+
+    def option(name: str, help: str, **kw):  # the option's values: those SamplingConfig declares for the field
+        a = allowed(SamplingConfig, name)
+        if a.choices is not None:
+            kw["choices"] = a.choices
+        else:
+            kw["type"] = a.parse
+        g.add_argument("--" + name.replace("_", "-"), help=help, **kw)
+
     g = p.add_argument_group("sampling (default: the run's own settings)")
-    g.add_argument("--steps", type=POSITIVE, help="denoising steps per frame")
-    g.add_argument("--stabilization", type=_float_in(0, 1, high_open=True),
-                   help="noise level committed frames are labelled with, in [0, 1)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="step grid: uniform in t, uniform in log-SNR, or EDM's")
-    g.add_argument("--eta", type=_float_in(0, 1), help="0: deterministic DDIM, 1: ancestral sampling")
-    g.add_argument("--history-guidance", type=_float_in(0, 100), metavar="W",
-                   help="history guidance weight (0: off; costs a second model call per step)")
-    g.add_argument("--history-guidance-level", type=_float_in(0, 1, low_open=True), metavar="LEVEL",
-                   help="noise level of the history in the guidance's second call (1: none of it)")
+    option("steps", "denoising steps per frame")
+    option("stabilization", "noise level committed frames are labelled with, in [0, 1)")
+    option("schedule", "step grid: uniform in t, uniform in log-SNR, or EDM's")
+    option("eta", "0: deterministic DDIM, 1: ancestral sampling")
+    option("history_guidance", "history guidance weight (0: off; costs a second model call per step)", metavar="W")
+    option("history_guidance_level", "noise level of the history in the guidance's second call (1: none of it)",
+           metavar="LEVEL")
     if seed:
-        g.add_argument("--seed", type=NONNEG, help="sampling seed")
+        option("seed", "sampling seed")
 
 
 def _sampling_overrides(a) -> dict:

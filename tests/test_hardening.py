@@ -637,3 +637,28 @@ def test_two_real_trainings_into_one_run_folder(tiny_data, tmp_path, capsys):
     lines = (run / "log.jsonl").read_text().splitlines()
     steps = [json.loads(x)["step"] for x in lines[:-1]]  # the last line may be cut by the kill
     assert len(steps) >= 1 and len(steps) == len(set(steps))
+
+
+def test_sampling_ranges_are_declared_once_for_config_and_command_line():
+    """Every SamplingConfig field declares its allowed values (field metadata); the config check and the CLI
+    options read the same declaration: a value one refuses the other refuses, with the same range in the message."""
+    import argparse
+    import dataclasses
+
+    from lssvwm.config import SamplingConfig, allowed
+
+    cases = {"steps": (["0", "-3", "1.5"], ["1", "64"]), "stabilization": (["1", "-0.1", "nan"], ["0", "0.99"]),
+             "eta": (["1.01", "inf"], ["0", "1"]), "seed": (["-1"], ["0", "7"]),
+             "history_guidance": (["101"], ["0", "3"]), "history_guidance_level": (["0", "1.5"], ["1", "0.2"])}
+    for name, (bad, good) in cases.items():
+        a = allowed(SamplingConfig, name)
+        for text in bad:
+            with pytest.raises(argparse.ArgumentTypeError):
+                a.parse(text)
+        for text in good:
+            value = a.parse(text)
+            dataclasses.replace(SamplingConfig(), **{name: value}).validate()  # the config takes what the CLI takes
+    with pytest.raises(ConfigError, match=r"sampling.stabilization must be a noise level in \[0, 1\), got 1.0"):
+        SamplingConfig(stabilization=1.0).validate()
+    assert {f.name for f in dataclasses.fields(SamplingConfig)} == {f.name for f in dataclasses.fields(SamplingConfig)
+                                                                     if "allowed" in f.metadata}

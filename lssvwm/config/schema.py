@@ -3,8 +3,9 @@ type (:class:`ConfigError`) whose message names the field and what to change."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 VARIANTS = ("hybrid", "full-transformer", "window-transformer", "mamba2", "mamba2-local")
@@ -174,40 +175,102 @@ class DiffusionConfig:
                 raise ConfigError(f"diffusion.{name} must be an integer >= {low}, got {_show(getattr(self, name))}")
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """A config field's allowed values, declared once in the field's metadata: numbers in [low, high] (either end
+    open, either end absent), integers only with ``integer``, or one of ``choices``. :meth:`check` is the config's
+    check (a ConfigError naming the field); :meth:`parse` is the command line's option type for the same field."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+    what: str = ""  # what the value is, for messages ("a noise level")
+    note: str = ""  # said after the range (" (0 = off)")
+
+    def ok(self, value) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        if self.integer and not _is_int(value):
+            return False
+        if not self.integer and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                 or not math.isfinite(value)):
+            return False
+        return ((self.low is None or (value > self.low if self.low_open else value >= self.low))
+                and (self.high is None or (value < self.high if self.high_open else value <= self.high)))
+
+    def range_text(self) -> str:
+        if self.choices is not None:
+            return f"one of {', '.join(map(str, self.choices))}"
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def check(self, value, name: str) -> None:
+        if not self.ok(value):
+            what = self.what if self.what == "a positive integer" else (
+                f"{self.what + ' ' if self.what else ('an integer ' if self.integer else '')}{self.range_text()}")
+            raise ConfigError(f"{name} must be {what}{self.note}, got {_show(value)}")
+
+    def parse(self, text: str):
+        """argparse's type for this field: the value, or an ArgumentTypeError saying what is allowed."""
+        import argparse
+
+        if self.choices is not None:
+            value = text
+        else:
+            try:
+                value = int(text) if self.integer else float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {'an integer' if self.integer else 'a number'}, got "
+                                                 f"{text!r}") from None
+        if not self.ok(value):
+            raise argparse.ArgumentTypeError(f"must be {self.range_text()}, got {text}")
+        return value
+
+
+def allowed(cls, name: str) -> Allowed:
+    """The declared allowed values of field ``name`` of config class ``cls``."""
+    return next(f.metadata["allowed"] for f in fields(cls) if f.name == name)
+
+
+def check_allowed(cfg, section: str) -> None:
+    """Check every field of ``cfg`` that declares its allowed values (ConfigError: '<section>.<field> must be ...')."""
+    for f in fields(cfg):
+        if "allowed" in f.metadata:
+            f.metadata["allowed"].check(getattr(cfg, f.name), f"{section}.{f.name}")
+
+
 SCHEDULES = ("uniform", "logsnr", "edm")
 
 
 @dataclass
 class SamplingConfig:
     """How frames are generated (diffusion.Sampler). Saved with a run as its defaults; every setting can be
-    overridden at inference (``--steps``, ``--stabilization``, ``--seed``, ...)."""
-    steps: int = 8  # denoising steps per frame
-    stabilization: float = 0.0  # noise level committed frames are labelled with (Diffusion Forcing / Oasis)
-    schedule: str = "uniform"  # step grid: uniform in t | logsnr (uniform in log-SNR) | edm (Karras, rho=7)
-    eta: float = 0.0  # 0: deterministic DDIM; 1: ancestral (fresh noise each step, DDPM-like)
-    seed: int = 0
+    overridden at inference (``--steps``, ``--stabilization``, ``--seed``, ...). Each field's allowed values are
+    declared once, in its metadata (:class:`Allowed`): the config check and the command line's options both read
+    them."""
+    steps: int = field(default=8, metadata={"allowed": Allowed(1, integer=True, what="a positive integer")})
+    # noise level committed frames are labelled with (Diffusion Forcing / Oasis)
+    stabilization: float = field(default=0.0, metadata={"allowed": Allowed(0.0, 1.0, high_open=True,
+                                                                               what="a noise level")})
+    # step grid: uniform in t | logsnr (uniform in log-SNR) | edm (Karras, rho=7)
+    schedule: str = field(default="uniform", metadata={"allowed": Allowed(choices=SCHEDULES)})
+    # 0: deterministic DDIM; 1: ancestral (fresh noise each step, DDPM-like)
+    eta: float = field(default=0.0, metadata={"allowed": Allowed(0.0, 1.0)})
+    seed: int = field(default=0, metadata={"allowed": Allowed(0, integer=True)})
     # history guidance (DFoT): v = v(history) + w * (v(history) - v(history noised to history_guidance_level));
     # 0 = off (one model call per step), w > 0 costs a second call and a second state
-    history_guidance: float = 0.0
-    history_guidance_level: float = 1.0  # 1: the history removed (vanilla); < 1: only its detail (fractional)
+    history_guidance: float = field(default=0.0, metadata={"allowed": Allowed(0.0, 100.0, what="a guidance weight",
+                                                                                 note=" (0 = off)")})
+    # 1: the history removed (vanilla); < 1: only its detail (fractional)
+    history_guidance_level: float = field(default=1.0, metadata={"allowed": Allowed(0.0, 1.0, low_open=True,
+                                                                                      what="a noise level")})
 
     def validate(self) -> None:
-        if not _is_int(self.steps) or self.steps < 1:
-            raise ConfigError(f"sampling.steps must be a positive integer, got {_show(self.steps)}")
-        if not _finite_in(self.stabilization, 0.0, 1.0, high_open=True):
-            raise ConfigError(f"sampling.stabilization must be a noise level in [0, 1), got {_show(self.stabilization)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"sampling.schedule must be one of {', '.join(SCHEDULES)}, got {_show(self.schedule)}")
-        if not _finite_in(self.eta, 0.0, 1.0):
-            raise ConfigError(f"sampling.eta must be in [0, 1], got {_show(self.eta)}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ConfigError(f"sampling.seed must be an integer >= 0, got {_show(self.seed)}")
-        if not _finite_in(self.history_guidance, 0.0, 100.0):
-            raise ConfigError(f"sampling.history_guidance must be a guidance weight in [0, 100] (0 = off), got "
-                              f"{_show(self.history_guidance)}")
-        if not _finite_in(self.history_guidance_level, 0.0, 1.0) or self.history_guidance_level <= 0:
-            raise ConfigError(f"sampling.history_guidance_level must be a noise level in (0, 1], got "
-                              f"{_show(self.history_guidance_level)}")
+        check_allowed(self, "sampling")
 
     def replace(self, **overrides) -> "SamplingConfig":
         """A copy with the given fields changed (None values are ignored: 'keep the run's setting')."""
