@@ -302,7 +302,9 @@ class LoopConfig:
     ema_decay: float = 0.999
     seed: int = 0
     val_fraction: float = 0.1
-    autocast: str = "auto"  # auto: bf16 on CUDA and on CPUs with fast bf16 (AMX/AVX512-BF16), else fp32; bf16; none: fp32
+    # auto: bf16 on CUDA and on CPUs where a bf16 matmul measures clearly faster (loop.cpu_bf16_fast), else fp32;
+    # bf16; none: fp32
+    autocast: str = "auto"
     ckpt_every: int = 200
 
     def validate(self, section: str = "train") -> None:

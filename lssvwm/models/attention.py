@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import compute_dtype
+
 
 class KVCache(NamedTuple):
     """Rotated keys and values of the last ``frames`` committed frames of one attention layer."""
@@ -54,7 +56,7 @@ def _frames_rotation(t0: int, t: int, head_dim: int, device: str, dtype: torch.d
 def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, eps: float) -> torch.Tensor:
     """x (B, F, N, h, d) -> RMSNorm over d (in fp32, fp64 for fp64), then channel pairs (2i, 2i+1) of frame f
     rotated by ``rot[f]`` (:func:`rope_rotation`) as one complex multiply."""
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(x)
     x = F.rms_norm(x.to(ct), x.shape[-1:], weight.to(ct), eps)
     xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
     return torch.view_as_real(xc * rot.to(xc.dtype)[:, None, None, :]).flatten(-2)
@@ -68,7 +70,7 @@ def _rmsnorm_rope_frames(x, weight, t0: int, eps: float):
 
 def rmsnorm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, eps: float) -> torch.Tensor:
     """:func:`rmsnorm_rope` written out: the norm by hand, the rotation on the even and odd channels."""
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(x)
     x = x.to(ct)
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(ct)
     x1, x2 = x[..., 0::2], x[..., 1::2]

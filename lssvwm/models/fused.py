@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _ct(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The type the layers' fp32 parts compute in: fp64 stays fp64 (for tight tests), everything else fp32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -28,7 +29,7 @@ def _needs_grad(*tensors) -> bool:
 # ---------------------------------------------------------------------------------------- causal conv + SiLU
 def causal_conv1d_silu_reference(x, weight, bias, init):
     """x (b, L, C); weight (C, K); bias (C,); init (b, K-1, C) the inputs before x. Returns silu(conv) (b, L, C)."""
-    ct = _ct(x)
+    ct = compute_dtype(x)
     seq = torch.cat([init.to(ct), x.to(ct)], 1).transpose(1, 2)  # (b, C, K-1+L)
     out = F.conv1d(seq, weight.to(ct)[:, None], bias.to(ct), groups=weight.shape[0])
     return F.silu(out).transpose(1, 2)
@@ -36,7 +37,7 @@ def causal_conv1d_silu_reference(x, weight, bias, init):
 
 def _conv_forward(x, weight, bias, init):
     """-> (silu(conv), the padded input (b, K-1+L, C), the weight as (K, C), the pre-activation)."""
-    ct = _ct(x)
+    ct = compute_dtype(x)
     L, K = x.shape[1], weight.shape[1]
     xp = torch.cat([init.to(ct), x.to(ct)], 1)  # (b, K-1+L, C)
     wt = weight.to(ct).t().contiguous()  # (K, C)
@@ -82,14 +83,14 @@ def causal_conv1d_silu(x, weight, bias, init):
 
 # ------------------------------------------------------------------------------------------- gated RMSNorm
 def rmsnorm_gated_reference(y, z, weight, eps: float):
-    ct = _ct(y)
+    ct = compute_dtype(y)
     y = y.to(ct) * F.silu(z.to(ct))
     return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * weight.to(ct)
 
 
 def _gated_forward(y, z, weight, eps):
     """-> (output, y, z, the normalised gated input n, 1/rms r, weight), in the compute type."""
-    ct = _ct(y)
+    ct = compute_dtype(y)
     y, z, w = y.to(ct), z.to(ct), weight.to(ct)
     yg = y * F.silu(z)
     r = torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + eps)

@@ -25,16 +25,13 @@ import re
 import torch
 import torch.nn.functional as F
 
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp64 stays fp64 (for tight tests); everything else is computed in fp32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from .fused import compute_dtype
 
 
 def ssd_reference(x, dt, A, B, C, D=None, initial_state=None):
     """Sequential SSD recurrence. Returns y (b, L, h, p) and the final state (b, h, p, n), fp32 (fp64 for fp64)."""
     b, L, h, p = x.shape
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
     state = (torch.zeros(b, h, p, B.shape[-1], device=x.device, dtype=ct) if initial_state is None
              else initial_state.to(ct))
@@ -77,7 +74,7 @@ class _ChunkedSSD(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, s0, q: int):
         b, L, h, p = x.shape
         n = B.shape[-1]
-        ct = _compute_dtype(x)
+        ct = compute_dtype(x)
         dtypes = tuple(None if t is None else t.dtype for t in (x, dt, A, B, C, D, s0))
         with torch.autocast(x.device.type, enabled=False):
             x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
@@ -174,7 +171,7 @@ class _ChunkedSSD(torch.autograd.Function):
 def _one_chunk(x, dt, A, B, C, D, s0):
     """The scan of a sequence no longer than one chunk, without gradients (the per-frame steps of sampling): the
     chunked algorithm's four parts with one chunk, in a third of the ops."""
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
     acs = (dt * A).cumsum(1).transpose(1, 2).contiguous()  # (b, h, L)
     xdt = (x * dt[..., None]).transpose(1, 2)  # (b, h, L, p)
