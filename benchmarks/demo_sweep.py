@@ -1,13 +1,15 @@
-"""Side-by-side training runs of the demo's setup: which settings make its rollout follow the maze?
+"""The demo at equal wall time, across model widths and depths: which size makes the most of ``make demo``'s
+minutes on this machine?
 
-    python -m benchmarks.demo_sweep --out OUT --variants lr3_1000,c1000 --parallel 6
+    python -m benchmarks.demo_sweep --out runs/sweep --widths 96,128,192,256 --depths 4,6,8 --minutes 14
+    python -m benchmarks.demo_sweep --out runs/sweep --points 96x4,128x6 --seeds 0,1   # chosen points only
 
-The demo's data (64 episodes x 400 steps, 32x32, 4 fixed mazes) and the `small` hybrid; each variant changes
-steps, batch, clip length, lr or the model, trains in its own process (several share one GPU), then is
-evaluated on 3 held-out windows (32 context frames from frame 100, 48 generated): free-rollout and
-teacher-forced PSNR/SSIM for several sampler settings, the repeat-last-frame baseline, and PNG strips (ground
-truth over prediction). Run on an H100 on 2026-11-23 to pick the demo's lr and window; results in docs/results.md,
-"How the first demo recipe was tuned". ``SWEEP_MAX_MIN`` caps each run's training minutes.
+Each point is ``lssvwm demo`` (:func:`lssvwm.demo.run_demo`: its data, recipe, time budget and the follow
+benchmark on held-out trajectories in the training mazes and in unseen ones) with that ``d_model`` and number
+of layers, trained in a fresh process with the threads ``OMP_NUM_THREADS`` gives, one point after another, all
+sharing one data folder. A point whose ``metrics.json`` exists is not run again, so a killed sweep resumes. The
+table (steps, time per step, parameters, free 1-8 / free 48 / one step ahead SSIM per window set) is printed,
+written to ``OUT/sweep.json`` and ``benchmarks/results/demo_sweep.json``, and drawn to ``OUT/sweep.png``.
 """
 from __future__ import annotations
 
@@ -19,130 +21,104 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from benchmarks.common import ROOT, cpu_kind, cpu_name, save, table
 
-from lssvwm.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, model_preset
-
-BASE = dict(steps=600, batch_size=8, lr=1e-3, clip_len=16, model={}, diffusion={})
-VARIANTS = {
-    "smoke": dict(steps=3),  # checks the script end to end in a minute on a CPU
-    "s600": {},
-    "s2400": dict(steps=2400),
-    "s9600": dict(steps=9600),
-    "bs32_s600": dict(batch_size=32),
-    "bs32_s2400": dict(batch_size=32, steps=2400),
-    "prev_s2400": dict(steps=2400, model=dict(prev_frame=True)),
-    "lc1_s2400": dict(steps=2400, diffusion=dict(long_context_prob=1.0)),
-    "lr3e3_s2400": dict(steps=2400, lr=3e-3),
-    "c1000": dict(steps=1000),
-    "lr3_1000": dict(steps=1000, lr=3e-3),
-    "lr3_w4_1000": dict(steps=1000, lr=3e-3, model=dict(window=4)),
-    "lr3_c8_2000": dict(steps=2000, lr=3e-3, clip_len=8),
-    "lr3_1400": dict(steps=1400, lr=3e-3),
-    "lr3_prev_1000": dict(steps=1000, lr=3e-3, model=dict(prev_frame=True)),
-}
+SETS = ("train-mazes", "unseen-mazes")
 
 
-def make_cfg(name: str, data: Path, out: Path) -> RunConfig:
-    v = {**BASE, **VARIANTS[name]}
-    m = model_preset("small", **v["model"])
-    d = DiffusionConfig(**v["diffusion"])
-    t = TrainConfig(data=str(data), out=str(out / name), clip_len=v["clip_len"], batch_size=v["batch_size"],
-                    lr=v["lr"], warmup=50, ckpt_every=10**9, steps=v["steps"], seed=0,
-                    max_minutes=float(os.environ.get("SWEEP_MAX_MIN", "0")))
-    return RunConfig(model=m, diffusion=d, sampling=SamplingConfig(steps=4, stabilization=0.3), train=t)
+def point_dir(out: Path, width: int, depth: int, seed: int) -> Path:
+    return out / f"d{width}_L{depth}_s{seed}"
 
 
-def strip(ctx, gt, pred, path):
-    from PIL import Image
+def run_point(out: Path, width: int, depth: int, seed: int, minutes: float) -> None:
+    """One demo run in this process (the sweep starts one process per point)."""
+    from lssvwm.demo import run_demo
 
-    from lssvwm.video import to_uint8
-
-    idx = [0, 2, 5, 10, 20, 30, 47]
-    idx = [i for i in idx if i < gt.shape[0]]
-    top = np.concatenate([to_uint8(gt[i:i + 1])[0] for i in idx], axis=1)
-    bot = np.concatenate([to_uint8(pred[i:i + 1])[0] for i in idx], axis=1)
-    Image.fromarray(np.concatenate([top, bot], axis=0)).resize((top.shape[1] * 3, top.shape[0] * 6),
-                                                                Image.NEAREST).save(path)
+    run_demo(out=str(point_dir(out, width, depth, seed)), minutes=minutes, d_model=width, n_layers=depth,
+             data=str(out / "data"), shipped=None, seed=seed)
 
 
-def evaluate(run: Path, data: Path, device) -> dict:
-    from lssvwm.checkpoint import load_run
-    from lssvwm.data.dataset import EpisodeWindows
-    from lssvwm.generate import episode_rollout, frame_metrics
-
-    trained = load_run(run, device=device)
-    cfg = trained.cfg
-    val = EpisodeWindows(data, 1, "val", cfg.train.val_fraction)
-    eps = [val.episode(i) for i in range(min(3, len(val.files)))]
-    res, base = {}, []
-    for steps, noise, tf in [(4, 0.3, False), (1, 0.3, False), (8, 0.3, False), (4, 0.6, False), (4, 0.3, True)]:
-        scores = []
-        for j, ep in enumerate(eps):
-            ctx, gt, pred = episode_rollout(trained.sampler(steps=steps, stabilization=noise), ep, 32, 48,
-                                            start=100, teacher_forcing=tf)
-            scores.append(frame_metrics(gt, pred))
-            if not res:  # the same windows every time: the baseline once
-                base.append(frame_metrics(gt, ctx[-1:].expand_as(gt))["psnr"])
-            if j == 0 and steps == 4 and noise == 0.3:
-                strip(ctx, gt, pred, run / f"strip_{'tf' if tf else 'free'}.png")
-        res[f"{'tf' if tf else 'free'}_k{steps}_n{noise}"] = {k: np.mean([m[k] for m in scores])
-                                                               for k in ("psnr", "ssim")}
-    res["repeat_last_psnr"] = np.mean(base)
-    return res
+def row(metrics: dict, name: str) -> dict:
+    """The sweep table's row of one demo's metrics.json."""
+    r = {"point": name, "d_model": metrics["model"]["d_model"], "layers": metrics["model"]["layers"],
+         "params_M": round(metrics["model"]["parameters"] / 1e6, 2), "seed": metrics["seed"],
+         "s_per_step": metrics["seconds_per_step"], "steps": metrics["train_steps"]}
+    scores = metrics["follow"]["run"]
+    for s, short in zip(SETS, ("train", "unseen")):
+        free, tf = scores[s]["free"]["ssim"], scores[s]["teacher_forced"]["ssim"]
+        r[f"{short} free1-8"] = round(free["1-8"], 3)
+        r[f"{short} free48"] = round(free["all"], 3)
+        r[f"{short} TF"] = round(tf["all"], 3)
+    return r
 
 
-def run_one(name: str, data: Path, out: Path) -> None:
-    from lssvwm.train import train
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
 
-    cfg = make_cfg(name, data, out)
-    t0 = time.time()
-    train(cfg, progress=False)
-    t_train = time.time() - t0
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    res = evaluate(out / name, data, dev)
-    log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines() if x.strip()]
-    res.update(name=name, train_s=t_train, steps=cfg.train.steps, steps_done=len(log), batch=cfg.train.batch_size,
-               loss_last50=float(np.mean([r["loss"] for r in log[-50:]])))
-    (out / name / "result.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps(res), flush=True)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("train free1-8", "train free48", "train TF")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, key in zip(axes, keys):
+        for depth in sorted({r["layers"] for r in rows}):
+            pts = sorted((r["d_model"], r[key]) for r in rows if r["layers"] == depth)
+            ax.plot(*zip(*pts), "o-", label=f"{depth} layers")
+        ax.set_xlabel("d_model")
+        ax.set_title(f"SSIM, {key}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--parallel", type=int, default=4)
-    p.add_argument("--one", default="")
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="sweep folder (one sub-folder per point, shared data)")
+    p.add_argument("--widths", default="96,128,192,256")
+    p.add_argument("--depths", default="4,6,8")
+    p.add_argument("--points", default="", help="WxL,... instead of the widths x depths grid")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--minutes", type=float, default=14.0, help="training minutes per point")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)  # W,L,SEED: one point, in this process
     a = p.parse_args()
-    out = Path(a.out)
-    data = out / "data"
+    out = Path(a.out).resolve()
     if a.one:
-        return run_one(a.one, data, out)
-    from lssvwm.data.episodes import generate_dataset
-
-    t0 = time.time()
-    generate_dataset(data, 64, 400, resolution=32, seed=0, workers=8, mazes=4, progress=False)
-    print(f"data in {time.time() - t0:.0f}s", flush=True)
-    names = a.variants.split(",")
-    procs, pending = [], list(names)
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    while pending or procs:
-        while pending and len(procs) < a.parallel:
-            n = pending.pop(0)
-            (out / n).mkdir(parents=True, exist_ok=True)
-            f = open(out / n / "stdout.txt", "w")
-            cmd = [sys.executable, "-m", "benchmarks.demo_sweep", "--out", str(out.resolve()), "--one", n]
-            procs.append((n, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                              cwd=Path(__file__).resolve().parents[1])))
-        time.sleep(2)
-        for n, pr in list(procs):
-            if pr.poll() is not None:
-                procs.remove((n, pr))
-                print(f"{n} done rc={pr.returncode} at {time.time() - t0:.0f}s", flush=True)
-                if pr.returncode:
-                    print((out / n / "stdout.txt").read_text()[-3000:], flush=True)
+        w, d, s = map(int, a.one.split(","))
+        return run_point(out, w, d, s, a.minutes)
+    if a.points:
+        grid = [tuple(map(int, pt.split("x"))) for pt in a.points.split(",")]
+    else:
+        grid = [(w, d) for d in map(int, a.depths.split(",")) for w in map(int, a.widths.split(","))]
+    points = [(w, d, s) for s in map(int, a.seeds.split(",")) for w, d in grid]
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{len(points)} points x {a.minutes:g} min on {os.environ.get('OMP_NUM_THREADS', 'all')} thread(s); "
+          f"{cpu_name()} ({cpu_kind()})", flush=True)
+    rows = []
+    for w, d, s in points:
+        folder = point_dir(out, w, d, s)
+        if not (folder / "metrics.json").exists():
+            t0 = time.time()
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / "stdout.txt", "w") as log:
+                rc = subprocess.run([sys.executable, "-m", "benchmarks.demo_sweep", "--out", str(out),
+                                     "--minutes", str(a.minutes), "--one", f"{w},{d},{s}"],
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+            print(f"{folder.name}: rc {rc} in {(time.time() - t0) / 60:.1f} min", flush=True)
+            if rc:
+                print((folder / "stdout.txt").read_text()[-2000:], flush=True)
+                continue
+        rows.append(row(json.loads((folder / "metrics.json").read_text()), folder.name))
+    cols = ["point", "params_M", "s_per_step", "steps"] + [f"{s} {k}" for s in ("train", "unseen")
+                                                          for k in ("free1-8", "free48", "TF")]
+    print(table(rows, cols))
+    payload = {"cpu": cpu_name(), "cpu_kind": cpu_kind(), "threads": os.environ.get("OMP_NUM_THREADS"),
+               "minutes": a.minutes, "rows": rows}
+    (out / "sweep.json").write_text(json.dumps(payload, indent=1))
+    save("demo_sweep", payload)
+    if rows:
+        plot(rows, out / "sweep.png")
 
 
 if __name__ == "__main__":

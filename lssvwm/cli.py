@@ -259,7 +259,7 @@ def _demo(a):
     from .demo import run_demo
 
     _writable_dir(a.out, "--out")
-    run_demo(out=a.out, minutes=a.minutes, preset=a.preset)
+    run_demo(out=a.out, minutes=a.minutes, preset=a.preset, d_model=a.d_model, n_layers=a.layers)
 
 
 def _device(name: str | None) -> str:
@@ -488,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=_float_in(0, 24 * 60, low_open=True), default=14.0,
                    help="training time budget (minutes)")
     d.add_argument("--preset", default="small", choices=list(MODEL_PRESETS), help="model preset")
+    d.add_argument("--d-model", type=POSITIVE, default=None,
+                   help="model width (default: the recipe's for small, else the preset's)")
+    d.add_argument("--layers", type=POSITIVE, default=None, help="number of layers (default: the preset's)")
     return p
 
 

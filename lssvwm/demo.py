@@ -46,33 +46,38 @@ RECIPE = dict(lr=5e-3, window=4, d_model=96, prev_frame=True, batch_size=4,
 SHIPPED = "maze-small"  # weights trained on the demo's mazes for hours (weights/README.md), shown beside it
 
 
-def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: int | None = None):
+def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: int | None = None,
+               n_layers: int | None = None):
     """The demo's model: the preset with the recipe's attention window and previous-frame input, and for ``small``
-    the recipe's width (``d_model`` overrides it; other presets keep their own)."""
+    the recipe's width (``d_model`` overrides it; other presets keep their own); ``n_layers`` overrides the depth."""
     width = d_model or (RECIPE["d_model"] if preset == "small" else None)
-    return model_preset(preset, window=window, prev_frame=RECIPE["prev_frame"],
+    return model_preset(preset, window=window, n_layers=n_layers, prev_frame=RECIPE["prev_frame"],
                         **({"d_model": width} if width else {}))
 
 
 def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small", episodes: int = 64,
              steps_per_episode: int = 400, context: int = 32, frames: int = 48, mazes: int = 4,
              lr: float = RECIPE["lr"], window: int = RECIPE["window"], windows: int = 8,
-             shipped: str | None = SHIPPED, d_model: int | None = None) -> dict:
+             shipped: str | None = SHIPPED, d_model: int | None = None, n_layers: int | None = None,
+             data: str | None = None, seed: int = 0) -> dict:
     """Built-in maze data (episodes cycle through ``mazes`` fixed mazes) -> train the ``small`` hybrid (at the
-    recipe's width, unless ``d_model`` or another ``preset`` says otherwise) for ``minutes`` on the CPU -> the
+    recipe's width and the preset's depth, unless ``d_model``, ``n_layers`` or another ``preset`` says otherwise)
+    for ``minutes`` on the CPU (training seed ``seed``) -> the
     follow benchmark on held-out trajectories in those mazes and in unseen ones (``context`` true frames, then
     ``frames`` generated), free and one step ahead, beside the shipped weights trained on the same mazes for hours.
-    Writes videos, strips, the loss curve and ``metrics.json``."""
+    Writes videos, strips, the loss curve and ``metrics.json``. ``data``: where the episodes go (default
+    ``out/data``; complete episodes already there are kept, so several demos can share one folder)."""
     from .data.episodes import generate_dataset
     from .follow import evaluate_follow
     from .plots import plot_loss
+    from .models.world_model import parameter_count
     from .train import train
 
     out = Path(out)
     t_start = time.time()
-    model_cfg = demo_model(preset, window, d_model)
+    model_cfg = demo_model(preset, window, d_model, n_layers)
     res = model_cfg.frame_size
-    data = out / "data"
+    data = Path(data) if data else out / "data"
     print(f"[1/3] generating {episodes} maze episodes of {steps_per_episode} steps at {res}x{res} in {mazes} fixed "
           f"mazes -> {data}")
     generate_dataset(data, episodes, steps_per_episode, resolution=res, seed=0, workers=2, mazes=mazes)
@@ -80,7 +85,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
                     train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16,
                                       batch_size=RECIPE["batch_size"], lr=lr, warmup=50, ckpt_every=100,
-                                      max_minutes=minutes, seed=0))
+                                      max_minutes=minutes, seed=seed))
     per_step = _seconds_per_step(cfg)
     # The time budget (max_minutes) ends the run; the plan uses the whole budget, so the LR schedule is cut a
     # little short by the loop's extra work (data, logs, checkpoints).
@@ -107,7 +112,10 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     mine = follow["models"][run.name]["sets"]
     metrics = {"train_steps": int(log[-1]["step"]) if log else 0,  # the time budget can end a run early
-               "train_steps_planned": cfg.train.steps, "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,
+               "train_steps_planned": cfg.train.steps, "seconds_per_step": round(per_step, 4),
+               "threads": torch.get_num_threads(), "seed": cfg.train.seed,
+               "model": {"preset": preset, "d_model": cfg.model.d_model, "layers": len(cfg.model.layers),
+                         "parameters": parameter_count(cfg.model)}, "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,
                "context": context, "frames": frames, "sampling": vars(cfg.sampling),
                "follow": {name: {s: {k: r[k] for k in ("free", "teacher_forced", "shuffled_actions", "action_gain")}
                                   for s, r in m["sets"].items()}

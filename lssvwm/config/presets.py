@@ -57,14 +57,23 @@ MODEL_PRESETS: dict[str, Preset] = {
 }
 
 
-def model_preset(name: str, variant: str = "hybrid", window: int | None = None, **overrides) -> ModelConfig:
+MAX_LAYERS = 256
+
+
+def model_preset(name: str, variant: str = "hybrid", window: int | None = None, n_layers: int | None = None,
+                 **overrides) -> ModelConfig:
+    """The named preset as a ModelConfig: ``variant``'s layer plan over ``n_layers`` layers (the preset's depth
+    unless given) with attention window ``window`` (the preset's unless given); ``overrides`` set other fields."""
     if name not in MODEL_PRESETS:
         raise ConfigError(f"unknown model preset {_show(name)}; choose one of {', '.join(MODEL_PRESETS)}")
     preset = MODEL_PRESETS[name]
     cfg = ModelConfig(**{**preset.fields, **overrides})
     if window is not None and not (_is_int(window) and 1 <= window <= MAX_WINDOW):
         raise ConfigError(f"attention window must be 1 to {MAX_WINDOW} frames, got {_show(window)}")
-    cfg.layers = layer_plan(variant, preset.layers, cfg.frame_size // cfg.patch_size, window or preset.window)
+    if n_layers is not None and not (_is_int(n_layers) and 1 <= n_layers <= MAX_LAYERS):
+        raise ConfigError(f"the number of layers must be 1 to {MAX_LAYERS}, got {_show(n_layers)}")
+    cfg.layers = layer_plan(variant, n_layers or preset.layers, cfg.frame_size // cfg.patch_size,
+                            window or preset.window)
     cfg.validate()
     return cfg
 
