@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .config import DiffusionConfig, SamplingConfig
+from .denoiser import Denoiser, as_denoiser
 from .models.world_model import check_action_ids
 from .schedule import add_noise, alpha_sigma, loss_weight, sampling_grid, v_target, x0_eps_from_v
 
@@ -119,7 +120,7 @@ def diffusion_loss(model, frames: torch.Tensor, actions: torch.Tensor, levels: t
     """Weighted v-prediction loss, masked by the clean frames. ``normalizer`` (default: this batch's count of
     loss frames) divides the sum, so that data-parallel ranks can all divide by the global count."""
     xt = add_noise(frames, levels, noise)
-    pred, cache = model(xt, levels, actions)
+    pred, cache = as_denoiser(model)(xt, levels, actions)
     err = (pred.float() - v_target(frames, noise, levels).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     w = loss_weight(levels, cfg.min_snr_gamma) * mask
     count = mask.sum().clamp(min=1) if normalizer is None else normalizer
@@ -157,6 +158,8 @@ def randn(shape: tuple, generator=None, dtype=torch.float32, device=None) -> tor
 
 
 def _model_dtype(model) -> torch.dtype:
+    if isinstance(model, Denoiser):
+        model = model.net
     params = getattr(model, "parameters", None)
     return next(params()).dtype if params is not None else torch.float32  # fp64 models sample in fp64
 
@@ -172,6 +175,7 @@ def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: Samplin
     history-poor prediction by ``cfg.history_guidance`` (history guidance)."""
     b = shape[0]
     dtype = _model_dtype(model)
+    model = as_denoiser(model)
     x = randn(shape, generator, dtype, device)
     ts = sampling_grid(cfg.steps, cfg.schedule)
     for i in range(cfg.steps):
@@ -202,7 +206,7 @@ def commit_frame(model, cache, frame: torch.Tensor, action: torch.Tensor, stabil
     level = torch.full((b,), float(stabilization), device=frame.device, dtype=frame.dtype)
     if stabilization > 0:
         frame = add_noise(frame, level, randn(frame.shape, generator, frame.dtype, frame.device))
-    _, cache = model.step(frame, level, action, cache)
+    _, cache = as_denoiser(model).step(frame, level, action, cache)
     return cache
 
 
@@ -216,7 +220,7 @@ def prefill(model, context_frames: torch.Tensor, context_actions: torch.Tensor, 
     levels = torch.full((b, n), float(stabilization), device=x.device, dtype=x.dtype)
     if stabilization > 0:
         x = add_noise(x, levels, randn(x.shape, generator, x.dtype, x.device))
-    _, cache = model(x, levels, context_actions)
+    _, cache = as_denoiser(model)(x, levels, context_actions)
     return cache
 
 

@@ -3,7 +3,7 @@ schedule ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)`` for a noise level 
 its conversions; the training loss weight; the step grids of sampling.
 
 A new training noise schedule has its one home here: every place that turns a level into alpha/sigma (the loss,
-the sampler, the model's EDM preconditioning in models/world_model.py) calls :func:`alpha_sigma`.
+the sampler, the EDM preconditioning in denoiser.py) calls :func:`alpha_sigma`.
 """
 from __future__ import annotations
 

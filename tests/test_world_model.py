@@ -288,10 +288,12 @@ def test_huge_window_costs_no_padding():
 
 def test_edm_preconditioning():
     """model.prediction='edm': with sigma_data 1 it is exactly v-prediction (same weights, same outputs); with
-    sigma_data 0.5 the returned v is the one implied by x0 = c_skip x - c_out F, for the network's F on c_in x."""
+    sigma_data 0.5 the returned v is the one implied by x0 = c_skip x - c_out F, for the network's F on c_in x.
+    The preconditioning lives in the Denoiser around the network, which itself returns F whatever the setting."""
     import math
 
     from lssvwm.config import ConfigError, model_preset
+    from lssvwm.denoiser import Denoiser
 
     torch.manual_seed(0)
     cfg_v = model_preset("tiny")
@@ -309,7 +311,7 @@ def test_edm_preconditioning():
         cfg.prediction, cfg.sigma_data = "edm", sd
         m = WorldModel(cfg).double()
         m.load_state_dict(v_model.state_dict())
-        return m
+        return Denoiser(m)
 
     out1, _ = edm(1.0)(x, levels, acts)
     torch.testing.assert_close(out1, ref, rtol=1e-10, atol=1e-10)
@@ -321,11 +323,12 @@ def test_edm_preconditioning():
     f, _ = v_model(x / torch.sqrt(norm), levels, acts)  # the same network on c_in x
     x0 = sd**2 * a / norm * x - s * sd / torch.sqrt(norm) * f
     torch.testing.assert_close(out, (a * x - x0) / s, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(edm(sd).net(x, levels, acts)[0], v_model(x, levels, acts)[0])  # the bare network
     # one frame at a time (the sampler's path) gives the same as the clip at once
     m, c = edm(sd), None
     steps = []
     for i in range(5):
-        o, c = m.step(x[:, i], levels[:, i], acts[:, i], c or m.empty_cache())
+        o, c = m.step(x[:, i], levels[:, i], acts[:, i], c or m.net.empty_cache())
         steps.append(o)
     torch.testing.assert_close(torch.stack(steps, 1), out, rtol=1e-8, atol=1e-8)
     for bad in (dict(prediction="x0"), dict(sigma_data=0.0), dict(sigma_data=float("nan"))):

@@ -19,7 +19,6 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, LayerSpec, ModelConfig
 from ..resources import available_memory, check_fits
-from ..schedule import alpha_sigma
 from .attention import FrameLocalAttention, KVCache
 from .ssm import BlockwiseSSM, SSMState, resolve_block
 
@@ -213,17 +212,14 @@ class WorldModel(nn.Module):
                 cache: WorldCache | None = None) -> tuple[torch.Tensor, WorldCache]:
         """x: (B, T, C, H, W) noisy frames; levels: (B, T) in [0, 1]; actions: (B, T) ids or (B, T, A).
 
-        Returns the prediction (B, T, C, H, W) and the cache after these T frames.
+        Returns the network's output (B, T, C, H, W) and the cache after these T frames. What the output stands
+        for (``cfg.prediction``) and the input scaling it expects are the business of :mod:`lssvwm.denoiser`.
         """
         b, t, ch, hgt, wid = x.shape
         if (ch, hgt, wid) != (self.cfg.channels, self.cfg.frame_size, self.cfg.frame_size):
             raise ValueError(f"frames must be (B, T, {self.cfg.channels}, {self.cfg.frame_size}, "
                              f"{self.cfg.frame_size}) for this model, got {tuple(x.shape)}")
         cache = cache or self.empty_cache()
-        x_raw = x
-        if self.cfg.prediction == "edm":  # c_in: unit-variance input at every noise level
-            a, s, sd = self._edm_terms(levels, x)
-            x = x / torch.sqrt(s**2 + (a * sd) ** 2).to(x.dtype)
         tokens = self.patch(x.flatten(0, 1))  # (B*T, D, h, w)
         tokens = rearrange(tokens, "(b t) d h w -> b t h w d", b=b) + self.pos  # (B, T, h, w, D)
         if self.prev_patch is not None:  # frame t also sees input frame t-1 (zeros before the first frame)
@@ -244,21 +240,8 @@ class WorldModel(nn.Module):
         out = rearrange(out, "b t h w (p q c) -> b t c (h p) (w q)", p=p, q=p, c=ch)
         if self.final_conv is not None:  # per frame: no mixing across time
             out = out + self.final_conv(out.flatten(0, 1)).unflatten(0, (b, t))
-        if self.cfg.prediction == "edm":  # x0 = c_skip x - c_out F, returned as the v it implies (x0 = a x - s v);
-            # F's sign makes sigma_data = 1 exactly v-prediction (F = v)
-            norm = s**2 + (a * sd) ** 2
-            xr = x_raw.to(torch.float32) if x_raw.dtype != torch.float64 else x_raw
-            x0 = (sd**2 * a / norm) * xr - (s * sd / torch.sqrt(norm)) * out.to(xr.dtype)
-            out = (a * xr - x0) / s.clamp(min=1e-4)
         last = x[:, -1].detach() if self.prev_patch is not None else None
         return out, WorldCache(tuple(new_layers), cache.frames + t, last)
-
-    def _edm_terms(self, levels: torch.Tensor, x: torch.Tensor):
-        """alpha, sigma of the noise levels (B, T) broadcast over (B, T, C, H, W), and sigma_data (fp32, or fp64
-        for fp64 inputs)."""
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        a, s = alpha_sigma(levels.to(dtype)[:, :, None, None, None])
-        return a, s, float(self.cfg.sigma_data)
 
     def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache: WorldCache
              ) -> tuple[torch.Tensor, WorldCache]:

@@ -1,0 +1,61 @@
+"""The denoiser: the world-model network with the preconditioning around it that makes its output a
+v-prediction (as DIAMOND's ``Denoiser`` wraps its inner model). Training and sampling call this, never the
+network directly; the network (:mod:`lssvwm.models.world_model`) knows no noise schedule.
+
+``model.prediction`` says what the network's output stands for:
+
+- ``"v"``: the network's output is the v-prediction itself (DFoT).
+- ``"edm"``: Karras et al.'s preconditioning, written for this variance-preserving schedule (alpha, sigma from
+  :func:`lssvwm.schedule.alpha_sigma`): the network sees ``c_in x`` with ``c_in = 1 / sqrt(sigma^2 + (alpha
+  sigma_data)^2)`` (unit variance at every level) and its output ``F`` gives ``x0 = c_skip x - c_out F`` with
+  ``c_skip = sigma_data^2 alpha / norm``, ``c_out = sigma sigma_data / sqrt(norm)``; the denoiser returns the v
+  that this x0 implies (``x0 = alpha x - sigma v``). With ``sigma_data = 1`` this is exactly ``"v"``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .schedule import alpha_sigma
+
+
+def network_config(net):
+    """The ModelConfig of a network, also through a DistributedDataParallel wrapper (None for a network
+    without one, such as a test double: it is taken as a v-prediction network)."""
+    return getattr(getattr(net, "module", net), "cfg", None)
+
+
+class Denoiser:
+    """``Denoiser(net)(x, levels, actions, cache)`` -> (v-prediction, cache after these frames), with the shapes
+    and caches of :meth:`WorldModel.forward`; :meth:`step` for one frame. ``net`` may be wrapped in DDP."""
+
+    def __init__(self, net):
+        self.net = net
+        cfg = network_config(net)
+        self.edm = getattr(cfg, "prediction", "v") == "edm"
+        self.sigma_data = float(getattr(cfg, "sigma_data", 1.0))
+
+    def __call__(self, x: torch.Tensor, levels: torch.Tensor, actions: torch.Tensor, cache=None):
+        """x (B, T, C, H, W) noisy frames, levels (B, T) in [0, 1], actions (B, T) or (B, T, A)."""
+        if not self.edm:
+            return self.net(x, levels, actions, cache)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        a, s = alpha_sigma(levels.to(dtype)[:, :, None, None, None])  # (B, T, 1, 1, 1)
+        sd = self.sigma_data
+        norm = s**2 + (a * sd) ** 2
+        out, cache = self.net(x / torch.sqrt(norm).to(x.dtype), levels, actions, cache)  # c_in x
+        # F's sign makes sigma_data = 1 exactly v-prediction (F = v)
+        xr = x.to(dtype)
+        x0 = (sd**2 * a / norm) * xr - (s * sd / torch.sqrt(norm)) * out.to(dtype)
+        return (a * xr - x0) / s.clamp(min=1e-4), cache
+
+    def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache):
+        """One frame: frame (B, C, H, W), level (B,), action (B,) or (B, A) -> (v, cache after this frame)."""
+        if not self.edm:
+            return self.net.step(frame, level, action, cache)
+        pred, cache = self(frame[:, None], level[:, None], action[:, None], cache)
+        return pred[:, 0], cache
+
+
+def as_denoiser(model) -> Denoiser:
+    """``model`` itself when it is a Denoiser, else the denoiser around that network."""
+    return model if isinstance(model, Denoiser) else Denoiser(model)
