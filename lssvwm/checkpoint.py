@@ -200,7 +200,7 @@ def init_from(model: torch.nn.Module, ema: torch.nn.Module, cfg: RunConfig, sour
     diff = architecture_differences(cfg.model, src_cfg.model)
     if diff:
         raise CheckpointError(f"train.init={source}: its model differs from this run's: " + "; ".join(diff) +
-                              f" (lssvwm train --init without --config or --preset takes the model of the weights)")
+                              " (lssvwm train --init without --config or --preset takes the model of the weights)")
     if cfg.train.autoencoder != src_cfg.train.autoencoder and (cfg.train.autoencoder or src_cfg.train.autoencoder):
         print(f"note: train.init={source} was trained with train.autoencoder={src_cfg.train.autoencoder!r}, this "
               f"run uses {cfg.train.autoencoder!r}", flush=True)

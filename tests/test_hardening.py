@@ -662,3 +662,51 @@ def test_sampling_ranges_are_declared_once_for_config_and_command_line():
         SamplingConfig(stabilization=1.0).validate()
     assert {f.name for f in dataclasses.fields(SamplingConfig)} == {f.name for f in dataclasses.fields(SamplingConfig)
                                                                      if "allowed" in f.metadata}
+
+
+def _config_cases():
+    from lssvwm.config import (AETrainConfig, AutoencoderConfig, DiffusionConfig, SamplingConfig, TrainConfig,
+                               model_preset)
+
+    return [("model", lambda: model_preset("tiny")), ("diffusion", DiffusionConfig), ("sampling", SamplingConfig),
+            ("train", TrainConfig), ("train", AETrainConfig), ("autoencoder", AutoencoderConfig)]
+
+
+def _bad_values(rule):
+    """Values just outside a declared range, of the wrong type, or not among the choices."""
+    if rule.choices is not None:
+        return ["nope", None]
+    bad = ["x", None if not rule.none_ok else "x", True, [1]]
+    if rule.low is not None:
+        bad.append(rule.low if rule.low_open else rule.low - 1)
+    if rule.high is not None:
+        bad.append(rule.high if rule.high_open else rule.high + 1)
+    if rule.integer:
+        bad.append(float((rule.low or 0) + 1.5))
+    else:
+        bad += [float("nan"), float("inf")]
+    return bad
+
+
+@pytest.mark.parametrize("section, make", _config_cases(), ids=lambda c: c if isinstance(c, str) else "")
+def test_every_declared_field_range_is_checked(section, make):
+    """Each field's allowed values are declared once (config.schema.Allowed in its metadata): the defaults pass,
+    and every value outside them is one ConfigError naming the field, through the config's own validate()."""
+    import dataclasses
+
+    from lssvwm.config import ConfigError, allowed
+
+    cfg = make()
+    cfg.validate()
+    checked = 0
+    for f in dataclasses.fields(cfg):
+        rule = allowed(type(cfg), f.name)
+        if rule is None:
+            continue
+        for value in _bad_values(rule):
+            bad = dataclasses.replace(cfg) if not hasattr(cfg, "layers") else make()
+            object.__setattr__(bad, f.name, value)
+            with pytest.raises(ConfigError, match=rf"^{section}\.{f.name} must be .*, got "):
+                bad.validate()
+            checked += 1
+    assert checked >= 10

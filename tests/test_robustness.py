@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from lssvwm.checkpoint import find_checkpoint, load_model
 from lssvwm.config import ConfigError, config_from_dict
 from lssvwm.data.dataset import EpisodeWindows
-from lssvwm.data.episodes import EpisodeFormatError, generate_episode, load_episode
+from lssvwm.data.episodes import EpisodeFormatError, load_episode
 from lssvwm.models.world_model import WorldModel
 from lssvwm.loop import batch_indices  # noqa: E402
 

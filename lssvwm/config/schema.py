@@ -57,62 +57,145 @@ class LayerSpec:
         return cls(ssm, attn)
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """A config field's allowed values, declared once in the field's metadata: numbers in [low, high] (either end
+    open, either end absent), integers only with ``integer``, or one of ``choices``. :meth:`check` is the config's
+    check (a ConfigError naming the field); :meth:`parse` is the command line's option type for the same field."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+    what: str = ""  # what the value is, for messages ("a noise level")
+    note: str = ""  # said after the range (" (0 = off)")
+    text: str = ""  # the whole description, said instead of what + range + note ("a positive number")
+    none_ok: bool = False  # None (YAML null) is allowed too
+
+    def ok(self, value) -> bool:
+        if value is None:
+            return self.none_ok
+        if self.choices is not None:
+            return value in self.choices
+        if self.integer and not _is_int(value):
+            return False
+        if not self.integer and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                 or not math.isfinite(value)):
+            return False
+        return ((self.low is None or (value > self.low if self.low_open else value >= self.low))
+                and (self.high is None or (value < self.high if self.high_open else value <= self.high)))
+
+    def range_text(self) -> str:
+        if self.choices is not None:
+            return f"one of {', '.join(map(str, self.choices))}"
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def check(self, value, name: str) -> None:
+        if not self.ok(value):
+            what = self.text or (f"{self.what + ' ' if self.what else ('an integer ' if self.integer else '')}"
+                                 f"{self.range_text()}{self.note}")
+            raise ConfigError(f"{name} must be {what}, got {_show(value)}")
+
+    def parse(self, text: str):
+        """argparse's type for this field: the value, or an ArgumentTypeError saying what is allowed."""
+        import argparse
+
+        if self.choices is not None:
+            value = text
+        else:
+            try:
+                value = int(text) if self.integer else float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {'an integer' if self.integer else 'a number'}, got "
+                                                 f"{text!r}") from None
+        if not self.ok(value):
+            raise argparse.ArgumentTypeError(f"must be {self.range_text()}, got {text}")
+        return value
+
+
+def allowed(cls, name: str) -> Allowed | None:
+    """The declared allowed values of field ``name`` of config class ``cls`` (declared there, or in a base class
+    whose field the subclass re-declares with another default), or None."""
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for f in fields(klass):
+                if f.name == name and "allowed" in f.metadata:
+                    return f.metadata["allowed"]
+    return None
+
+
+def check_allowed(cfg, section: str) -> None:
+    """Check every field of ``cfg`` that declares its allowed values (ConfigError: '<section>.<field> must be ...')."""
+    for f in fields(cfg):
+        rule = allowed(type(cfg), f.name)
+        if rule is not None:
+            rule.check(getattr(cfg, f.name), f"{section}.{f.name}")
+
+
+def ranged(default, rule: Allowed, **kw):
+    """A dataclass field whose allowed values are declared in its metadata."""
+    return field(default=default, metadata={"allowed": rule}, **kw)
+
+
+def at_least(low: int) -> Allowed:
+    return Allowed(low, integer=True)
+
+
+POSITIVE_INT = Allowed(1, integer=True, text="a positive integer")
+POSITIVE_NUMBER = Allowed(0.0, low_open=True, text="a positive number")
+NONNEG_NUMBER = Allowed(0.0, text="a number >= 0")
+PROBABILITY = Allowed(0.0, 1.0, text="a probability in [0, 1]")
+FRACTION = Allowed(0.0, 1.0, high_open=True, text="in [0, 1)")
+NOISE_LEVEL = Allowed(0.0, 1.0, high_open=True, text="a noise level in [0, 1)")
+
+
 @dataclass
 class ModelConfig:
-    channels: int = 3
-    frame_size: int = 32
-    patch_size: int = 4
-    d_model: int = 128
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    d_state: int = 32
-    expand: int = 2
-    ssm_headdim: int = 32
-    ssm_chunk: int = 64
-    attn_chunk: int | None = None  # frames per attention chunk; None = half the window
-    num_actions: int = 6  # discrete action ids (plus -1 = none); ignored when action_dim > 0
-    action_dim: int = 0  # > 0: continuous action vectors of this size
+    """The network's sizes and layer plan. Each field's allowed values are declared once, in its metadata
+    (:class:`Allowed`); :meth:`validate` checks them, then the rules that tie fields together."""
+    channels: int = ranged(3, POSITIVE_INT)
+    frame_size: int = ranged(32, POSITIVE_INT)
+    patch_size: int = ranged(4, POSITIVE_INT)
+    d_model: int = ranged(128, POSITIVE_INT)
+    n_heads: int = ranged(4, POSITIVE_INT)
+    mlp_ratio: float = ranged(4.0, POSITIVE_NUMBER)
+    d_state: int = ranged(32, POSITIVE_INT)
+    expand: int = ranged(2, POSITIVE_INT)
+    ssm_headdim: int = ranged(32, POSITIVE_INT)
+    ssm_chunk: int = ranged(64, POSITIVE_INT)
+    # frames per attention chunk of the sdpa backend; None = half the window
+    attn_chunk: int | None = ranged(None, Allowed(1, integer=True, none_ok=True, text="null or a positive integer"))
+    num_actions: int = ranged(6, POSITIVE_INT)  # discrete action ids (plus -1 = none); ignored when action_dim > 0
+    # > 0: continuous action vectors of this size
+    action_dim: int = ranged(0, Allowed(0, integer=True, text="an integer >= 0 (0 = discrete actions)"))
     layers: list[LayerSpec] = field(default_factory=list)  # one LayerSpec per layer (YAML: {ssm: ..., attn: ...})
     gradient_checkpointing: bool = False
-    # frame-local attention kernel: auto (FlexAttention with a block mask on CUDA, chunked SDPA on CPU), sdpa, flex
-    attn_backend: str = "auto"
+    # frame-local attention kernel: auto (FlexAttention with a block mask on CUDA, per-frame windows on CPU),
+    # window (each query frame with exactly its window's keys), sdpa (chunked and masked), flex
+    attn_backend: str = ranged("auto", Allowed(choices=("auto", "window", "sdpa", "flex")))
     # Not from the paper (DIAMOND-style): each frame's tokens also embed the previous input frame's patches at the
     # same place, a direct path for "copy and shift what was there" that attention otherwise has to learn.
     prev_frame: bool = False
     # Not from the paper (U-ViT's "extra 3x3 conv" after the linear patch decoder): a residual 3x3 convolution on
     # each predicted frame, zero-initialised, which can smooth the seams between patches.
     final_conv: bool = False
-    # What the network's output stands for. "v": it is the v-prediction itself (DFoT). "edm": Karras et al.'s
-    # preconditioning: the network sees c_in * x and predicts F, and x0 = c_skip * x - c_out * F with
-    # sigma_data (the data's std); the model still returns the v that this x0 implies, so the loss (same
+    # What the network's output stands for (lssvwm.denoiser). "v": it is the v-prediction itself (DFoT). "edm":
+    # Karras et al.'s preconditioning: the network sees c_in * x and predicts F, and x0 = c_skip * x - c_out * F
+    # with sigma_data (the data's std); the denoiser still returns the v that this x0 implies, so the loss (same
     # weighting in x0 space) and the sampler are unchanged. With sigma_data = 1 it is exactly "v" (F = v).
-    prediction: str = "v"
-    sigma_data: float = 0.5
+    prediction: str = ranged("v", Allowed(choices=("v", "edm"), text="'v' or 'edm'"))
+    sigma_data: float = ranged(0.5, Allowed(0.0, 100.0, low_open=True, text="a positive number (the data's std)"))
 
     def __post_init__(self):
         if isinstance(self.layers, (list, tuple)):  # parsed once, here; YAML gives mappings
             self.layers = [LayerSpec.parse(layer, f"model.layers[{i}]") for i, layer in enumerate(self.layers)]
 
     def validate(self) -> None:
-        for name in ("channels", "frame_size", "patch_size", "d_model", "n_heads", "d_state", "expand", "ssm_headdim",
-                     "ssm_chunk", "num_actions"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {_show(value)}")
-        if not _is_int(self.action_dim) or self.action_dim < 0:
-            raise ConfigError(f"model.action_dim must be an integer >= 0 (0 = discrete actions), got "
-                              f"{_show(self.action_dim)}")
-        if self.attn_chunk is not None and (not _is_int(self.attn_chunk) or self.attn_chunk < 1):
-            raise ConfigError(f"model.attn_chunk must be null or a positive integer, got {_show(self.attn_chunk)}")
-        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or self.mlp_ratio <= 0:
-            raise ConfigError(f"model.mlp_ratio must be a positive number, got {_show(self.mlp_ratio)}")
-        if self.attn_backend not in ("auto", "sdpa", "flex"):
-            raise ConfigError(f"model.attn_backend must be auto, sdpa or flex, got {_show(self.attn_backend)}")
-        if self.prediction not in ("v", "edm"):
-            raise ConfigError(f"model.prediction must be 'v' or 'edm', got {_show(self.prediction)}")
-        if not _finite_in(self.sigma_data, 0.0, 100.0) or self.sigma_data <= 0:
-            raise ConfigError(f"model.sigma_data must be a positive number (the data's std), got "
-                              f"{_show(self.sigma_data)}")
+        check_allowed(self, "model")
         if not isinstance(self.layers, list):
             raise ConfigError(f"model.layers must be a list of {{ssm, attn}} mappings, got {_show(self.layers)}")
         self.__post_init__()  # layers assigned after construction are parsed too
@@ -137,110 +220,32 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     # v-prediction, cosine schedule alpha=cos(pi t/2), sigma=sin(pi t/2), min-SNR-5 weighting: see diffusion.py
-    min_snr_gamma: float = 5.0
-    long_context_prob: float = 0.5  # the paper's long-context training: P(clean prefix)
-    min_clean_prefix: int = 1
+    min_snr_gamma: float = ranged(5.0, POSITIVE_NUMBER)
+    long_context_prob: float = ranged(0.5, PROBABILITY)  # the paper's long-context training: P(clean prefix)
+    min_clean_prefix: int = ranged(1, at_least(1))
     # the level the context frames of training (the long-context prefix) are labelled and noised with; 0 = clean,
     # the sampler's stabilization level = as committed frames are seen at inference
-    context_level: float = 0.0
+    context_level: float = ranged(0.0, NOISE_LEVEL)
     # > context_level: each context frame's level is drawn uniformly from [context_level, context_level_max]
     # instead (GameNGen's context-noise augmentation: the model learns to read, and correct, a noised history)
-    context_level_max: float = 0.0
+    context_level_max: float = ranged(0.0, Allowed(0.0, 1.0, high_open=True, text=(
+        "0 (off) or a noise level in [context_level, 1)")))
     # Training on the model's own rollouts (not in the paper; Self Forcing / BAgger-style, see diffusion.py): with
     # this probability a step replaces 1..own_rollout_frames frames after a true prefix by the model's own free
     # rollout (no gradient) and trains the frames after them against the truth
-    own_rollout_prob: float = 0.0
-    own_rollout_frames: int = 4
-    own_rollout_start: int = 0  # the first step that may train on own rollouts (early rollouts are noise)
+    own_rollout_prob: float = ranged(0.0, PROBABILITY)
+    own_rollout_frames: int = ranged(4, at_least(1))
+    # the first step that may train on own rollouts (early rollouts are noise)
+    own_rollout_start: int = ranged(0, at_least(0))
     # Extras NOT in the paper; off by default.
-    clean_frame_prob: float = 0.0  # each frame clean (no loss) with this probability, see diffusion.py
-    state_penalty: float = 0.0
+    clean_frame_prob: float = ranged(0.0, PROBABILITY)  # each frame clean (no loss) with this probability
+    state_penalty: float = ranged(0.0, NONNEG_NUMBER)
 
     def validate(self) -> None:
-        for name in ("long_context_prob", "own_rollout_prob", "clean_frame_prob"):
-            if not _finite_in(getattr(self, name), 0.0, 1.0):
-                raise ConfigError(f"diffusion.{name} must be a probability in [0, 1], got {_show(getattr(self, name))}")
-        if not _finite_in(self.context_level, 0.0, 1.0, high_open=True):
-            raise ConfigError(f"diffusion.context_level must be a noise level in [0, 1), got {_show(self.context_level)}")
-        if not _finite_in(self.context_level_max, 0.0, 1.0, high_open=True) or (
-                0 < self.context_level_max < self.context_level):
+        check_allowed(self, "diffusion")
+        if 0 < self.context_level_max < self.context_level:
             raise ConfigError("diffusion.context_level_max must be 0 (off) or a noise level in [context_level, 1), "
                               f"got {_show(self.context_level_max)}")
-        if not _finite_in(self.min_snr_gamma, 0.0, float("inf"), high_open=True) or self.min_snr_gamma <= 0:
-            raise ConfigError(f"diffusion.min_snr_gamma must be a positive number, got {_show(self.min_snr_gamma)}")
-        if not _finite_in(self.state_penalty, 0.0, float("inf"), high_open=True):
-            raise ConfigError(f"diffusion.state_penalty must be a number >= 0, got {_show(self.state_penalty)}")
-        for name, low in (("min_clean_prefix", 1), ("own_rollout_frames", 1), ("own_rollout_start", 0)):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
-                raise ConfigError(f"diffusion.{name} must be an integer >= {low}, got {_show(getattr(self, name))}")
-
-
-@dataclass(frozen=True)
-class Allowed:
-    """A config field's allowed values, declared once in the field's metadata: numbers in [low, high] (either end
-    open, either end absent), integers only with ``integer``, or one of ``choices``. :meth:`check` is the config's
-    check (a ConfigError naming the field); :meth:`parse` is the command line's option type for the same field."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-    choices: tuple | None = None
-    what: str = ""  # what the value is, for messages ("a noise level")
-    note: str = ""  # said after the range (" (0 = off)")
-
-    def ok(self, value) -> bool:
-        if self.choices is not None:
-            return value in self.choices
-        if self.integer and not _is_int(value):
-            return False
-        if not self.integer and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                 or not math.isfinite(value)):
-            return False
-        return ((self.low is None or (value > self.low if self.low_open else value >= self.low))
-                and (self.high is None or (value < self.high if self.high_open else value <= self.high)))
-
-    def range_text(self) -> str:
-        if self.choices is not None:
-            return f"one of {', '.join(map(str, self.choices))}"
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-    def check(self, value, name: str) -> None:
-        if not self.ok(value):
-            what = self.what if self.what == "a positive integer" else (
-                f"{self.what + ' ' if self.what else ('an integer ' if self.integer else '')}{self.range_text()}")
-            raise ConfigError(f"{name} must be {what}{self.note}, got {_show(value)}")
-
-    def parse(self, text: str):
-        """argparse's type for this field: the value, or an ArgumentTypeError saying what is allowed."""
-        import argparse
-
-        if self.choices is not None:
-            value = text
-        else:
-            try:
-                value = int(text) if self.integer else float(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {'an integer' if self.integer else 'a number'}, got "
-                                                 f"{text!r}") from None
-        if not self.ok(value):
-            raise argparse.ArgumentTypeError(f"must be {self.range_text()}, got {text}")
-        return value
-
-
-def allowed(cls, name: str) -> Allowed:
-    """The declared allowed values of field ``name`` of config class ``cls``."""
-    return next(f.metadata["allowed"] for f in fields(cls) if f.name == name)
-
-
-def check_allowed(cfg, section: str) -> None:
-    """Check every field of ``cfg`` that declares its allowed values (ConfigError: '<section>.<field> must be ...')."""
-    for f in fields(cfg):
-        if "allowed" in f.metadata:
-            f.metadata["allowed"].check(getattr(cfg, f.name), f"{section}.{f.name}")
 
 
 SCHEDULES = ("uniform", "logsnr", "edm")
@@ -252,7 +257,7 @@ class SamplingConfig:
     overridden at inference (``--steps``, ``--stabilization``, ``--seed``, ...). Each field's allowed values are
     declared once, in its metadata (:class:`Allowed`): the config check and the command line's options both read
     them."""
-    steps: int = field(default=8, metadata={"allowed": Allowed(1, integer=True, what="a positive integer")})
+    steps: int = ranged(8, POSITIVE_INT)
     # noise level committed frames are labelled with (Diffusion Forcing / Oasis)
     stabilization: float = field(default=0.0, metadata={"allowed": Allowed(0.0, 1.0, high_open=True,
                                                                                what="a noise level")})
@@ -279,68 +284,47 @@ class SamplingConfig:
         return out
 
 
-def _finite_in(value, low: float, high: float, high_open: bool = False) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-        return False
-    return low <= value < high if high_open else low <= value <= high
-
-
 @dataclass
 class LoopConfig:
     """What every training loop here takes (world model and autoencoder): data, optimisation, checkpoints."""
     data: str = "data/maze"
     out: str = "runs/demo"
-    data_layout: str = "auto"  # auto | episodes (npz) | teco (Minecraft mp4+npz) | videos (your mp4 + actions)
-    batch_size: int = 8
-    steps: int = 1000
-    max_minutes: float = 0.0  # > 0: stop after this wall-clock time (checkpoint written)
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    val_fraction: float = 0.1
+    # auto | episodes (npz) | teco (Minecraft mp4+npz) | videos (your mp4 + actions)
+    data_layout: str = ranged("auto", Allowed(choices=LAYOUTS))
+    batch_size: int = ranged(8, at_least(1))
+    steps: int = ranged(1000, at_least(1))
+    max_minutes: float = ranged(0.0, Allowed(0.0, text="a number of minutes >= 0 (0 = no limit)"))  # > 0: stop then
+    lr: float = ranged(1e-3, POSITIVE_NUMBER)
+    min_lr_ratio: float = ranged(0.1, Allowed(0.0, 1.0, text="in [0, 1]"))
+    warmup: int = ranged(50, at_least(0))
+    weight_decay: float = ranged(0.01, NONNEG_NUMBER)
+    grad_clip: float = ranged(1.0, POSITIVE_NUMBER)
+    ema_decay: float = ranged(0.999, FRACTION)
+    seed: int = ranged(0, at_least(0))
+    val_fraction: float = ranged(0.1, FRACTION)
     # auto: bf16 on CUDA and on CPUs where a bf16 matmul measures clearly faster (loop.cpu_bf16_fast), else fp32;
     # bf16; none: fp32
-    autocast: str = "auto"
-    ckpt_every: int = 200
+    autocast: str = ranged("auto", Allowed(choices=("auto", "bf16", "none"), text="'auto', 'bf16' or 'none'"))
+    ckpt_every: int = ranged(200, at_least(1))
 
     def validate(self, section: str = "train") -> None:
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError(f"{section}.data must name the dataset folder, got {_show(self.data)}")
         if not isinstance(self.out, str) or not self.out:
             raise ConfigError(f"{section}.out must name the run folder, got {_show(self.out)}")
-        if self.data_layout not in LAYOUTS:
-            raise ConfigError(f"{section}.data_layout must be one of {', '.join(LAYOUTS)}, got {_show(self.data_layout)}")
-        if self.autocast not in ("auto", "bf16", "none"):
-            raise ConfigError(f"{section}.autocast must be 'auto', 'bf16' or 'none', got {_show(self.autocast)}")
-        for name, low in (("batch_size", 1), ("steps", 1), ("ckpt_every", 1), ("warmup", 0), ("seed", 0)):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
-                raise ConfigError(f"{section}.{name} must be an integer >= {low}, got {_show(getattr(self, name))}")
-        inf = float("inf")
-        checks = (("lr", 0.0, inf, "a positive number", lambda v: v > 0), ("grad_clip", 0.0, inf, "a positive number",
-                  lambda v: v > 0), ("weight_decay", 0.0, inf, "a number >= 0", None),
-                  ("max_minutes", 0.0, inf, "a number of minutes >= 0 (0 = no limit)", None),
-                  ("min_lr_ratio", 0.0, 1.0, "in [0, 1]", None),
-                  ("ema_decay", 0.0, 1.0, "in [0, 1)", lambda v: v < 1), ("val_fraction", 0.0, 1.0, "in [0, 1)",
-                                                                       lambda v: v < 1))
-        for name, low, high, what, extra in checks:
-            v = getattr(self, name)
-            if not _finite_in(v, low, high, high_open=high == inf) or (extra is not None and not extra(v)):
-                raise ConfigError(f"{section}.{name} must be {what}, got {_show(v)}")
+        check_allowed(self, section)
 
 
 @dataclass
 class TrainConfig(LoopConfig):
-    clip_len: int = 16
-    sample_every: int = 0  # > 0: write a rollout video every N steps
-    nan_policy: str = "stop"  # stop | skip
-    num_workers: int = 0  # DataLoader worker processes
+    clip_len: int = ranged(16, at_least(1))
+    sample_every: int = ranged(0, at_least(0))  # > 0: write a rollout video every N steps
+    nan_policy: str = ranged("stop", Allowed(choices=("stop", "skip"), text="'stop' or 'skip'"))
+    num_workers: int = ranged(0, at_least(0))  # DataLoader worker processes
     skip_bad_files: bool = False  # skip (and count) unreadable episode files instead of stopping
     autoencoder: str = ""  # a `lssvwm train-ae` run: the world model trains on its latents (model.channels etc.)
-    curriculum_steps: int = 0  # not from the paper: > 0 grows the clip from clip_len/4 to clip_len over these steps
+    # not from the paper: > 0 grows the clip from clip_len/4 to clip_len over these steps
+    curriculum_steps: int = ranged(0, at_least(0))
     tensorboard: bool = False  # also log to RUN/tensorboard (needs the tensorboard package)
     compile: bool = False  # torch.compile the model for training (pays on a GPU; on a CPU compiling costs minutes)
     # fine-tuning: start from these weights (a run or checkpoint folder, an exported folder or a shipped name such
@@ -349,11 +333,6 @@ class TrainConfig(LoopConfig):
 
     def validate(self, section: str = "train") -> None:
         super().validate(section)
-        for name, low in (("clip_len", 1), ("sample_every", 0), ("num_workers", 0), ("curriculum_steps", 0)):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
-                raise ConfigError(f"{section}.{name} must be an integer >= {low}, got {_show(getattr(self, name))}")
-        if self.nan_policy not in ("stop", "skip"):
-            raise ConfigError(f"{section}.nan_policy must be 'stop' or 'skip', got {_show(self.nan_policy)}")
         if not isinstance(self.autoencoder, str):
             raise ConfigError(f"{section}.autoencoder must be a run folder or empty, got {_show(self.autoencoder)}")
         if not isinstance(self.init, str):
@@ -364,22 +343,15 @@ class TrainConfig(LoopConfig):
 @dataclass
 class AutoencoderConfig:
     """A small convolutional KL autoencoder (:mod:`lssvwm.models.autoencoder`)."""
-    channels: int = 3
-    latent_channels: int = 4
-    downsample: int = 4  # spatial compression: 2, 4 or 8
-    width: int = 64  # channels of the first stage; doubled per downsampling, up to 4x
-    blocks: int = 1  # residual blocks per stage
-    kl_weight: float = 1e-6
+    channels: int = ranged(3, POSITIVE_INT)
+    latent_channels: int = ranged(4, POSITIVE_INT)
+    downsample: int = ranged(4, Allowed(choices=(2, 4, 8), text="2, 4 or 8"))  # spatial compression
+    width: int = ranged(64, POSITIVE_INT)  # channels of the first stage; doubled per downsampling, up to 4x
+    blocks: int = ranged(1, POSITIVE_INT)  # residual blocks per stage
+    kl_weight: float = ranged(1e-6, NONNEG_NUMBER)
 
     def validate(self) -> None:
-        for name in ("channels", "latent_channels", "width", "blocks"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                raise ConfigError(f"autoencoder.{name} must be a positive integer, got {_show(v)}")
-        if self.downsample not in (2, 4, 8):
-            raise ConfigError(f"autoencoder.downsample must be 2, 4 or 8, got {_show(self.downsample)}")
-        if not _finite_in(self.kl_weight, 0.0, float("inf"), high_open=True):
-            raise ConfigError(f"autoencoder.kl_weight must be a number >= 0, got {_show(self.kl_weight)}")
+        check_allowed(self, "autoencoder")
 
     def latent_shape(self, h: int, w: int, c: int) -> tuple[int, int, int]:
         """(h, w, c) of the latents of (h, w, c) frames; a ConfigError when these frames do not fit."""

@@ -164,7 +164,6 @@ class Raycaster:
         top = h / 2 - line / 2
         bottom = h / 2 + line / 2
         # Floor: checkerboard cast onto the ground plane, darkened with distance.
-        half = h // 2
         fd = self.floor_dist[:, None]  # (H/2, 1)
         fx = px + fd * rdx[None, :]
         fy = py + fd * rdy[None, :]
