@@ -43,8 +43,8 @@ PRESETS = {
     # clip); eval (context, generated frames, task episodes). Context >= 4k; the retrace covers distances > 4k.
     "smoke": dict(model="tiny", res=16, window=2, episodes=6, ep_steps=80, mazes=2, steps=4, batch=2, clip=8,
                   ctx=8, frames=8, eps=1),
-    "cpu": dict(model="small", res=32, window=RECIPE["window"], episodes=64, ep_steps=400, mazes=4, steps=600,
-                batch=8, clip=16, ctx=16, frames=16, eps=4),
+    "cpu": dict(model="small", d_model=RECIPE["d_model"], res=32, window=RECIPE["window"], episodes=64, ep_steps=400,
+                mazes=4, steps=600, batch=8, clip=16, ctx=16, frames=16, eps=4),
     "gpu": dict(model="base", res=64, window=8, episodes=2000, ep_steps=1000, mazes=0, steps=100_000, batch=32,
                 clip=64, ctx=64, frames=64, eps=32),
 }
@@ -73,7 +73,8 @@ def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
     runs = {}
     for name, (variant, lct) in MODELS.items():
         run = out / f"seed{seed}" / (variant + ("" if lct else "-no-lct"))
-        cfg = RunConfig(model=model_preset(s["model"], variant, window=s["window"]),
+        width = {"d_model": s["d_model"]} if "d_model" in s else {}  # the cpu preset: the demo's width
+        cfg = RunConfig(model=model_preset(s["model"], variant, window=s["window"], **width),
                         diffusion=DiffusionConfig(long_context_prob=lct),
                         sampling=SamplingConfig(**RECIPE["sampling"]),
                         train=TrainConfig(data=str(data), out=str(run), steps=s["steps"], batch_size=s["batch"],
@@ -88,8 +89,17 @@ def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
 
 def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:
     """{eval name: {model: {ssim, lpips, psnr, bins}}} for retrieval and reasoning at the main context, and
-    retrieval at 2x and 4x the training clip."""
+    retrieval at 2x and 4x the training clip. Kept in ``eval_seed<seed>/scores.json`` beside the runs' steps, so
+    seeds run as separate processes (``--seeds 0`` and ``--seeds 1`` side by side) are then reported together by
+    ``--seeds 0 1`` without evaluating again."""
     from lssvwm.evaluation import evaluate_models
+
+    saved = out / f"eval_seed{seed}" / "scores.json"
+    steps = {name: _step(run) for name, run in runs.items()}
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        if old.get("steps") == steps and old.get("settings") == s:
+            return old["scores"]
 
     plan = {"retrieval": ("retrieval", s["ctx"]), "reasoning": ("reasoning", s["ctx"])}
     for mult in (2, 4):
@@ -105,6 +115,7 @@ def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -
                               "bins": binned(v["per_frame"], s["window"]),
                               "per_frame": {m: v["per_frame"][m] for m in ("ssim", "psnr", "distance")}}
             for n, v in r["models"].items()}}
+    saved.write_text(json.dumps({"settings": s, "steps": steps, "scores": res}))
     return res
 
 
