@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import AERunConfig, RunConfig, load_ae_config, load_config
+from .config import AERunConfig, RunConfig, SamplingOverrides, load_ae_config, load_config
 from .models import world_model
 from .models.autoencoder import Autoencoder, LatentCodec, PixelCodec
 from .writer_lock import one_writer
@@ -355,12 +355,13 @@ class Run:
     codec: PixelCodec | LatentCodec
     checkpoint: Path
 
-    def sampler(self, **overrides):
-        """A :class:`~lssvwm.diffusion.Sampler` with the run's sampling settings; ``overrides`` (steps,
-        stabilization, schedule, eta, seed) replace any of them, None meaning "the run's setting"."""
+    def sampler(self, overrides: SamplingOverrides | dict | None = None, **given):
+        """A :class:`~lssvwm.diffusion.Sampler` with the run's sampling settings; ``overrides`` (a
+        :class:`~lssvwm.config.SamplingOverrides`) and ``given`` fields (``steps=4``, ...) replace any of them,
+        None meaning "the run's setting"."""
         from .diffusion import Sampler
 
-        return Sampler(self.model, self.cfg.sampling.replace(**overrides), self.codec)
+        return Sampler(self.model, SamplingOverrides.of(overrides, **given).apply(self.cfg.sampling), self.codec)
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:

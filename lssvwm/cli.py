@@ -204,7 +204,7 @@ def _generate(a):
 
     _check_output_file(a.out)
     run = load_run(a.ckpt, device=_device(a.device))
-    sampler = run.sampler(**_sampling_overrides(a))
+    sampler = run.sampler(_sampling_overrides(a))
     ep = start_episode(run, a.data, a.split, a.episode)
     ctx, gt, pred = episode_rollout(sampler, ep, a.context, a.frames, start=a.start, progress=True,
                                     teacher_forcing=a.teacher_forcing)
@@ -227,7 +227,7 @@ def _play(a):
         _writable_dir(a.record, "--record")
     if a.start_clips and not Path(a.start_clips).exists():
         raise ConfigError(f"--start-clips {a.start_clips}: no such dataset folder or episode file")
-    factory = EnvFactory(a.ckpt, context=a.start_clips, device=_device(a.device), **_sampling_overrides(a))
+    factory = EnvFactory(a.ckpt, context=a.start_clips, device=_device(a.device), sampling=_sampling_overrides(a))
     try:
         asyncio.run(serve(factory, a.host, a.port, a.record))
     except KeyboardInterrupt:
@@ -315,10 +315,13 @@ def _sampling_args(p, seed: bool = True) -> None:
         option("seed", "sampling seed")
 
 
-def _sampling_overrides(a) -> dict:
+def _sampling_overrides(a):
     """The sampling options this command has and the user gave (the rest stay the run's settings)."""
-    keys = ("steps", "stabilization", "schedule", "eta", "seed", "history_guidance", "history_guidance_level")
-    return {k: v for k in keys if (v := getattr(a, k, None)) is not None}
+    from dataclasses import fields
+
+    from .config import SamplingOverrides
+
+    return SamplingOverrides.of({f.name: getattr(a, f.name, None) for f in fields(SamplingOverrides)})
 
 
 def _run_args(p, set_help: str) -> None:

@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from .config import SamplingOverrides
 from .video import to_uint8
 
 
@@ -67,16 +68,14 @@ class DreamEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
 
     def __init__(self, checkpoint, context=None, context_frames: int = 16, max_steps: int = 0, device: str = "cpu",
-                 ema: bool = True, steps: int | None = None, stabilization: float | None = None,
-                 schedule: str | None = None, eta: float | None = None, history_guidance: float | None = None,
-                 history_guidance_level: float | None = None):
+                 ema: bool = True, sampling: SamplingOverrides | dict | None = None, **given):
         from .checkpoint import load_run
 
+        # the run's sampling settings; any given here (``sampling``, or fields such as steps=4) replace them
+        overrides = SamplingOverrides.of(sampling, **given)  # checked before the checkpoint is read
         run = load_run(checkpoint, device=device, ema=ema)
         self.model, self.cfg, self.ckpt, self.codec = run.model, run.cfg, run.checkpoint, run.codec
-        # the run's sampling settings; any given here replace them
-        self.sampler = run.sampler(steps=steps, stabilization=stabilization, schedule=schedule, eta=eta,
-                                   history_guidance=history_guidance, history_guidance_level=history_guidance_level)
+        self.sampler = run.sampler(overrides)
         m = self.cfg.model
         if not isinstance(context_frames, int) or isinstance(context_frames, bool) or context_frames < 1:
             raise ValueError(f"context_frames must be a positive integer, got {context_frames!r}")

@@ -73,12 +73,12 @@ def distance_curve(distances: np.ndarray, values: np.ndarray, bins=(1, 8, 16, 32
 
 
 def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out: str | os.PathLike,
-                    episodes: int = 4, seed: int = 0, sampling: dict | None = None, data: str | None = None,
+                    episodes: int = 4, seed: int = 0, sampling=None, data: str | None = None,
                     device: str = "cpu", progress: bool = True, lpips: str = "local") -> dict:
     """Score checkpoints on one task set; writes results.json, metric_vs_distance.png and grid.mp4 to ``out``.
 
     Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``sampling``: overrides of each run's
-    sampling settings (steps, stabilization, schedule, eta). ``data``: the training data folder whose
+    sampling settings (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). ``data``: the training data folder whose
     ``meta.json`` says which fixed mazes to use (default: the first checkpoint's training data).
     """
     import torch
@@ -92,7 +92,7 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(ckpts, device)
-    samplers = {name: run.sampler(**(sampling or {})) for name, run in runs.items()}
+    samplers = {name: run.sampler(sampling) for name, run in runs.items()}
     resolution = common_resolution(runs)
     first = next(iter(runs.values())).cfg
     meta = read_meta(data or first.train.data) if (data or Path(first.train.data).exists()) else {}

@@ -166,13 +166,14 @@ def summarize(per_frame: dict, short: int) -> dict:
 
 def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.PathLike = "runs/follow",
                     context: int = 32, frames: int = 48, long: int = 200, windows: int = 8, seed: int = 0,
-                    sampling: dict | None = None, device: str = "cpu", progress: bool = True,
+                    sampling=None, device: str = "cpu", progress: bool = True,
                     videos: bool = True, lpips: str = "local") -> dict:
     """Score checkpoints side by side on the follow windows; writes ``results.json`` (binned scores and
     per-frame curves), ``strip_<set>.png`` (ground truth, then each model's free rollout and teacher-forced
     frames at frames 1, 2, 4, ... 200), ``ssim_vs_frame.png`` and, with ``videos``, ``rollout_<set>.gif`` and
     ``next_frame_<set>.gif`` (the first window: ground truth beside each model's free rollout / one-step-ahead
-    predictions) to ``out``. Returns the results."""
+    predictions) to ``out``. ``sampling``: overrides of each run's sampling settings
+    (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). Returns the results."""
     from .resources import check_fits
     from .evaluation import common_resolution, load_runs, lpips_fn
     from .follow_report import write_report
@@ -214,7 +215,7 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     ctx, gt = video[:, :context], video[:, context:]
     ctx_a, fut_a = acts[:, :context], acts[:, context:]
     for name, run in runs.items():
-        sampler = run.sampler(**(sampling or {}))
+        sampler = run.sampler(sampling)
         results["models"][name] = {"checkpoint": str(run.checkpoint), "sampling": vars(sampler.cfg).copy(),
                                    "train_steps": _train_steps(run), "sets": {}}
         sampler.reseed(sampler.cfg.seed)

@@ -244,11 +244,11 @@ async def serve(env_factory, host: str = "127.0.0.1", port: int = 8765, record_d
 class EnvFactory:
     """Builds one DreamEnv per connection (sharing nothing but the checkpoint on disk)."""
 
-    def __init__(self, ckpt, context=None, device="cpu", **sampling):
-        """``sampling``: overrides of the run's sampling settings (steps, stabilization, schedule, eta)."""
+    def __init__(self, ckpt, context=None, device="cpu", sampling=None):
+        """``sampling``: :class:`~lssvwm.config.SamplingOverrides` (or a mapping) of the run's sampling settings."""
         from .dream import DreamEnv
 
-        self.kwargs = dict(checkpoint=ckpt, context=context, device=device, **sampling)
+        self.kwargs = dict(checkpoint=ckpt, context=context, device=device, sampling=sampling)
         probe = DreamEnv(**self.kwargs)
         probe.reset(seed=0)  # loads the start clip now: a bad --context fails at start, not at every connection
         self.num_actions = probe.num_actions

@@ -710,3 +710,38 @@ def test_every_declared_field_range_is_checked(section, make):
                 bad.validate()
             checked += 1
     assert checked >= 10
+
+
+def test_sampling_overrides_are_the_sampling_fields_checked_once():
+    """SamplingOverrides carries exactly SamplingConfig's fields (None = keep the run's), checked against the
+    ranges SamplingConfig declares; unknown names are refused by name; applied, only the given fields change."""
+    import dataclasses
+
+    from lssvwm.config import ConfigError, SamplingConfig, SamplingOverrides
+
+    assert [f.name for f in dataclasses.fields(SamplingOverrides)] == [f.name for f in dataclasses.fields(SamplingConfig)]
+    base = SamplingConfig(steps=4, schedule="edm", stabilization=0.1)
+    o = SamplingOverrides.of({"steps": 2}, eta=1.0)
+    assert o.given() == {"steps": 2, "eta": 1.0}
+    assert o.apply(base) == SamplingConfig(steps=2, schedule="edm", stabilization=0.1, eta=1.0)
+    assert SamplingOverrides.of(o) == o and SamplingOverrides.of(None).apply(base) == base
+    with pytest.raises(ConfigError, match=r"sampling.steps must be a positive integer, got 0"):
+        SamplingOverrides(steps=0)
+    with pytest.raises(ConfigError, match=r"sampling.schedule must be one of uniform, logsnr, edm"):
+        SamplingOverrides.of(schedule="cosine")
+    with pytest.raises(ConfigError, match=r"unknown sampling setting\(s\) \['stepz'\]"):
+        SamplingOverrides.of({"stepz": 3})
+
+
+def test_dream_env_sampling_overrides(tiny_run):
+    """DreamEnv takes the overrides as fields or as one SamplingOverrides (seed included); a bad one is refused
+    before the checkpoint is read."""
+    from lssvwm.config import ConfigError, SamplingOverrides
+    from lssvwm.dream import DreamEnv
+
+    env = DreamEnv(tiny_run, context_frames=4, steps=1, seed=7)
+    assert env.sampler.cfg.steps == 1 and env.sampler.cfg.seed == 7
+    env = DreamEnv(tiny_run, context_frames=4, sampling=SamplingOverrides(eta=1.0))
+    assert env.sampler.cfg.eta == 1.0
+    with pytest.raises(ConfigError, match="sampling.stabilization must be"):
+        DreamEnv("no/such/run", stabilization=1.5)

@@ -284,6 +284,45 @@ class SamplingConfig:
         return out
 
 
+@dataclass(frozen=True)
+class SamplingOverrides:
+    """Sampling settings given at inference (the command line, DreamEnv, the play server, the evaluations) that
+    replace a run's own; a field left None keeps the run's setting. The fields are SamplingConfig's, each checked
+    against the range SamplingConfig declares for it."""
+    steps: int | None = None
+    stabilization: float | None = None
+    schedule: str | None = None
+    eta: float | None = None
+    seed: int | None = None
+    history_guidance: float | None = None
+    history_guidance_level: float | None = None
+
+    def __post_init__(self):
+        for f in fields(self):
+            if getattr(self, f.name) is not None:
+                allowed(SamplingConfig, f.name).check(getattr(self, f.name), f"sampling.{f.name}")
+
+    @classmethod
+    def of(cls, value: "SamplingOverrides | dict | None" = None, **given) -> "SamplingOverrides":
+        """Overrides from None, a mapping of field names, or overrides, with ``given`` fields on top."""
+        if isinstance(value, SamplingOverrides):
+            value = value.given()
+        merged = {**(value or {}), **given}
+        unknown = sorted(set(merged) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown sampling setting(s) {unknown}; known: "
+                              f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**merged)
+
+    def given(self) -> dict:
+        """The fields that are set."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def apply(self, cfg: SamplingConfig) -> SamplingConfig:
+        """``cfg`` with these overrides."""
+        return cfg.replace(**self.given())
+
+
 @dataclass
 class LoopConfig:
     """What every training loop here takes (world model and autoencoder): data, optimisation, checkpoints."""
