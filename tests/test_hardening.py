@@ -104,6 +104,8 @@ def test_generate_writes_video_and_metrics_in_a_new_folder(tiny_run, tiny_data, 
     (["play", "--ckpt", "x", "--port", "70000"], "--port: must be in [0, 65535]"),
     (["play", "--ckpt", "x", "--steps", "-3"], "--steps: must be >= 1"),
     (["demo", "--minutes", "-1"], "--minutes: must be in (0"),
+    (["demo", "--layers", "0"], "--layers: must be >= 1"),
+    (["demo", "--d-model", "x"], "--d-model: expected an integer, got 'x'"),
     (["model", "info", "huge"], "invalid choice: 'huge'"),
 ])
 def test_numbers_and_names_are_checked_while_parsing(tmp_path, capsys, cmd, message):

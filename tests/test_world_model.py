@@ -173,6 +173,22 @@ def test_unknown_preset_and_variant():
         m(torch.zeros(1, 2, 3, 16, 16), torch.zeros(1, 2), torch.tensor([[0, 6]]))
 
 
+def test_preset_depth_and_width():
+    """model_preset(n_layers=...) repeats the variant's plan to that depth; the demo's model takes both."""
+    from lssvwm.demo import demo_model
+    from lssvwm.models.world_model import parameter_count
+
+    base, deep = model_preset("small"), model_preset("small", n_layers=6, d_model=96)
+    assert len(base.layers) == 4 and len(deep.layers) == 6 and deep.d_model == 96
+    assert deep.layers[:4] == base.layers and deep.layers[4:] == base.layers[:2]  # the plan goes on alternating
+    assert parameter_count(deep) == WorldModel(deep).num_params()
+    m = demo_model(d_model=128, n_layers=2)
+    assert (m.d_model, len(m.layers), m.prev_frame) == (128, 2, True)
+    for bad in (0, -1, 2.5, True, 10**6):
+        with pytest.raises(ConfigError, match="the number of layers must be 1 to"):
+            model_preset("small", n_layers=bad)
+
+
 def test_continuous_actions():
     torch.manual_seed(0)
     m = WorldModel(model_preset("tiny", action_dim=5)).double()
