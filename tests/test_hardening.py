@@ -169,7 +169,8 @@ def test_bad_config_files(tmp_path, capsys):
         t0 = time.time()
         code, err = run_cli(capsys, "train", "--config", path, "--out", tmp_path / "r")
         assert code == 2 and message in err, (path, err)
-        assert time.time() - t0 < 10 and len(err) < 600  # the bomb is never expanded into the message
+        # the bomb is never expanded (9^9 elements would take far longer than this bound, even on a loaded machine)
+        assert time.time() - t0 < 60 and len(err) < 600
 
 
 @settings(max_examples=60, deadline=None)
