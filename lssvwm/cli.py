@@ -19,41 +19,21 @@ Every failure ends in one line on stderr (``error: ...``) and a non-zero exit: 2
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
-from .config import VARIANTS, ConfigError
+from .config import VARIANTS, Allowed, ConfigError
 
 
 # -- argument types: bad values are refused while parsing, with the option's name ------------------------------
+# Numbers are parsed and checked by config.Allowed, the same rule type the configs declare their fields with.
 def _int_at_least(low: int, high: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {'>= %d' % low if high is None else f'in [{low}, {high}]'}, "
-                                             f"got {value}")
-        return value
-    return parse
+    return Allowed(low, high, integer=True).parse
 
 
 def _float_in(low: float, high: float, high_open: bool = False, low_open: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = math.isfinite(value) and (low < value if low_open else low <= value) and (
-            value < high if high_open else value <= high)
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low}, {high}"
-                                             f"{')' if high_open else ']'}, got {text}")
-        return value
-    return parse
+    return Allowed(low, high, low_open=low_open, high_open=high_open).parse
 
 
 def _video_path(text: str) -> Path:

@@ -115,7 +115,8 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
                "train_steps_planned": cfg.train.steps, "seconds_per_step": round(per_step, 4),
                "threads": torch.get_num_threads(), "seed": cfg.train.seed,
                "model": {"preset": preset, "d_model": cfg.model.d_model, "layers": len(cfg.model.layers),
-                         "parameters": parameter_count(cfg.model)}, "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,
+                         "parameters": parameter_count(cfg.model)},
+               "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,
                "context": context, "frames": frames, "sampling": vars(cfg.sampling),
                "follow": {name: {s: {k: r[k] for k in ("free", "teacher_forced", "shuffled_actions", "action_gain")}
                                   for s, r in m["sets"].items()}

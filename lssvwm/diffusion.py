@@ -90,8 +90,8 @@ def own_rollout_history(model, frames: torch.Tensor, actions: torch.Tensor, n: i
                         ) -> torch.Tensor:
     """``frames`` (B, T, C, H, W) with frames ``n .. n+r-1`` replaced by the model's own free rollout from the true
     frames ``0 .. n-1``, by the :class:`Sampler` as at inference (``sampling``, history guidance included;
-    ``clamp``: the value range of the space the frames are in, the codec's). No gradient flows through it. ``generators``: one per clip, so that a
-    clip's rollout does not depend on which process (or batch) it is in."""
+    ``clamp``: the value range of the space the frames are in, the codec's). No gradient flows through it.
+    ``generators``: one per clip, so that a clip's rollout does not depend on which process (or batch) it is in."""
     sampler = Sampler(getattr(model, "module", model), sampling, clamp=clamp)  # not through DDP: no backward here
     if generators is not None:
         sampler.generator = generators
@@ -250,9 +250,9 @@ class Sampler:
 
     Frames go in and come out as pixels in [-1, 1]; ``codec`` (a PixelCodec or LatentCodec, see
     :func:`lssvwm.checkpoint.frame_codec`) maps them to the space the model works in. Without a codec the
-    model's own space is used as is, with ``clamp`` its value range where it has one (pixels: (-1, 1)). The state (``cache``) is fixed-size and never mutated: ``step`` returns the
-    cache after committing the new frame. Random draws come from ``self.generator`` (seeded by ``cfg.seed``;
-    ``reseed`` starts a new stream).
+    model's own space is used as is, with ``clamp`` its value range where it has one (pixels: (-1, 1)). The
+    state (``cache``) is fixed-size and never mutated: ``step`` returns the cache after committing the new frame.
+    Random draws come from ``self.generator`` (seeded by ``cfg.seed``; ``reseed`` starts a new stream).
 
     With ``cfg.history_guidance > 0`` (history guidance, after DFoT) the state is a :class:`GuidedCache`: a
     second state sees the same frames noised to ``cfg.history_guidance_level``, and each denoising step

@@ -78,8 +78,9 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     """Score checkpoints on one task set; writes results.json, metric_vs_distance.png and grid.mp4 to ``out``.
 
     Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``sampling``: overrides of each run's
-    sampling settings (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). ``data``: the training data folder whose
-    ``meta.json`` says which fixed mazes to use (default: the first checkpoint's training data).
+    sampling settings (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). ``data``: the
+    training data folder whose ``meta.json`` says which fixed mazes to use (default: the first checkpoint's
+    training data).
     """
     import torch
     from tqdm import tqdm

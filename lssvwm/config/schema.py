@@ -90,9 +90,10 @@ class Allowed:
     def range_text(self) -> str:
         if self.choices is not None:
             return f"one of {', '.join(map(str, self.choices))}"
+        low, high = (v if v is None or _is_int(v) else f"{v:g}" for v in (self.low, self.high))  # ints as written
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
     def check(self, value, name: str) -> None:
         if not self.ok(value):
@@ -332,7 +333,8 @@ class LoopConfig:
     data_layout: str = ranged("auto", Allowed(choices=LAYOUTS))
     batch_size: int = ranged(8, at_least(1))
     steps: int = ranged(1000, at_least(1))
-    max_minutes: float = ranged(0.0, Allowed(0.0, text="a number of minutes >= 0 (0 = no limit)"))  # > 0: stop then
+    # > 0: stop after this wall-clock time (checkpoint written)
+    max_minutes: float = ranged(0.0, Allowed(0.0, text="a number of minutes >= 0 (0 = no limit)"))
     lr: float = ranged(1e-3, POSITIVE_NUMBER)
     min_lr_ratio: float = ranged(0.1, Allowed(0.0, 1.0, text="in [0, 1]"))
     warmup: int = ranged(50, at_least(0))
