@@ -355,13 +355,14 @@ class Run:
     codec: PixelCodec | LatentCodec
     checkpoint: Path
 
-    def sampler(self, overrides: SamplingOverrides | dict | None = None, **given):
+    def sampler(self, overrides: SamplingOverrides | dict | None = None, compile: bool = False, **given):
         """A :class:`~lssvwm.diffusion.Sampler` with the run's sampling settings; ``overrides`` (a
         :class:`~lssvwm.config.SamplingOverrides`) and ``given`` fields (``steps=4``, ...) replace any of them,
-        None meaning "the run's setting"."""
+        None meaning "the run's setting". ``compile``: the per-frame step through ``torch.compile``."""
         from .diffusion import Sampler
 
-        return Sampler(self.model, SamplingOverrides.of(overrides, **given).apply(self.cfg.sampling), self.codec)
+        return Sampler(self.model, SamplingOverrides.of(overrides, **given).apply(self.cfg.sampling), self.codec,
+                       compile=compile)
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:

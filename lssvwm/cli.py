@@ -184,7 +184,7 @@ def _generate(a):
 
     _check_output_file(a.out)
     run = load_run(a.ckpt, device=_device(a.device))
-    sampler = run.sampler(_sampling_overrides(a))
+    sampler = run.sampler(_sampling_overrides(a), compile=a.compile)
     ep = start_episode(run, a.data, a.split, a.episode)
     ctx, gt, pred = episode_rollout(sampler, ep, a.context, a.frames, start=a.start, progress=True,
                                     teacher_forcing=a.teacher_forcing)
@@ -207,7 +207,8 @@ def _play(a):
         _writable_dir(a.record, "--record")
     if a.start_clips and not Path(a.start_clips).exists():
         raise ConfigError(f"--start-clips {a.start_clips}: no such dataset folder or episode file")
-    factory = EnvFactory(a.ckpt, context=a.start_clips, device=_device(a.device), sampling=_sampling_overrides(a))
+    factory = EnvFactory(a.ckpt, context=a.start_clips, device=_device(a.device), sampling=_sampling_overrides(a),
+                         compile=a.compile)
     try:
         asyncio.run(serve(factory, a.host, a.port, a.record))
     except KeyboardInterrupt:
@@ -259,6 +260,12 @@ def _device(name: str | None) -> str:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return name
+
+
+def _compile_arg(p) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="run the model's per-frame step through torch.compile: faster frames after a compile of a "
+                        "minute or more at start (needs a C++ compiler on the CPU; docs/play.md)")
 
 
 def _device_arg(p) -> None:
@@ -421,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=_video_path, default=Path("rollout.mp4"),
                    help="video (.mp4 or .gif); the metrics go beside it as .json")
     _device_arg(g)
+    _compile_arg(g)
     _sampling_args(g)
     g.add_argument("--teacher-forcing", action="store_true",
                    help="predict each frame from the true frames before it (one step ahead), not from its own")
@@ -463,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--port", type=_int_at_least(0, 65535), default=8765, help="port (0 = any free port)")
     pl.add_argument("--allow-remote", action="store_true", help="required for a --host other than loopback")
     pl.add_argument("--record", metavar="DIR", help="save recordings (episode .npz + .mp4) here")
+    _compile_arg(pl)
     _device_arg(pl)
     _sampling_args(pl, seed=False)
 

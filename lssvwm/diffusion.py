@@ -31,8 +31,9 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .config import DiffusionConfig, SamplingConfig
-from .denoiser import Denoiser, as_denoiser
+from .denoiser import Denoiser, as_denoiser, compiled_step
 from .models.world_model import check_action_ids
+from .resources import check_compiler
 from .schedule import add_noise, alpha_sigma, loss_weight, sampling_grid, v_target, x0_eps_from_v
 
 
@@ -260,12 +261,16 @@ class Sampler:
     """
 
     def __init__(self, model, cfg: SamplingConfig | None = None, codec=None, device=None,
-                 clamp: tuple[float, float] | None = None):
+                 clamp: tuple[float, float] | None = None, compile: bool = False):
         self.model, self.cfg, self.codec = model, cfg or SamplingConfig(), codec
         self.cfg.validate()
         params = getattr(model, "parameters", None)
         self.device = torch.device(device) if device is not None else (
             next(params()).device if params is not None else torch.device("cpu"))
+        # compile: the per-frame step (every denoising step and the commit) through torch.compile; prefill stays eager
+        if compile:
+            check_compiler(self.device.type, "Sampler(compile=True)")
+        self.denoiser = compiled_step(model) if compile else as_denoiser(model)
         # pixels: (-1, 1); latents: None (unbounded)
         self.clamp = getattr(codec, "value_range", None) if codec is not None else clamp
         self.num_actions = getattr(getattr(model, "cfg", None), "num_actions", None)
@@ -312,13 +317,14 @@ class Sampler:
                              f"{self.cfg.history_guidance}: use the cache this sampler's prefill returned")
         main, weak = (cache.main, cache.weak) if guided else (cache, None)
         shape = (action.shape[0],) + self.frame_shape
-        frame = denoise_frame(self.model, main, action, shape, self.cfg, self.generator, self.device, self.clamp,
-                              guide_cache=weak)
+        frame = denoise_frame(self.denoiser, main, action, shape, self.cfg, self.generator, self.device,
+                              self.clamp, guide_cache=weak)
         committed = frame if teacher_frame is None else self._encode(teacher_frame).to(frame)
-        main = commit_frame(self.model, main, committed, action, self.cfg.stabilization, self.generator)
+        main = commit_frame(self.denoiser, main, committed, action, self.cfg.stabilization, self.generator)
         if not guided:
             return self._decode(frame), main
-        weak = commit_frame(self.model, weak, committed, action, self.cfg.history_guidance_level, self.generator)
+        weak = commit_frame(self.denoiser, weak, committed, action, self.cfg.history_guidance_level,
+                            self.generator)
         return self._decode(frame), GuidedCache(main, weak)
 
     @property

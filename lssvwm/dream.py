@@ -62,20 +62,21 @@ class DreamEnv(gym.Env):
     ``checkpoint``: run or checkpoint folder. ``context``: ``None`` (an episode of the run's validation data),
     a dataset folder, an episode ``.npz``, or a dict with ``frames`` (T, C, H, W) in [-1, 1] and ``actions``
     (T,). ``reset(seed)`` starts from a clip of ``context_frames`` frames of it (the episode is chosen by the
-    seed when ``context`` is a folder). ``max_steps=0`` means unbounded.
+    seed when ``context`` is a folder). ``max_steps=0`` means unbounded. ``compile=True``: the model's per-frame
+    step through ``torch.compile`` (needs a C++ compiler on the CPU; the first step compiles, a minute or more).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
 
     def __init__(self, checkpoint, context=None, context_frames: int = 16, max_steps: int = 0, device: str = "cpu",
-                 ema: bool = True, sampling: SamplingOverrides | dict | None = None, **given):
+                 ema: bool = True, sampling: SamplingOverrides | dict | None = None, compile: bool = False, **given):
         from .checkpoint import load_run
 
         # the run's sampling settings; any given here (``sampling``, or fields such as steps=4) replace them
         overrides = SamplingOverrides.of(sampling, **given)  # checked before the checkpoint is read
         run = load_run(checkpoint, device=device, ema=ema)
         self.model, self.cfg, self.ckpt, self.codec = run.model, run.cfg, run.checkpoint, run.codec
-        self.sampler = run.sampler(overrides)
+        self.sampler = run.sampler(overrides, compile=compile)
         m = self.cfg.model
         if not isinstance(context_frames, int) or isinstance(context_frames, bool) or context_frames < 1:
             raise ValueError(f"context_frames must be a positive integer, got {context_frames!r}")

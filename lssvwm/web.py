@@ -244,13 +244,19 @@ async def serve(env_factory, host: str = "127.0.0.1", port: int = 8765, record_d
 class EnvFactory:
     """Builds one DreamEnv per connection (sharing nothing but the checkpoint on disk)."""
 
-    def __init__(self, ckpt, context=None, device="cpu", sampling=None):
-        """``sampling``: :class:`~lssvwm.config.SamplingOverrides` (or a mapping) of the run's sampling settings."""
+    def __init__(self, ckpt, context=None, device="cpu", sampling=None, compile: bool = False):
+        """``sampling``: :class:`~lssvwm.config.SamplingOverrides` (or a mapping) of the run's sampling settings.
+        ``compile``: each env's per-frame step through ``torch.compile``, compiled here, before the first player
+        waits for it."""
         from .dream import DreamEnv
 
-        self.kwargs = dict(checkpoint=ckpt, context=context, device=device, sampling=sampling)
+        self.kwargs = dict(checkpoint=ckpt, context=context, device=device, sampling=sampling, compile=compile)
         probe = DreamEnv(**self.kwargs)
         probe.reset(seed=0)  # loads the start clip now: a bad --context fails at start, not at every connection
+        if compile:
+            print("compiling the model's step (once per server; a minute or more on a CPU) ...", flush=True)
+            probe.step(0)
+            probe.reset(seed=0)
         self.num_actions = probe.num_actions
         self._first = probe
 

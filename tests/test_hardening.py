@@ -748,3 +748,18 @@ def test_dream_env_sampling_overrides(tiny_run):
     assert env.sampler.cfg.eta == 1.0
     with pytest.raises(ConfigError, match="sampling.stabilization must be"):
         DreamEnv("no/such/run", stabilization=1.5)
+
+
+def test_compiling_without_a_compiler_is_refused_by_name(monkeypatch):
+    """torch.compile on the CPU needs a C++ compiler: without one, one clear error at the start, not a compiler
+    traceback at the first frame."""
+    from lssvwm.config import SamplingConfig, model_preset
+    from lssvwm.diffusion import Sampler
+    from lssvwm.models.world_model import WorldModel
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    model = WorldModel(model_preset("tiny")).eval()
+    with pytest.raises(ConfigError, match=r"Sampler\(compile=True\) on the CPU needs a C\+\+ compiler \(g\+\+ or "):
+        Sampler(model, SamplingConfig(steps=1), compile=True)
+    Sampler(model, SamplingConfig(steps=1))  # without compiling nothing is needed

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import compute_dtype
+from .fused import compute_dtype, packed
 
 
 class KVCache(NamedTuple):
@@ -38,11 +38,17 @@ class KVCache(NamedTuple):
     v: torch.Tensor  # (B, frames, N, heads, head_dim)
 
 
-def rope_rotation(pos: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """Unit complex numbers (F, head_dim/2) that rotate channel pair i of frame ``pos[f]`` by
-    ``pos[f] * base^(-2i/head_dim)``; angles in fp64, so frame 10^5 keeps its precision."""
+def rope_angles(pos: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Angles (F, head_dim/2) in fp64 by which channel pair i of frame ``pos[f]`` turns: ``pos[f] *
+    base^(-2i/head_dim)`` (fp64, so frame 10^5 keeps its precision)."""
     freqs = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float64) / head_dim)
-    ang = pos.to(torch.float64)[:, None] * freqs[None]
+    return pos.to(torch.float64)[:, None] * freqs[None]
+
+
+def rope_rotation(pos: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Unit complex numbers (F, head_dim/2) that rotate channel pair i of frame ``pos[f]`` by its
+    :func:`rope_angles`."""
+    ang = rope_angles(pos, head_dim, base)
     return torch.polar(torch.ones_like(ang), ang)
 
 
@@ -63,19 +69,32 @@ def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, eps: 
 
 
 def _rmsnorm_rope_frames(x, weight, t0: int, eps: float):
-    """:func:`rmsnorm_rope` for frames t0 .. t0 + x.shape[1] - 1."""
+    """:func:`rmsnorm_rope` for frames t0 .. t0 + x.shape[1] - 1. Under ``torch.compile`` the rotation is done
+    in real numbers (:func:`rmsnorm_rope_pairs`, angles computed in the graph): the compiler generates no code
+    for complex tensors, and a cached rotation per frame index would recompile at every frame."""
+    if torch.compiler.is_compiling():
+        ang = rope_angles(torch.arange(t0, t0 + x.shape[1], device=x.device), x.shape[-1])
+        return rmsnorm_rope_pairs(x, weight, ang.cos(), ang.sin(), eps)
     ct = torch.complex128 if x.dtype == torch.float64 else torch.complex64
     return rmsnorm_rope(x, weight, _frames_rotation(t0, x.shape[1], x.shape[-1], str(x.device), ct), eps)
 
 
-def rmsnorm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, eps: float) -> torch.Tensor:
-    """:func:`rmsnorm_rope` written out: the norm by hand, the rotation on the even and odd channels."""
+def rmsnorm_rope_pairs(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       eps: float) -> torch.Tensor:
+    """:func:`rmsnorm_rope` written out in real numbers: the norm by hand, then the even and odd channels turned
+    by angles whose cosines and sines (F, d/2) are given."""
     ct = compute_dtype(x)
     x = x.to(ct)
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(ct)
     x1, x2 = x[..., 0::2], x[..., 1::2]
-    cos, sin = rot.real.to(ct)[:, None, None, :], rot.imag.to(ct)[:, None, None, :]
+    cos, sin = cos.to(ct)[:, None, None, :], sin.to(ct)[:, None, None, :]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def rmsnorm_rope_reference(x: torch.Tensor, weight: torch.Tensor, rot: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`rmsnorm_rope` written out (:func:`rmsnorm_rope_pairs` with the rotation's real and imaginary
+    parts)."""
+    return rmsnorm_rope_pairs(x, weight, rot.real, rot.imag, eps)
 
 
 def frame_local_attention_reference(q, k, v, window: int | None, past: int = 0):
@@ -197,7 +216,7 @@ class FrameLocalAttention(nn.Module):
             k = torch.cat([cache.k.to(k.dtype), k], dim=1)
             v = torch.cat([cache.v.to(v.dtype), v], dim=1)
         keep = k.shape[1] if self.window is None else min(self.window - 1, k.shape[1])
-        new_cache = KVCache(k[:, k.shape[1] - keep:].contiguous(), v[:, v.shape[1] - keep:].contiguous())
+        new_cache = KVCache(packed(k[:, k.shape[1] - keep:]), packed(v[:, v.shape[1] - keep:]))
         backend = self.backend if self.backend != "auto" else ("flex" if x.is_cuda else "window")
         if backend == "window":
             out = window_attention(q, k, v, self.window, past)

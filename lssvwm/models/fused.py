@@ -18,6 +18,18 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def packed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of a fresh tensor of its shape (a copy only where they differ). ``.contiguous()``
+    keeps a view's strides along axes of size 1 (batch 1), so a state carried from frame to frame would change
+    layout between a prefill and a step, and ``torch.compile``, which guards on strides, would compile again.
+    The inference state (SSM states, KV caches, the last frame) goes through this."""
+    stride, expected = 1, []
+    for size in reversed(t.shape):
+        expected.append(stride)
+        stride *= size
+    return t if t.stride() == tuple(reversed(expected)) else t.clone(memory_format=torch.contiguous_format)
+
+
 def _no_autocast(x: torch.Tensor):
     return torch.autocast(x.device.type, enabled=False)
 

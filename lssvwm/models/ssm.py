@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .fused import causal_conv1d_silu, rmsnorm_gated
+from .fused import causal_conv1d_silu, packed, rmsnorm_gated
 from .ssd import ssd_scan
 
 
@@ -81,7 +81,7 @@ class Mamba2(nn.Module):
         if state is None:
             state = self.initial_state(b, u.device, xbc.dtype)
         keep = self.d_conv - 1
-        new_conv = (torch.cat([state.conv.to(xbc.dtype), xbc], 1) if L < keep else xbc)[:, -keep:].contiguous()
+        new_conv = packed((torch.cat([state.conv.to(xbc.dtype), xbc], 1) if L < keep else xbc)[:, -keep:])
         xbc = causal_conv1d_silu(xbc, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv)  # (b, L, conv_dim)
         x, B, C = torch.split(xbc, [self.d_inner, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(dt.to(xbc.dtype) + self.dt_bias.to(xbc.dtype))  # (b, L, nheads)
@@ -89,7 +89,7 @@ class Mamba2(nn.Module):
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         y, ssm = ssd_scan(x, dt, A, B, C, self.D, state.ssm, self.chunk_size, self.backend)
         y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
-        return self.out_proj(y), SSMState(new_conv, ssm)
+        return self.out_proj(y), SSMState(new_conv, packed(ssm))  # one layout, whichever scan made it
 
 
 def resolve_block(block, height: int, width: int) -> tuple[int, int]:

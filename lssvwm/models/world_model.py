@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ConfigError, LayerSpec, ModelConfig
 from ..resources import available_memory, check_fits
 from .attention import FrameLocalAttention, KVCache
+from .fused import packed
 from .ssm import BlockwiseSSM, SSMState, resolve_block
 
 
@@ -75,7 +76,9 @@ class Conditioning(nn.Module):
         c = self.level_mlp(timestep_embedding(levels, self.freq_dim).to(self.level_mlp[0].weight.dtype))  # (B,T,D)
         if self.action_dim > 0:
             return c + self.action(actions.to(c.dtype))
-        if actions.device.type == "cpu":  # a clear message, and free: CPU ops are synchronous anyway
+        if torch.compiler.is_compiling():
+            pass  # a host sync would break the compiled graph; the Sampler checks the ids it is given
+        elif actions.device.type == "cpu":  # a clear message, and free: CPU ops are synchronous anyway
             check_action_ids(actions, self.num_actions)
         else:  # no host sync per denoising step on an accelerator: the check runs on the device
             torch._assert_async(((actions >= -1) & (actions < self.num_actions)).all())
@@ -240,7 +243,8 @@ class WorldModel(nn.Module):
         out = rearrange(out, "b t h w (p q c) -> b t c (h p) (w q)", p=p, q=p, c=ch)
         if self.final_conv is not None:  # per frame: no mixing across time
             out = out + self.final_conv(out.flatten(0, 1)).unflatten(0, (b, t))
-        last = x[:, -1].detach() if self.prev_patch is not None else None
+        # the last frame on its own: a view would keep the whole clip alive in the cache
+        last = packed(x[:, -1].detach()) if self.prev_patch is not None else None
         return out, WorldCache(tuple(new_layers), cache.frames + t, last)
 
     def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache: WorldCache
