@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from lssvwm.metrics import psnr, ssim
@@ -27,3 +28,16 @@ def test_ssim_decreases_with_noise():
     x = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
     s = [float(ssim(x + sigma * torch.randn(x.shape, generator=g), x)) for sigma in (0.05, 0.2, 0.6)]
     assert s[0] > s[1] > s[2]
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 32, 32), (2, 4, 3, 16, 24), (3, 1, 7, 9), (1, 3, 64, 64)])
+def test_ssim_equals_its_convolution_reference(shape):
+    """The band-matrix SSIM (two matmuls per blur) is the 2-D Gaussian convolution's, window clipped to small
+    frames, any leading axes, non-square frames."""
+    from lssvwm.metrics import ssim_reference
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(shape, generator=g) * 2 - 1
+    b = (a + 0.3 * torch.randn(shape, generator=g)).clamp(-1, 1)
+    torch.testing.assert_close(ssim(a, b), ssim_reference(a, b), rtol=1e-6, atol=1e-6)
+    assert ssim(a, b).shape == shape[:-3]
