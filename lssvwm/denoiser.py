@@ -63,9 +63,9 @@ def as_denoiser(model) -> Denoiser:
 
 def compiled_step(model) -> Denoiser:
     """A denoiser of ``model``'s network whose one-frame :meth:`Denoiser.step` runs through ``torch.compile``
-    (dynamic shapes: one compilation serves every batch size, cache length and frame index). The elementwise work
-    between the matmuls is fused into generated kernels, which pays at batch 1, where a frame is thousands of small
-    ops. The first call compiles (a minute or more on a CPU); the numbers match the eager step to float rounding."""
+    (dynamic shapes: one compilation serves every frame index, and every batch size and cache length above 1; a
+    size of 1 is compiled apart). The elementwise work between the matmuls is fused into generated kernels, which
+    pays at batch 1, where a frame is thousands of small ops. The first call compiles (a minute or more on a CPU); the numbers match the eager step to float rounding."""
     d = Denoiser(model.net if isinstance(model, Denoiser) else model)
     d.step = torch.compile(d.step, dynamic=True)
     return d

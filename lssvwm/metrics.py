@@ -29,38 +29,36 @@ def _band(n: int, g: torch.Tensor) -> torch.Tensor:
     return band
 
 
-def _ssim_map(x: torch.Tensor, y: torch.Tensor, blur) -> torch.Tensor:
+def _ssim(pred: torch.Tensor, target: torch.Tensor, window: int, sigma: float, make_blur) -> torch.Tensor:
+    """Per-frame mean SSIM; ``make_blur(g, c, h, w)`` returns the Gaussian blur (valid positions) of (N, C, H, W)
+    frames for the 1-D window ``g``."""
+    lead = pred.shape[:-3]
+    c, h, w = pred.shape[-3:]
+    x = ((pred.double() + 1) / 2).reshape(-1, c, h, w)
+    y = ((target.double() + 1) / 2).reshape(-1, c, h, w)
+    blur = make_blur(_gaussian(min(window, h, w), sigma).to(x.device), c, h, w)
     c1, c2 = 0.01**2, 0.03**2
     mx, my = blur(x), blur(y)
     sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean(dim=(-3, -2, -1)).reshape(lead).float()
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-frame mean SSIM over channels and valid (unpadded) window positions. The Gaussian window is separable,
     so each blur is two fp64 matmuls with band matrices (:func:`ssim_reference`: the same as a 2-D convolution)."""
-    lead = pred.shape[:-3]
-    c, h, w = pred.shape[-3:]
-    x = ((pred.double() + 1) / 2).reshape(-1, c, h, w)
-    y = ((target.double() + 1) / 2).reshape(-1, c, h, w)
-    window = min(window, h, w)
-    g = _gaussian(window, sigma).to(x.device)
-    rows, cols = _band(h, g), _band(w, g).T  # (h', h), (w, w')
+    def band_blur(g, c, h, w):
+        rows, cols = _band(h, g), _band(w, g).T  # (h', h), (w, w')
+        return lambda z: rows @ z @ cols  # (N, C, H, W) -> (N, C, H', W')
 
-    def blur(z):  # (N, C, H, W) -> (N, C, H', W')
-        return rows @ z @ cols
-
-    return _ssim_map(x, y, blur).mean(dim=(-3, -2, -1)).reshape(lead).float()
+    return _ssim(pred, target, window, sigma, band_blur)
 
 
 def ssim_reference(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """:func:`ssim` with the blur as a depthwise 2-D convolution with the Gaussian window (slow on a CPU in fp64:
     im2col buffers per frame)."""
-    lead = pred.shape[:-3]
-    c, h, w = pred.shape[-3:]
-    x = ((pred.double() + 1) / 2).reshape(-1, c, h, w)
-    y = ((target.double() + 1) / 2).reshape(-1, c, h, w)
-    window = min(window, h, w)
-    g = _gaussian(window, sigma).to(x.device)
-    k = (g[:, None] * g[None, :]).expand(c, 1, window, window)
-    return _ssim_map(x, y, lambda z: F.conv2d(z, k, groups=c)).mean(dim=(-3, -2, -1)).reshape(lead).float()
+    def conv_blur(g, c, h, w):
+        k = (g[:, None] * g[None, :]).expand(c, 1, g.shape[0], g.shape[0])
+        return lambda z: F.conv2d(z, k, groups=c)
+
+    return _ssim(pred, target, window, sigma, conv_blur)
