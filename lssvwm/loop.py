@@ -159,7 +159,6 @@ def autocast_dtype(loop: LoopConfig, device: torch.device):
     return torch.bfloat16 if device.type == "cpu" and cpu_bf16_fast() else None
 
 
-
 class StepBatchSampler(torch.utils.data.Sampler):
     """Yields, for steps ``start .. steps-1``, this rank's slice of each global batch (see batch_indices).
 

@@ -217,4 +217,9 @@ def test_profile_benchmark_times_this_tree_against_a_commit():
     assert set(rows) == {"HEAD", "this tree"}
     for r in rows.values():
         assert r["ms_per_step"] > 0 and r["gflop_per_step"] > 0 and 0 < r["share_of_peak_%"] < 100
+    # one machine, one peak: both trees' shares are of the best rate any process of the run measured
+    assert rows["HEAD"]["peak_gflops"] == rows["this tree"]["peak_gflops"] > 0
+    assert train_step.machine_peaks([[{"peak_fp32_gflops": 50.0, "peak_bf16_gflops": 9.0}],
+                                     [{"peak_fp32_gflops": 80.0, "peak_bf16_gflops": 7.0}]]) == {"fp32": 80.0,
+                                                                                                "bf16": 9.0}
     assert res["models"]["tiny"]["speedup"]["overall"] > 0 and len(res["models"]["tiny"]["this tree"]["top_ops"]) == 3

@@ -223,6 +223,25 @@ def test_prev_frame_input_parallel_equals_step_and_is_causal(dtype, tol):
     assert m.prev_patch is not None and cache.last.shape == (2, 3, 16, 16)
 
 
+@pytest.mark.parametrize("prev_frame", [False, True])
+def test_residual_stream_is_contiguous_in_every_block(prev_frame):
+    """The token stream (B, T, h, w, D) enters every block contiguous, D last, training and per-frame step alike.
+    The patch embedding is a permuted view of a channels-first conv output; elementwise ops keep their inputs'
+    layout, so without one copy at the embedding every LayerNorm over D, SSM rearrange and attention reshape of
+    every layer copied the stream again (a CPU training step paid ~10% for it)."""
+    m = make("hybrid", torch.float32, prev_frame=prev_frame)
+    seen = []
+    for blk in m.blocks:
+        blk.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous()))
+    x, lv, a = clip(dtype=torch.float32)
+    m.train()
+    m(x, lv, a)[0].sum().backward()
+    with torch.no_grad():
+        m.step(x[:, 0], lv[:, 0], a[:, 0], m.empty_cache())
+        m(x[:1, :1], lv[:1, :1], a[:1, :1])  # batch 1, one frame: the shape of a play step
+    assert len(seen) == 3 * len(m.blocks) and all(seen)
+
+
 def test_prev_frame_zero_init_changes_nothing_until_trained():
     plain = make("hybrid", torch.float64)
     prev = WorldModel(model_preset("tiny", "hybrid", prev_frame=True)).double().eval()

@@ -224,7 +224,10 @@ class WorldModel(nn.Module):
                              f"{self.cfg.frame_size}) for this model, got {tuple(x.shape)}")
         cache = cache or self.empty_cache()
         tokens = self.patch(x.flatten(0, 1))  # (B*T, D, h, w)
-        tokens = rearrange(tokens, "(b t) d h w -> b t h w d", b=b) + self.pos  # (B, T, h, w, D)
+        # one copy into (B, T, h, w, D) order: the permuted view would pass its channels-first strides on to the
+        # whole residual stream (elementwise ops keep their inputs' layout), and every LayerNorm over D, every
+        # SSM rearrange and attention reshape would copy it again
+        tokens = rearrange(tokens, "(b t) d h w -> b t h w d", b=b).contiguous() + self.pos  # (B, T, h, w, D)
         if self.prev_patch is not None:  # frame t also sees input frame t-1 (zeros before the first frame)
             first = cache.last if cache.last is not None else torch.zeros_like(x[:, 0])
             prev = torch.cat([first[:, None].to(x.dtype), x[:, :-1]], dim=1)  # (B, T, C, H, W)
