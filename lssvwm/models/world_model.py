@@ -101,7 +101,8 @@ class Mlp(nn.Module):
         self.fc1, self.fc2 = nn.Linear(d_model, hidden), nn.Linear(hidden, d_model)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        # the exact (erf) GELU: on CPUs without fast vectorised tanh (AVX2) the tanh form costs ~3x (docs/speed.md)
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Block(nn.Module):
