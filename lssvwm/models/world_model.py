@@ -101,7 +101,7 @@ class Mlp(nn.Module):
         self.fc1, self.fc2 = nn.Linear(d_model, hidden), nn.Linear(hidden, d_model)
 
     def forward(self, x):
-        # the exact (erf) GELU: on CPUs without fast vectorised tanh (AVX2) the tanh form costs ~3x (docs/speed.md)
+        # the exact (erf) GELU, not the tanh form: torch's tanh is slow on AVX2-only CPUs (docs/results.md, CPU round 2)
         return self.fc2(F.gelu(self.fc1(x)))
 
 
