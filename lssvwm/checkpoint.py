@@ -8,6 +8,7 @@ a process killed at any moment leaves the previous checkpoint loadable.
 """
 from __future__ import annotations
 
+import difflib
 import errno
 import json
 import os
@@ -98,6 +99,12 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if pretrained is not None:
         return pretrained
     path = Path(path)
+    if not path.exists():
+        shipped = list(shipped_weights())
+        close = difflib.get_close_matches(str(path), shipped, n=1)
+        hint = (f"; did you mean the shipped weights {close[0]!r}?" if close
+                else f"; shipped weights: {', '.join(shipped)}" if shipped else "")
+        raise CheckpointError(f"{path}: no such run, checkpoint or weights folder{hint}")
     if (path / "model.safetensors").exists():
         return path
     pointer = path / "checkpoints" / "latest"

@@ -95,6 +95,9 @@ def test_bad_checkpoints(tmp_path):
         load_weights(model, tmp_path / "corrupt.safetensors")
     with pytest.raises(CheckpointError, match="no checkpoint here"):
         find_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such run, checkpoint or weights folder; did you mean the shipped "
+                                              "weights 'maze-small'"):
+        find_checkpoint("maze-smal")  # a typo of a shipped name
 
 
 class Evil:
@@ -355,4 +358,4 @@ def test_init_starts_from_another_runs_weights(tiny_run, tiny_data, tmp_path):
     assert r.returncode == 2 and "differs from this run's" in r.stderr and "model.d_model" in r.stderr
     r = subprocess.run(base + ["--out", str(tmp_path / "none"), "--preset", "tiny", "--set",
                                "train.init=" + str(tmp_path / "nowhere")], capture_output=True, text=True)
-    assert r.returncode == 2 and "no checkpoint here" in r.stderr
+    assert r.returncode == 2 and "nowhere: no such run, checkpoint or weights folder" in r.stderr
