@@ -42,7 +42,8 @@ def row(metrics: dict, name: str) -> dict:
     """The sweep table's row of one demo's metrics.json."""
     r = {"point": name, "d_model": metrics["model"]["d_model"], "layers": metrics["model"]["layers"],
          "params_M": round(metrics["model"]["parameters"] / 1e6, 2), "seed": metrics["seed"],
-         "s_per_step": metrics["seconds_per_step"], "steps": metrics["train_steps"]}
+         "s_per_step": round(60 * metrics["train_minutes"] / max(1, metrics["train_steps"]), 3),  # as trained
+         "steps": metrics["train_steps"]}
     scores = metrics["follow"]["run"]
     for s, short in zip(SETS, ("train", "unseen")):
         free, tf = scores[s]["free"]["ssim"], scores[s]["teacher_forced"]["ssim"]

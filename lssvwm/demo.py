@@ -41,7 +41,8 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # other presets keep their own width. prev_frame: each frame's tokens also embed the previous input frame (one step
 # ahead +0.05 SSIM at the demo's budget, 2 seeds). batch_size: clips per step; at equal frames seen, twice the steps
 # at batch 4 beat batch 8 on every follow score (one step ahead +0.06 at the demo's budget, 2 seeds at 38 minutes).
-RECIPE = dict(lr=5e-3, window=4, d_model=96, prev_frame=True, batch_size=4,
+# lr: 8e-3 beat 5e-3 at batch 4 on 2 seeds (docs/recipe.md).
+RECIPE = dict(lr=8e-3, window=4, d_model=96, prev_frame=True, batch_size=4,
               sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
 SHIPPED = "maze-small"  # weights trained on the demo's mazes for hours (weights/README.md), shown beside it
 
@@ -85,10 +86,10 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
                     train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16,
                                       batch_size=RECIPE["batch_size"], lr=lr, warmup=50, ckpt_every=100,
-                                      max_minutes=minutes, seed=seed))
+                                      max_minutes=minutes, fit_steps=True, seed=seed))
     per_step = _seconds_per_step(cfg)
-    # The time budget (max_minutes) ends the run; the plan uses the whole budget, so the LR schedule is cut a
-    # little short by the loop's extra work (data, logs, checkpoints).
+    # A first guess at the step count, from a timing on random data; the loop fits it to the time budget at the end
+    # of the warmup (train.fit_steps), from the pace of the real steps on the machine as it is then.
     cfg.train.steps = max(20, int(minutes * 60 / per_step))
     run = Path(cfg.train.out)
     resume = False
@@ -100,8 +101,8 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
             print(f"      {run} was trained with another setup (an older demo?); kept it as {moved}, starting afresh")
         else:  # keep the schedule of the interrupted run
             cfg, resume = saved, True
-    print(f"[2/3] training {preset} hybrid: {per_step:.2f} s/step -> {cfg.train.steps} steps in ~{minutes:g} min"
-          f"{' (resuming)' if resume else ''}")
+    print(f"[2/3] training {preset} hybrid for {minutes:g} min: {per_step:.2f} s/step -> ~{cfg.train.steps} steps "
+          f"(fitted to the time after the warmup){' (resuming)' if resume else ''}")
     train(cfg, resume=resume)
 
     models = [str(run)] + ([shipped] if _comparable(shipped, cfg) else [])
@@ -112,7 +113,8 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     mine = follow["models"][run.name]["sets"]
     metrics = {"train_steps": int(log[-1]["step"]) if log else 0,  # the time budget can end a run early
-               "train_steps_planned": cfg.train.steps, "seconds_per_step": round(per_step, 4),
+               "train_steps_planned": cfg.train.steps,  # the plan fitted to the time (train.fit_steps)
+               "seconds_per_step": round(per_step, 4),  # the first guess's timing on random data
                "threads": torch.get_num_threads(), "seed": cfg.train.seed,
                "model": {"preset": preset, "d_model": cfg.model.d_model, "layers": len(cfg.model.layers),
                          "parameters": parameter_count(cfg.model)},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -160,21 +161,25 @@ def autocast_dtype(loop: LoopConfig, device: torch.device):
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Yields, for steps ``start .. steps-1``, this rank's slice of each global batch (see batch_indices).
+    """Yields, for steps ``start .. steps-1`` (``steps`` None: without end; the training :class:`Loop` says when
+    to stop, and with ``fit_steps`` it fixes the step count only during the run), this rank's slice of each global
+    batch (see batch_indices).
 
     Batches depend only on (seed, step), so DataLoader workers, any number of ranks and a resume all see
     exactly the windows an uninterrupted single process would."""
 
-    def __init__(self, n: int, batch: int, seed: int, start: int, steps: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch: int, seed: int, start: int, steps: int | None, rank: int = 0, world: int = 1):
         self.n, self.batch, self.seed, self.start, self.steps = n, batch, seed, start, steps
         self.rank, self.per_rank = rank, batch // world
 
     def __iter__(self):
-        for step in range(self.start, self.steps):
+        for step in itertools.count(self.start) if self.steps is None else range(self.start, self.steps):
             idx = batch_indices(step, self.n, self.batch, self.seed)
             yield idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
 
     def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("a StepBatchSampler without `steps` has no length")
         return max(0, self.steps - self.start)
 
 
@@ -218,6 +223,12 @@ def tensorboard_writer(run: Path):
     return SummaryWriter(str(run / "tensorboard"))
 
 
+# train.fit_steps: the steps of a process timed before the plan is made (at least to the end of the warmup), and the
+# share of the remaining time the plan fills: a step cut off by max_minutes is one at the schedule's end, where
+# the LR is near its floor, so the margin is only for checkpoints and drift.
+FIT_AFTER, FIT_MARGIN = 20, 0.98
+
+
 class Loop:
     """The skeleton both training loops share (nanoGPT-style, with the bookkeeping in one place):
 
@@ -230,29 +241,54 @@ class Loop:
 
     It stops at ``steps``, after ``max_minutes`` (every DDP rank at the same step) or, for tests, after
     ``stop_after`` steps of this process. Rank 0 writes ``log.jsonl`` (and TensorBoard with ``tensorboard``) and
-    shows the progress bar."""
+    shows the progress bar.
+
+    With ``fit_steps`` it times this process's steps 3..FIT_AFTER (and at least to the end of the warmup), then
+    rewrites ``loop.steps`` (the config object passed in, so the checkpoints' config.yaml records the plan) to
+    the count that fills FIT_MARGIN of the rest of ``max_minutes``: the LR schedule then ends when the time does,
+    on a machine slower or faster than the first guess assumed. :meth:`state` goes into each checkpoint; given
+    back as ``state`` on resume, the run keeps its plan, so a resumed run steps exactly as before the kill."""
 
     def __init__(self, loop: LoopConfig, run: Path, start: int, opt: torch.optim.Optimizer, desc: str,
                  progress: bool = True, rank: int = 0, world: int = 1, device=None, tensorboard: bool = False,
-                 stop_after: int | None = None):
+                 stop_after: int | None = None, state: dict | None = None):
         from tqdm import tqdm
 
         self.cfg, self.run, self.start, self.opt = loop, run, start, opt
         self.rank, self.world, self.device, self.stop_after = rank, world, device, stop_after
+        self.fitted = bool(loop.fit_steps and state and "planned_steps" in state)
+        if self.fitted:  # a resumed run keeps the plan fitted before the kill
+            loop.steps = int(state["planned_steps"])
         self.log = open(run / "log.jsonl", "a") if rank == 0 else None
         self.tb = tensorboard_writer(run) if rank == 0 and tensorboard else None
         self.bar = tqdm(total=loop.steps, initial=start, desc=desc, unit="step", disable=not progress or rank != 0)
-        self.t0 = self.t_step = time.time()
+        self.t0 = self.t_step = self.t_timed = time.time()
         self.lr, self.step_seconds, self.stop = 0.0, 0.0, False
 
     def __iter__(self):
-        for step in range(self.start, self.cfg.steps):
-            if self.stop:
-                return
+        step = self.start
+        while step < self.cfg.steps and not self.stop:  # `steps` may be refitted during the run
             self.lr = get_lr(step, self.cfg)
             for g in self.opt.param_groups:
                 g["lr"] = self.lr
             yield step
+            step += 1
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the loop: the fitted plan, once there is one."""
+        return {"planned_steps": self.cfg.steps} if self.fitted else {}
+
+    def _fit(self, step: int, now: float) -> int:
+        """The step count that fills FIT_MARGIN of what is left of ``max_minutes`` at this process's pace so far
+        (rank 0's plan on every rank)."""
+        per_step = (now - self.t_timed) / (step + 1 - self.start - 2)
+        left = 60 * self.cfg.max_minutes - (now - self.t0)
+        planned = step + 1 + max(1, int(FIT_MARGIN * left / per_step))
+        if self.world > 1:
+            plan = torch.tensor(planned, device=self.device)
+            dist.broadcast(plan, 0)
+            planned = int(plan.item())
+        return planned
 
     def end_step(self, step: int, record: dict, frames: int | None = None) -> bool:
         """Log ``record`` for this step (plus step, lr, time and, given the ``frames`` of the step's global batch,
@@ -263,6 +299,14 @@ class Loop:
         if frames is not None:
             record = {**record, "frames_per_s": round(frames / max(self.step_seconds, 1e-9), 2)}
         elapsed = now - self.t0
+        done = step + 1 - self.start  # steps of this process
+        if done == 2:  # the first two steps carry one-off costs (allocation, warm caches): not timed
+            self.t_timed = now
+        if self.cfg.fit_steps and not self.fitted and done >= FIT_AFTER and step + 1 >= self.cfg.warmup:
+            self.cfg.steps, self.fitted = self._fit(step, now), True
+            record = {**record, "planned_steps": self.cfg.steps}
+            self.bar.total = self.cfg.steps
+            self.bar.refresh()
         out_of_time = self.cfg.max_minutes > 0 and elapsed > 60 * self.cfg.max_minutes
         if self.world > 1:  # every rank stops at the same step
             flag = torch.tensor(float(out_of_time), device=self.device)

@@ -125,10 +125,10 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
     fwd = torch.compile(ddp) if tc.compile else ddp  # the training forward; rollouts run the module as it is
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), tc.batch_size, tc.seed, start,
-                                                                            tc.steps, rank, world),
+                                                                            None, rank, world),  # the loop stops
                                          num_workers=tc.num_workers, persistent_workers=False)
     batches = iter(loader)
-    loop = Loop(tc, run_dir, start, opt, "train", progress, rank, world, device, tc.tensorboard, stop_after)
+    loop = Loop(tc, run_dir, start, opt, "train", progress, rank, world, device, tc.tensorboard, stop_after, state)
     autocast = functools.partial(torch.autocast, device.type, dtype=amp or torch.float32, enabled=amp is not None)
     for step in loop:
         batch = next(batches)  # this rank's slice of global batch `step`
@@ -170,7 +170,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
         checkpoint_due = loop.end_step(step, record, frames=tc.batch_size * clip_len)
         if rank == 0:
             if checkpoint_due:
-                save_checkpoint(run_dir, step + 1, cfg, model, ema, opt, {"rng_torch": torch.get_rng_state()})
+                save_checkpoint(run_dir, step + 1, cfg, model, ema, opt,
+                                {"rng_torch": torch.get_rng_state(), **loop.state()})
             if tc.sample_every and (step + 1) % tc.sample_every == 0:
                 _sample(ema, cfg, run_dir, step + 1, codec, loop.tb)
         if world > 1:

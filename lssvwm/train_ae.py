@@ -61,7 +61,7 @@ def _train_autoencoder(cfg: AERunConfig, resume: bool, progress: bool, stop_afte
     amp = autocast_dtype(tc, device)
     torch.manual_seed(tc.seed)
     model = Autoencoder(a).to(device)
-    ema, opt, start, _ = init_training(model, tc, run, resume)
+    ema, opt, start, state = init_training(model, tc, run, resume)
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.yaml")
     print(f"lssvwm train-ae: {run} | {model.num_params() / 1e6:.2f}M params | {len(ds)} frames {h}x{w} -> latents "
@@ -73,9 +73,9 @@ def _train_autoencoder(cfg: AERunConfig, resume: bool, progress: bool, stop_afte
     train_mean = calib.mean(dim=0, keepdim=True)
 
     loader = torch.utils.data.DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), tc.batch_size, tc.seed, start,
-                                                                            tc.steps))
+                                                                            None))  # the loop stops
     batches = iter(loader)
-    loop = Loop(tc, run, start, opt, "train-ae", progress, stop_after=stop_after)
+    loop = Loop(tc, run, start, opt, "train-ae", progress, stop_after=stop_after, state=state)
     done = start
     for step in loop:
         x = next(batches)["frames"][:, 0].to(device)  # (B, C, H, W)
@@ -89,7 +89,7 @@ def _train_autoencoder(cfg: AERunConfig, resume: bool, progress: bool, stop_afte
         if loop.end_step(step, {"loss": loss.item(), **stats}, frames=tc.batch_size):
             for m in (model, ema):
                 m.calibrate(calib)
-            save_checkpoint(run, step + 1, cfg, model, ema, opt, {})
+            save_checkpoint(run, step + 1, cfg, model, ema, opt, loop.state())
     loop.close()
     metrics = evaluate_reconstruction(ema, val, train_mean)
     metrics["step"] = done

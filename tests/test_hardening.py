@@ -135,6 +135,7 @@ def test_data_preview_refuses_bad_episode_and_frames(tiny_data, tmp_path, capsys
     ("train.ema_decay=2", "train.ema_decay must be in [0, 1)"),
     ("train.grad_clip=-1", "train.grad_clip must be a positive number"),
     ("train.max_minutes=-2", "train.max_minutes must be"),
+    ("train.fit_steps=true", "train.fit_steps=true needs train.max_minutes > 0"),
     ("diffusion.long_context_prob=7", "diffusion.long_context_prob must be a probability"),
     ("diffusion.context_noise_level=5", "sampling.stabilization must be a noise level in [0, 1)"),
     ("sampling.stabilization=5", "sampling.stabilization must be a noise level in [0, 1)"),

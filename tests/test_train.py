@@ -51,6 +51,73 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class FakeClock:
+    """Stands in for the `time` module in lssvwm.loop: every call is `step` seconds after the one before."""
+
+    def __init__(self, step=1.0, slow_first=0, slow=1.0):
+        self.t, self.step, self.calls, self.slow_first, self.slow = 1000.0, step, 0, slow_first, slow
+
+    def time(self):
+        self.calls += 1  # call 1 is the loop's start; call k + 1 ends step k
+        self.t += self.slow if 1 < self.calls <= 1 + self.slow_first else self.step
+        return self.t
+
+
+def run_loop(tmp_path, monkeypatch, clock, **kw):
+    """A Loop with nothing to train, on a fake clock: the lrs of its steps and its log records."""
+    import lssvwm.loop as loop_mod
+    from lssvwm.config import LoopConfig
+
+    monkeypatch.setattr(loop_mod, "time", clock)
+    cfg = LoopConfig(**{**dict(lr=1e-2, warmup=30, max_minutes=1.0, ckpt_every=1000), **kw})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    loop = loop_mod.Loop(cfg, tmp_path, 0, opt, "t", progress=False)
+    lrs = []
+    for step in loop:
+        lrs.append(loop.lr)
+        loop.end_step(step, {"loss": 0.0})
+    loop.close()
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    return cfg, lrs, log
+
+
+@pytest.mark.parametrize("guess", [1000, 35])  # a first guess far too many steps, and too few
+def test_fit_steps_ends_the_schedule_with_the_time_budget(tmp_path, monkeypatch, guess):
+    # 1 s a step after two slow 5 s ones; 60 s of budget. At the end of the warmup (step 30, 38 s gone) the plan
+    # becomes 30 + int(0.98 * 22 s / 1 s) = 51 steps, whatever the guess was.
+    cfg, lrs, log = run_loop(tmp_path / "fit", monkeypatch, FakeClock(slow_first=2, slow=5.0), steps=guess,
+                             fit_steps=True)
+    assert cfg.steps == len(lrs) == 51 and log[-1]["time"] <= 60
+    assert [r["step"] for r in log if "planned_steps" in r] == [30] and log[29]["planned_steps"] == 51
+    decay = lrs[30:]
+    assert all(a > b for a, b in zip(decay, decay[1:]))  # the cosine, from the peak, with no jump at the fit
+    assert lrs[29] == lrs[30] == pytest.approx(1e-2) and lrs[-1] < 0.11 * 1e-2  # ends at its floor (0.1x)
+    # without the fit the guess rules: cut by the budget at a high lr (1000), or the time left unused (35)
+    cfg, lrs, log = run_loop(tmp_path / "guess", monkeypatch, FakeClock(slow_first=2, slow=5.0), steps=guess)
+    assert len(lrs) == (53 if guess == 1000 else 35)
+    assert lrs[-1] > 0.9 * 1e-2 if guess == 1000 else log[-1]["time"] < 45
+
+
+def test_fit_steps_resume_keeps_the_plan(tiny_data, tmp_path, monkeypatch):
+    import lssvwm.loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "FIT_AFTER", 4)
+    # 1 s a step, 12 s of budget: fitted at step 4 (4 s gone) to 4 + int(0.98 * 8) = 11 steps
+    monkeypatch.setattr(loop_mod, "time", FakeClock())
+    full = train(tiny_cfg(tiny_data, tmp_path / "full", steps=100, max_minutes=0.2, fit_steps=True),
+                 progress=False)
+    assert len(losses(full)) == 11 and load_state(find_checkpoint(full) / "state.pt")["planned_steps"] == 11
+    assert load_config(find_checkpoint(full) / "config.yaml").train.steps == 11  # the plan, beside the weights
+    part = tiny_cfg(tiny_data, tmp_path / "part", steps=100, max_minutes=0.2, fit_steps=True)
+    monkeypatch.setattr(loop_mod, "time", FakeClock())
+    train(part, progress=False, stop_after=6)  # killed after the step-6 checkpoint, the plan made at step 4
+    monkeypatch.setattr(loop_mod, "time", FakeClock())  # a fresh process: refitting now would plan 17 steps
+    train(tiny_cfg(tiny_data, tmp_path / "part", steps=100, max_minutes=0.2, fit_steps=True), resume=True,
+          progress=False)
+    assert losses(tmp_path / "part") == losses(full)
+
+
 def test_existing_run_needs_resume(tiny_data, tmp_path):
     cfg = tiny_cfg(tiny_data, tmp_path / "r", steps=3)
     train(cfg, progress=False)
@@ -225,6 +292,7 @@ def test_demo_path_end_to_end(tmp_path):
     from lssvwm.demo import RECIPE
     saved = load_config(tmp_path / "demo" / "run" / "config.yaml")  # the recipe's batch and lr reach the run
     assert saved.train.batch_size == RECIPE["batch_size"] == 4 and saved.train.lr == RECIPE["lr"]
+    assert saved.train.fit_steps and saved.train.max_minutes == 0.05  # the step count is fitted to the budget
 
 
 def test_demo_model_is_the_recipes_width_of_small():

@@ -347,6 +347,9 @@ class LoopConfig:
     # bf16; none: fp32
     autocast: str = ranged("auto", Allowed(choices=("auto", "bf16", "none"), text="'auto', 'bf16' or 'none'"))
     ckpt_every: int = ranged(200, at_least(1))
+    # with max_minutes > 0: time the first steps, then set `steps` so the LR schedule ends at max_minutes
+    # (`steps` is only the first guess; the plan is saved in the checkpoints and a resumed run keeps it)
+    fit_steps: bool = False
 
     def validate(self, section: str = "train") -> None:
         if not isinstance(self.data, str) or not self.data:
@@ -354,6 +357,9 @@ class LoopConfig:
         if not isinstance(self.out, str) or not self.out:
             raise ConfigError(f"{section}.out must name the run folder, got {_show(self.out)}")
         check_allowed(self, section)
+        if self.fit_steps and not self.max_minutes > 0:
+            raise ConfigError(f"{section}.fit_steps=true needs {section}.max_minutes > 0 (the time budget the "
+                              f"schedule is fitted to), got max_minutes={_show(self.max_minutes)}")
 
 
 @dataclass
