@@ -283,12 +283,15 @@ class Loop:
         (rank 0's plan on every rank)."""
         per_step = (now - self.t_timed) / (step + 1 - self.start - 2)
         left = 60 * self.cfg.max_minutes - (now - self.t0)
-        planned = step + 1 + max(1, int(FIT_MARGIN * left / per_step))
-        if self.world > 1:
-            plan = torch.tensor(planned, device=self.device)
-            dist.broadcast(plan, 0)
-            planned = int(plan.item())
-        return planned
+        return int(self._from_rank0(step + 1 + max(1, int(FIT_MARGIN * left / per_step))))
+
+    def _from_rank0(self, value: float) -> float:
+        """``value`` as rank 0 has it, on every DDP rank (so that every rank takes the same decision)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return t.item()
 
     def end_step(self, step: int, record: dict, frames: int | None = None) -> bool:
         """Log ``record`` for this step (plus step, lr, time and, given the ``frames`` of the step's global batch,
@@ -308,10 +311,7 @@ class Loop:
             self.bar.total = self.cfg.steps
             self.bar.refresh()
         out_of_time = self.cfg.max_minutes > 0 and elapsed > 60 * self.cfg.max_minutes
-        if self.world > 1:  # every rank stops at the same step
-            flag = torch.tensor(float(out_of_time), device=self.device)
-            dist.broadcast(flag, 0)
-            out_of_time = bool(flag.item())
+        out_of_time = bool(self._from_rank0(out_of_time))  # every rank stops at the same step
         last = step + 1 == self.cfg.steps or out_of_time
         self.stop = out_of_time or (self.stop_after is not None and step + 1 - self.start >= self.stop_after)
         if self.rank == 0:
