@@ -107,8 +107,11 @@ def test_baselines_script_smoke(tmp_path):
 
     memory.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0", "1"])
     res = json.loads((tmp_path / "memory_smoke.json").read_text())
-    assert set(res["results"]) == {"retrieval", "reasoning", "retrieval @ 2x clip", "retrieval @ 4x clip"}
-    assert res["results"]["retrieval @ 4x clip"]["context"] == 4 * memory.PRESETS["smoke"]["clip"]
+    assert set(res["results"]) == {"retrieval", "reasoning", "retrieval @ 2x clip", "retrieval @ 4x clip",
+                                   memory.LONG_RETRACE}
+    clip = memory.PRESETS["smoke"]["clip"]
+    assert res["results"]["retrieval @ 4x clip"]["context"] == 4 * clip
+    assert res["results"][memory.LONG_RETRACE]["context"] == res["results"][memory.LONG_RETRACE]["frames"] == 4 * clip
     for task, ev in res["results"].items():
         assert set(ev["models"]) == set(memory.MODELS)
         for r in ev["models"].values():
@@ -118,6 +121,12 @@ def test_baselines_script_smoke(tmp_path):
     one = res["per_seed"]["0"]["retrieval"]["models"]["hybrid (ours)"]
     assert sum(b["frames"] for b in one["bins"].values()) == len(one["per_frame"]["ssim"])
     assert (tmp_path / "m" / "runs" / "seed1" / "hybrid").is_dir() and len(res["claims"]) == 4
+    # the long retrace puts frames beyond 4k, where the short one has few or none; the claim is judged there
+    far = lambda key: res["results"][key]["models"]["hybrid (ours)"]["bins"][">8"]["frames"]
+    per_seed = [res["per_seed"][s][memory.LONG_RETRACE]["models"]["hybrid (ours)"]["bins"][">8"]["frames"]
+                for s in ("0", "1")]
+    assert far(memory.LONG_RETRACE) == sum(per_seed) > far("retrieval") and min(per_seed) > 0
+    assert memory.LONG_RETRACE in res["claims"][0] and f"{far(memory.LONG_RETRACE)} frames" in res["claims"][0]
     assert (tmp_path / "memory_smoke_distance.png").stat().st_size > 1000
 
 
