@@ -93,12 +93,17 @@ def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
 
 
 def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:
-    """{eval name: {model: {ssim, lpips, psnr, bins}}} for retrieval and reasoning at the main context, and
-    retrieval at 2x and 4x the training clip. Kept in ``eval_seed<seed>/scores.json`` beside the runs' steps, so
-    seeds run as separate processes (``--seeds 0`` and ``--seeds 1`` side by side) are then reported together by
-    ``--seeds 0 1`` without evaluating again."""
+    """{eval name: {model: {ssim, lpips, psnr, bins}}} for retrieval and reasoning at the main context,
+    retrieval at 2x and 4x the training clip, and the long retrace (:data:`LONG_RETRACE`). Kept in
+    ``eval_seed<seed>/scores.json`` beside the runs' steps, so seeds run as separate processes (``--seeds 0`` and
+    ``--seeds 1`` side by side) are then reported together by ``--seeds 0 1`` without evaluating again."""
     from lssvwm.evaluation import evaluate_models
 
+    # eval name -> (task, context, generated frames)
+    plan = {"retrieval": ("retrieval", s["ctx"], s["frames"]), "reasoning": ("reasoning", s["ctx"], s["frames"])}
+    for mult in (2, 4):
+        plan[f"retrieval @ {mult}x clip"] = ("retrieval", mult * s["clip"], s["frames"])
+    plan[LONG_RETRACE] = ("retrieval", 4 * s["clip"], 4 * s["clip"])
     saved = out / f"eval_seed{seed}" / "scores.json"
     steps = {name: _step(run) for name, run in runs.items()}
     if saved.exists():
@@ -106,11 +111,6 @@ def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -
         if old.get("steps") == steps and old.get("settings") == s and set(old["scores"]) == set(plan):
             return old["scores"]
 
-    # eval name -> (task, context, generated frames)
-    plan = {"retrieval": ("retrieval", s["ctx"], s["frames"]), "reasoning": ("reasoning", s["ctx"], s["frames"])}
-    for mult in (2, 4):
-        plan[f"retrieval @ {mult}x clip"] = ("retrieval", mult * s["clip"], s["frames"])
-    plan[LONG_RETRACE] = ("retrieval", 4 * s["clip"], 4 * s["clip"])
     names = {r.name: n for n, r in runs.items()}
     res = {}
     for key, (task, ctx, frames) in plan.items():

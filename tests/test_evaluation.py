@@ -101,7 +101,7 @@ def test_eval_memory_cli_side_by_side(tiny_run, tmp_path):
         assert (out / f).stat().st_size > 1000
 
 
-def test_baselines_script_smoke(tmp_path):
+def test_baselines_script_smoke(tmp_path, monkeypatch):
     """All six models of the comparison train on the same data and are scored side by side."""
     import benchmarks.memory as memory
 
@@ -128,6 +128,17 @@ def test_baselines_script_smoke(tmp_path):
     assert far(memory.LONG_RETRACE) == sum(per_seed) > far("retrieval") and min(per_seed) > 0
     assert memory.LONG_RETRACE in res["claims"][0] and f"{far(memory.LONG_RETRACE)} frames" in res["claims"][0]
     assert (tmp_path / "memory_smoke_distance.png").stat().st_size > 1000
+    # a second call reports from the runs and the scores each seed kept, without training or evaluating again
+    import lssvwm.evaluation
+    import lssvwm.train
+
+    def refuse(*a, **k):
+        raise AssertionError("trained or evaluated again")
+
+    monkeypatch.setattr(lssvwm.evaluation, "evaluate_models", refuse)
+    monkeypatch.setattr(lssvwm.train, "train", refuse)
+    memory.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0", "1"])
+    assert json.loads((tmp_path / "memory_smoke.json").read_text())["results"] == res["results"]
 
 
 def test_distance_bins_split_at_the_window():
