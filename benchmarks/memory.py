@@ -116,8 +116,7 @@ def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -
     for key, (task, ctx, frames) in plan.items():
         folder = key.replace(" ", "").replace("@", "_").replace(",", "_")
         r = evaluate_models([str(p) for p in runs.values()], task, ctx, frames, out / f"eval_seed{seed}" / folder,
-                            s["eps"], seed,
-                            data=str(data), progress=False)
+                            s["eps"], seed, data=str(data), progress=False)
         res[key] = {"context": ctx, "frames": frames, "models": {
             names.get(n, n): {"ssim": v["ssim"], "lpips": v["lpips"], "psnr": v["psnr"],
                               "bins": binned(v["per_frame"], s["window"]),
@@ -133,7 +132,7 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     first = next(iter(per_seed.values()))
     out = {}
     for key, ev in first.items():
-        out[key] = {"context": ev["context"], "frames": ev.get("frames"), "models": {}}
+        out[key] = {"context": ev["context"], "frames": ev["frames"], "models": {}}
         for model, r in ev["models"].items():
             def stat(get):
                 vals = [get(per_seed[s][key]["models"][model]) for s in per_seed]
@@ -152,7 +151,6 @@ def claims(agg: dict, k: int) -> list[str]:
     """The paper's ordering, checked against the seed spread. Memory beyond the attention window is judged on the
     long retrace (the eval with frames beyond 4k), the rest on the main retrieval eval."""
     far = f">{4 * k}"
-    far_key = LONG_RETRACE if LONG_RETRACE in agg else "retrieval"
 
     def ssim(model, key="retrieval", b=None):
         r = agg[key]["models"][model]
@@ -160,10 +158,10 @@ def claims(agg: dict, k: int) -> list[str]:
         return (v["mean"], v["spread"]) if v else (float("nan"), float("nan"))
 
     lines = []
-    h, hs = ssim(HYBRID, far_key, far)
-    w, ws = ssim(WINDOW, far_key, far)
-    n = agg[far_key]["models"][HYBRID]["bins"][far]["frames"]
-    lines.append(f"distance {far} ({far_key}, {n} frames over all seeds): hybrid SSIM {h:.3f} vs limited-context "
+    h, hs = ssim(HYBRID, LONG_RETRACE, far)
+    w, ws = ssim(WINDOW, LONG_RETRACE, far)
+    n = agg[LONG_RETRACE]["models"][HYBRID]["bins"][far]["frames"]
+    lines.append(f"distance {far} ({LONG_RETRACE}, {n} frames over all seeds): hybrid SSIM {h:.3f} vs limited-context "
                  f"transformer {w:.3f} (gap {h - w:+.3f}, target >= +0.05 beyond the seed spread "
                  f"{max(hs, ws):.3f})")
     h_all, _ = ssim(HYBRID)
@@ -189,8 +187,8 @@ def report(agg: dict, k: int, seeds: list[int]) -> str:
     for key, ev in agg.items():
         first = next(iter(ev["models"].values()))
         bins = list(first["bins"])
-        lines.append(f"\n{key} (context {ev['context']}, {ev.get('frames') or '?'} generated; frames per bin over all "
-                     f"seeds: " + ", ".join(f"{b} {first['bins'][b].get('frames', '?')}" for b in bins) + ")")
+        lines.append(f"\n{key} (context {ev['context']}, {ev['frames']} generated; frames per bin over all seeds: "
+                     + ", ".join(f"{b} {first['bins'][b]['frames']}" for b in bins) + ")")
         lines.append(f"  {'model':<34} {'SSIM':>12} {'LPIPS':>12} {'PSNR':>13}   " +
                      "  ".join(f"SSIM {b:>10}" for b in bins))
         for model, r in ev["models"].items():
@@ -204,7 +202,7 @@ def plot_distance(per_seed: dict[int, dict], path: Path) -> Path:
     from lssvwm.evaluation import distance_curve
     from lssvwm.plots import plot_curves
 
-    key = LONG_RETRACE if LONG_RETRACE in next(iter(per_seed.values())) else "retrieval"
+    key = LONG_RETRACE
     curves = {}
     for model in MODELS:
         d = np.concatenate([np.asarray(per_seed[s][key]["models"][model]["per_frame"]["distance"])
