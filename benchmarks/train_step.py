@@ -152,26 +152,28 @@ def _summary(runs: list[dict], peaks: dict[str, float]) -> dict:
 
 def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, steps: int = 3, autocast: str = "auto",
         threads: int = 1, top: int = 8) -> dict:
-    trees = common.trees(against)
+    """``autocast``: one type for every tree, or several comma-separated (``fp32,bf16``): each tree is then timed in
+    each, side by side, as variants named "TREE TYPE"."""
+    types = autocast.split(",")
+    variants = {(name if len(types) == 1 else f"{name} {ac}"): (tree, ac)
+                for name, tree in common.trees(against).items() for ac in types}
     rows, per_model = [], {}
     for model in models:
-        runs = {name: [] for name in trees}
+        runs = {name: [] for name in variants}
         for r in range(rounds):
-            for name, tree in trees.items():  # alternate: A B A B ...
+            for name, (tree, ac) in variants.items():  # alternate: A B A B ...
                 runs[name].append(common.run_worker(Path(__file__).resolve(), tree, [
-                    model, "--autocast", autocast, "--steps", str(steps), "--top", str(top)], threads))
+                    model, "--autocast", ac, "--steps", str(steps), "--top", str(top)], threads))
                 print(f"  {model} round {r + 1}/{rounds} {name}: "
                       f"{1000 * statistics.median(runs[name][-1]['step_s']):.0f} ms/step", flush=True)
         peaks = machine_peaks(list(runs.values()))
         per_model[model] = {name: _summary(rs, peaks) for name, rs in runs.items()}
         for name, s in per_model[model].items():
             rows.append({"code": name, **{k: v for k, v in s.items() if k not in ("top_ops", "round_ms")}})
-        if against:  # the speed-up, per round (each round timed both trees back to back) and overall
-            a, b = per_model[model][against], per_model[model]["this tree"]
-            pairs = [x / y for x, y in zip(a["round_ms"], b["round_ms"])]
-            per_model[model]["speedup"] = {"overall": round(a["ms_per_step"] / b["ms_per_step"], 2),
-                                           "of_fastest_steps": round(a["ms_min"] / b["ms_min"], 2),
-                                           "per_round_min": round(min(pairs), 2), "per_round_max": round(max(pairs), 2)}
+        pairs = _compared(list(variants), against, types)
+        if pairs:  # the speed-up, per round (each round timed both back to back) and overall
+            per_model[model]["speedup"] = {f"{b} vs {a}": _speedup(per_model[model][a], per_model[model][b])
+                                           for a, b in pairs}
     cols = ["model", "code", "autocast", "ms_per_step", "ms_min", "gflop_per_step", "achieved_gflops", "peak_gflops",
             "share_of_peak_%"]
     print(f"training step (forward, backward, clip, AdamW, EMA), {threads} thread(s), {common.cpu_name()} "
@@ -179,15 +181,30 @@ def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, st
           f"median of {rounds} rounds x {steps} steps, trees alternating")
     print(common.table(rows, cols))
     for model, res in per_model.items():
-        if "speedup" in res:
-            sp = res["speedup"]
-            print(f"{model}: this tree is {sp['overall']}x the speed of {against} (medians; per round "
-                  f"{sp['per_round_min']} to {sp['per_round_max']}; fastest steps {sp['of_fastest_steps']}x)")
+        for pair, sp in res.get("speedup", {}).items():
+            print(f"{model}: {pair.replace(' vs ', ' is ' + str(sp['overall']) + 'x the speed of ')} (medians; per "
+                  f"round {sp['per_round_min']} to {sp['per_round_max']}; fastest steps {sp['of_fastest_steps']}x)")
         for name, s in res.items():
             if name != "speedup":
                 print(f"  top ops, {model}, {name}: " + ", ".join(f"{o['op']} {o['share_%']}%" for o in s["top_ops"]))
     return {"cpu": common.cpu_name(), "cpu_kind": common.cpu_kind(), "threads": threads, "rounds": rounds,
             "steps": steps, "against": against, "models": per_model, "rows": rows}
+
+
+def _compared(names: list[str], against: str | None, types: list[str]) -> list[tuple[str, str]]:
+    """The (baseline, candidate) pairs whose speed-up is reported: with ``against``, this tree against that commit in
+    each type; with one tree and several types, each type against the first."""
+    if against:
+        return [(a, b) for a, b in zip(names[:len(types)], names[len(types):])]
+    return [(names[0], b) for b in names[1:]]
+
+
+def _speedup(a: dict, b: dict) -> dict:
+    """How many times faster ``b`` steps than ``a``: ratio of the medians, of the fastest steps, and per round."""
+    pairs = [x / y for x, y in zip(a["round_ms"], b["round_ms"])]
+    return {"overall": round(a["ms_per_step"] / b["ms_per_step"], 2),
+            "of_fastest_steps": round(a["ms_min"] / b["ms_min"], 2),
+            "per_round_min": round(min(pairs), 2), "per_round_max": round(max(pairs), 2)}
 
 
 def run_default() -> dict:
@@ -202,10 +219,12 @@ def main(argv=None) -> None:
     p.add_argument("--against", help="a git revision to time side by side (e.g. 28b825b)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    p.add_argument("--autocast", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--autocast", default="auto", help="auto, fp32 or bf16, or several side by side: fp32,bf16")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--top", type=int, default=8)
     a = p.parse_args(argv)
+    if not set(a.autocast.split(",")) <= {"auto", "fp32", "bf16"}:
+        p.error(f"--autocast: expected auto, fp32 or bf16 (or several, comma-separated), got {a.autocast!r}")
     if a.worker:
         import torch
 

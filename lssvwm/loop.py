@@ -133,7 +133,8 @@ def cpu_bf16_fast() -> bool:
     """Whether bf16 matmuls clearly beat fp32 ones on this CPU: a 512^3 matmul timed in both types (best of 5, at
     the thread count in use), bf16 chosen only when 1.5x faster, since it costs precision. The CPU flags do not
     settle it: with AMX bf16 is several times faster, on AVX2-only CPUs PyTorch emulates it (far slower), and
-    with AVX512-BF16 but no AMX it measured slower than fp32 too (docs/results.md has the figures)."""
+    of two CPUs with AVX512-BF16 and no AMX one measured it slower than fp32, the other twice as fast (docs/speed.md
+    has the figures). Attention makes its own choice (``models.attention.cpu_bf16_attention_fast``)."""
     a = torch.randn(512, 512)
     best = {}
     for dtype in (torch.float32, torch.bfloat16):

@@ -242,4 +242,21 @@ def test_profile_benchmark_times_this_tree_against_a_commit():
     assert train_step.machine_peaks([[{"peak_fp32_gflops": 50.0, "peak_bf16_gflops": 9.0}],
                                      [{"peak_fp32_gflops": 80.0, "peak_bf16_gflops": 7.0}]]) == {"fp32": 80.0,
                                                                                                 "bf16": 9.0}
-    assert res["models"]["tiny"]["speedup"]["overall"] > 0 and len(res["models"]["tiny"]["this tree"]["top_ops"]) == 3
+    assert list(res["models"]["tiny"]["speedup"]) == ["this tree vs HEAD"]
+    assert res["models"]["tiny"]["speedup"]["this tree vs HEAD"]["overall"] > 0
+    assert len(res["models"]["tiny"]["this tree"]["top_ops"]) == 3
+
+
+def test_profile_benchmark_times_both_types_side_by_side():
+    """`--autocast fp32,bf16`: this tree timed in each type in alternating processes, each row in its own type
+    with its share of that type's peak, and bf16's speed against fp32's reported."""
+    from benchmarks import train_step
+
+    res = train_step.run(models=("tiny",), rounds=1, steps=1, autocast="fp32,bf16", top=3)
+    rows = {r["code"]: r for r in res["rows"]}
+    assert {c: r["autocast"] for c, r in rows.items()} == {"this tree fp32": "fp32", "this tree bf16": "bf16"}
+    assert rows["this tree fp32"]["peak_gflops"] == rows["this tree fp32"]["peak_fp32_gflops"]
+    assert rows["this tree bf16"]["peak_gflops"] == rows["this tree bf16"]["peak_bf16_gflops"]
+    assert list(res["models"]["tiny"]["speedup"]) == ["this tree bf16 vs this tree fp32"]
+    with pytest.raises(SystemExit):
+        train_step.main(["--autocast", "fp16"])

@@ -394,3 +394,66 @@ def test_absurd_model_is_refused_before_anything_is_allocated():
     with pytest.raises(ConfigError, match=r"a model with [\d,]+ parameters needs about .* GiB"):
         WorldModel(model_preset("tiny", d_model=2**20, n_heads=2))
     assert time.time() - t < 5
+
+
+@pytest.mark.parametrize("past", [0, 2])
+def test_cpu_autocast_keeps_attention_in_fp32_where_bf16_attention_is_slow(monkeypatch, past):
+    """Under bf16 autocast on the CPU, SDPA computes in fp32 where its bf16 kernel is not faster: the result and
+    the gradients are exactly those of attention run without autocast; where it is faster, autocast applies."""
+    from lssvwm.models import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 5, 2, 8, generator=g) for n in (6, past + 6, past + 6))
+
+    def run(amp: bool):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = attention.window_attention(*leaves, window=3, past=past)
+        return out, torch.autograd.grad(out.float().square().sum(), leaves)
+
+    ref, ref_grads = run(amp=False)
+    monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: False)
+    out, grads = run(amp=True)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+    monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: True)
+    out, _ = run(amp=True)
+    assert out.dtype == torch.bfloat16 and not torch.equal(out.float(), ref)
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("backend, window", [("window", 3), ("sdpa", 3), ("sdpa", None)])
+def test_every_cpu_attention_call_follows_the_bf16_choice(monkeypatch, backend, window):
+    """Each SDPA call of both CPU backends (masked first frames, dense windows, chunks, full causal) runs with
+    autocast lifted and fp32 inputs where bf16 attention is slow, and under autocast where it is fast."""
+    from lssvwm.models import attention
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((torch.is_autocast_enabled("cpu"), q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    attn = FrameLocalAttention(32, 2, window, chunk=2, backend=backend)
+    x = torch.randn(2, 7, 5, 32, requires_grad=True)
+    for fast in (False, True):
+        monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: fast)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = attn(x)
+        y.float().sum().backward()
+        assert seen and all(s == (fast, torch.float32, torch.float32, torch.float32) for s in seen), seen
+
+
+def test_bf16_attention_timing_runs_anywhere():
+    """The timing is made wherever it is first asked for: inside autocast, without gradients, in inference mode."""
+    from lssvwm.models.attention import cpu_bf16_attention_fast
+
+    cpu_bf16_attention_fast.cache_clear()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = cpu_bf16_attention_fast()
+    assert fast in (True, False)
+    cpu_bf16_attention_fast.cache_clear()

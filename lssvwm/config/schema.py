@@ -343,8 +343,8 @@ class LoopConfig:
     ema_decay: float = ranged(0.999, FRACTION)
     seed: int = ranged(0, at_least(0))
     val_fraction: float = ranged(0.1, FRACTION)
-    # auto: bf16 on CUDA and on CPUs where a bf16 matmul measures clearly faster (loop.cpu_bf16_fast), else fp32;
-    # bf16; none: fp32
+    # auto: bf16 on CUDA and on CPUs where a bf16 matmul measures clearly faster (loop.cpu_bf16_fast), else fp32
+    # (on the CPU attention stays fp32 unless bf16 attention times faster too); bf16; none: fp32
     autocast: str = ranged("auto", Allowed(choices=("auto", "bf16", "none"), text="'auto', 'bf16' or 'none'"))
     ckpt_every: int = ranged(200, at_least(1))
     # with max_minutes > 0: time the first steps, then set `steps` so the LR schedule ends at max_minutes

@@ -18,10 +18,16 @@ softmax, for tests):
 
 Layout: tokens (B, T, N, D) -> q, k, v (B, T, N, heads, head_dim), the order the qkv projection writes them in;
 the KV cache keeps the rotated keys and the values of the last ``k-1`` frames in the same layout.
+
+Under bf16 autocast on the CPU, SDPA runs in bf16 only where its fused kernel is faster in bf16 than in fp32
+(:func:`cpu_bf16_attention_fast`, timed once per process); elsewhere autocast is lifted around it and it takes
+its inputs in fp32, the type the normed and rotated q and k come in. The matmuls around it keep autocast.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
 from typing import NamedTuple
 
 import torch
@@ -129,9 +135,46 @@ class _FrameWindows(torch.autograd.Function):
         return out, None, None, None
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_attention_fast() -> bool:
+    """Whether SDPA's fused CPU kernel, forward and backward, runs clearly (1.2x) faster on bf16 inputs than on
+    fp32 ones: timed once per process (best of 5, at the thread count in use) at the shape of the demo model's
+    frame windows (64 tokens against 4 frames of keys, 4 heads of 24 channels). A fast bf16 matmul does not settle
+    it: on an AVX512-BF16 CPU without AMX the bf16 matmul is about twice as fast as fp32 and the bf16 attention
+    kernel about half as fast (docs/speed.md)."""
+    g = torch.Generator().manual_seed(0)
+    best = {}
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):  # wherever called
+        q, k, v = (torch.randn(16, 4, n, 24, generator=g) for n in (64, 256, 256))
+        for dtype in (torch.float32, torch.bfloat16):
+            best[dtype] = _time_attention([t.to(dtype) for t in (q, k, v)])
+    return best[torch.bfloat16] * 1.2 < best[torch.float32]
+
+
+def _time_attention(qkv: list[torch.Tensor]) -> float:
+    """Best of 5 SDPA forward + backward passes (after a warm-up), in seconds."""
+    leaves = [t.requires_grad_() for t in qkv]
+    times = []
+    for _ in range(6):
+        t = time.perf_counter()
+        F.scaled_dot_product_attention(*leaves).sum().backward()
+        times.append(time.perf_counter() - t)
+    return min(times[1:])
+
+
+def _sdpa_precision(x: torch.Tensor):
+    """The autocast state SDPA runs in: as it is, except on the CPU under bf16 autocast where bf16 attention is
+    not faster (:func:`cpu_bf16_attention_fast`): there autocast is lifted and SDPA computes in its inputs' type."""
+    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not cpu_bf16_attention_fast()):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
+
+
 def _sdpa(q, k, v, mask=None):
     """q (G, Lq, h, d), k/v (G, Lk, h, d) (tokens before heads, as the projections lay them out) -> (G, Lq, h, d)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    with _sdpa_precision(q):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)
 
 
@@ -242,7 +285,9 @@ class FrameLocalAttention(nn.Module):
         kj = torch.arange(t0 - past, t0 + t, device=q.device)
         if self.window is None:  # full causal attention over every frame (quadratic baseline)
             mask = (kj[None, :] <= qi[:, None]).repeat_interleave(n, 0).repeat_interleave(n, 1)
-            out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3), attn_mask=mask)
+            with _sdpa_precision(q):
+                out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
+                                                     attn_mask=mask)
             return out.unflatten(2, (t, n))
         w, c = min(self.window, past + t), min(self.chunk, t)  # no key lies further back than past + t frames
         n_chunks = -(-t // c)
@@ -271,6 +316,7 @@ class FrameLocalAttention(nn.Module):
         allowed = (kf[:, None, :] <= qf[:, :, None]) & (kf[:, None, :] > qf[:, :, None] - w)  # (chunks, c, span)
         mask = allowed.repeat_interleave(n, 1).repeat_interleave(n, 2)  # (chunks, c*N, span*N)
         mask = mask[None].expand(b, -1, -1, -1).reshape(b * n_chunks, 1, c * n, span * n)
-        out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask)  # (B*chunks, h, c*N, d)
+        with _sdpa_precision(q):
+            out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask)  # (B*chunks, h, c*N, d)
         out = out.reshape(b, n_chunks, h, c, n, d).transpose(1, 2).flatten(2, 3)  # (B, h, chunks*c, N, d)
         return out[:, :, :t]
