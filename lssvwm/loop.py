@@ -41,11 +41,21 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 
-def get_lr(step: int, loop: LoopConfig) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+def decay_progress(step: int, loop: LoopConfig, anchor: tuple[int, float] | None = None) -> float:
+    """How far ``step`` is through the cosine decay (0 at the end of the warmup, 1 at ``steps``). ``anchor`` =
+    (s0, p0): the decay was at p0 at step s0 and goes linearly on to 1 at ``steps`` (a plan changed at s0 keeps the
+    learning rate continuous)."""
+    if anchor is not None and step >= anchor[0]:
+        s0, p0 = anchor
+        return min(1.0, p0 + (1 - p0) * (step - s0) / max(1, loop.steps - s0))
+    return min(1.0, max(0.0, (step - loop.warmup) / max(1, loop.steps - loop.warmup)))
+
+
+def get_lr(step: int, loop: LoopConfig, anchor: tuple[int, float] | None = None) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at ``steps`` (``anchor``: see decay_progress)."""
     if step < loop.warmup:
         return loop.lr * (step + 1) / loop.warmup
-    progress = min(1.0, (step - loop.warmup) / max(1, loop.steps - loop.warmup))
+    progress = decay_progress(step, loop, anchor)
     return loop.lr * (loop.min_lr_ratio + (1 - loop.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -226,8 +236,10 @@ def tensorboard_writer(run: Path):
 
 # train.fit_steps: the steps of a process timed before the plan is made (at least to the end of the warmup), and the
 # share of the remaining time the plan fills: a step cut off by max_minutes is one at the schedule's end, where
-# the LR is near its floor, so the margin is only for checkpoints and drift.
-FIT_AFTER, FIT_MARGIN = 20, 0.98
+# the LR is near its floor, so the margin is only for checkpoints and drift. REFIT_AT: the shares of max_minutes
+# at which the plan is made again from the pace since the last plan (a machine's pace drifts by several percent
+# over a run; one plan from the first steps left up to 7% of the budget unused or ended the run above the floor).
+FIT_AFTER, FIT_MARGIN, REFIT_AT = 20, 0.98, (0.5, 0.8)
 
 
 class Loop:
@@ -247,8 +259,10 @@ class Loop:
     With ``fit_steps`` it times this process's steps 3..FIT_AFTER (and at least to the end of the warmup), then
     rewrites ``loop.steps`` (the config object passed in, so the checkpoints' config.yaml records the plan) to
     the count that fills FIT_MARGIN of the rest of ``max_minutes``: the LR schedule then ends when the time does,
-    on a machine slower or faster than the first guess assumed. :meth:`state` goes into each checkpoint; given
-    back as ``state`` on resume, the run keeps its plan, so a resumed run steps exactly as before the kill."""
+    on a machine slower or faster than the first guess assumed. At each REFIT_AT share of the budget it plans
+    again from the pace since the last plan (rank 0's clock decides for every rank). :meth:`state` goes into each
+    checkpoint; given back as ``state`` on resume, the run keeps its plan and makes no other, so its steps do not
+    depend on the pace of the machine it resumes on."""
 
     def __init__(self, loop: LoopConfig, run: Path, start: int, opt: torch.optim.Optimizer, desc: str,
                  progress: bool = True, rank: int = 0, world: int = 1, device=None, tensorboard: bool = False,
@@ -258,18 +272,22 @@ class Loop:
         self.cfg, self.run, self.start, self.opt = loop, run, start, opt
         self.rank, self.world, self.device, self.stop_after = rank, world, device, stop_after
         self.fitted = bool(loop.fit_steps and state and "planned_steps" in state)
+        self.anchor: tuple[int, float] | None = None  # where the last plan took the decay over (decay_progress)
         if self.fitted:  # a resumed run keeps the plan fitted before the kill
             loop.steps = int(state["planned_steps"])
+            self.anchor = tuple(state["lr_anchor"]) if state.get("lr_anchor") is not None else None
         self.log = open(run / "log.jsonl", "a") if rank == 0 else None
         self.tb = tensorboard_writer(run) if rank == 0 and tensorboard else None
         self.bar = tqdm(total=loop.steps, initial=start, desc=desc, unit="step", disable=not progress or rank != 0)
         self.t0 = self.t_step = self.t_timed = time.time()
+        self.step_timed = start  # the step from which the pace is timed (the third of this process, then each plan's)
         self.lr, self.step_seconds, self.stop = 0.0, 0.0, False
+        self.refits: list[float] = []  # the shares of max_minutes still to plan again at (set by the first plan)
 
     def __iter__(self):
         step = self.start
         while step < self.cfg.steps and not self.stop:  # `steps` may be refitted during the run
-            self.lr = get_lr(step, self.cfg)
+            self.lr = get_lr(step, self.cfg, self.anchor)
             for g in self.opt.param_groups:
                 g["lr"] = self.lr
             yield step
@@ -277,14 +295,18 @@ class Loop:
 
     def state(self) -> dict:
         """What a checkpoint keeps of the loop: the fitted plan, once there is one."""
-        return {"planned_steps": self.cfg.steps} if self.fitted else {}
+        return {"planned_steps": self.cfg.steps, "lr_anchor": self.anchor} if self.fitted else {}
 
-    def _fit(self, step: int, now: float) -> int:
-        """The step count that fills FIT_MARGIN of what is left of ``max_minutes`` at this process's pace so far
-        (rank 0's plan on every rank)."""
-        per_step = (now - self.t_timed) / (step + 1 - self.start - 2)
-        left = 60 * self.cfg.max_minutes - (now - self.t0)
-        return int(self._from_rank0(step + 1 + max(1, int(FIT_MARGIN * left / per_step))))
+    def _fit(self, step: int, now: float, elapsed: float) -> None:
+        """Set ``steps`` to the count that fills FIT_MARGIN of what is left of ``max_minutes`` (``elapsed`` gone) at
+        this process's pace since the last plan (since step 2 for the first; rank 0's plan on every rank)."""
+        per_step = (now - self.t_timed) / (step + 1 - self.step_timed)
+        left = 60 * self.cfg.max_minutes - elapsed
+        steps = int(self._from_rank0(step + 1 + max(1, int(FIT_MARGIN * left / per_step))))
+        if steps != self.cfg.steps:  # the decay goes on from where the old plan had it at the next step
+            self.anchor = (step + 1, decay_progress(step + 1, self.cfg, self.anchor))
+            self.cfg.steps = steps
+        self.t_timed, self.step_timed = now, step + 1
 
     def _from_rank0(self, value: float) -> float:
         """``value`` as rank 0 has it, on every DDP rank (so that every rank takes the same decision)."""
@@ -305,14 +327,23 @@ class Loop:
         elapsed = now - self.t0
         done = step + 1 - self.start  # steps of this process
         if done == 2:  # the first two steps carry one-off costs (allocation, warm caches): not timed
-            self.t_timed = now
+            self.t_timed, self.step_timed = now, step + 1
+        elapsed = self._from_rank0(elapsed)  # rank 0's clock: every rank replans and stops at the same step
+        budget = 60 * self.cfg.max_minutes
+        planned = self.cfg.steps
         if self.cfg.fit_steps and not self.fitted and done >= FIT_AFTER and step + 1 >= self.cfg.warmup:
-            self.cfg.steps, self.fitted = self._fit(step, now), True
+            self._fit(step, now, elapsed)
+            self.fitted, self.refits = True, [f for f in REFIT_AT if f * budget > elapsed]
             record = {**record, "planned_steps": self.cfg.steps}
+        elif self.refits and elapsed >= self.refits[0] * budget:
+            self.refits.pop(0)
+            self._fit(step, now, elapsed)
+            if self.cfg.steps != planned:
+                record = {**record, "planned_steps": self.cfg.steps}
+        if self.cfg.steps != planned:
             self.bar.total = self.cfg.steps
             self.bar.refresh()
-        out_of_time = self.cfg.max_minutes > 0 and elapsed > 60 * self.cfg.max_minutes
-        out_of_time = bool(self._from_rank0(out_of_time))  # every rank stops at the same step
+        out_of_time = self.cfg.max_minutes > 0 and elapsed > budget
         last = step + 1 == self.cfg.steps or out_of_time
         self.stop = out_of_time or (self.stop_after is not None and step + 1 - self.start >= self.stop_after)
         if self.rank == 0:

@@ -63,8 +63,9 @@ class FakeClock:
         return self.t
 
 
-def run_loop(tmp_path, monkeypatch, clock, **kw):
-    """A Loop with nothing to train, on a fake clock: the lrs of its steps and its log records."""
+def run_loop(tmp_path, monkeypatch, clock, start=0, state=None, stop_after=None, with_state=False, **kw):
+    """A Loop with nothing to train, on a fake clock: the lrs of its steps and its log records (and, with
+    ``with_state``, the loop's checkpoint state at its end)."""
     import lssvwm.loop as loop_mod
     from lssvwm.config import LoopConfig
 
@@ -72,14 +73,14 @@ def run_loop(tmp_path, monkeypatch, clock, **kw):
     cfg = LoopConfig(**{**dict(lr=1e-2, warmup=30, max_minutes=1.0, ckpt_every=1000), **kw})
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    loop = loop_mod.Loop(cfg, tmp_path, 0, opt, "t", progress=False)
+    loop = loop_mod.Loop(cfg, tmp_path, start, opt, "t", progress=False, state=state, stop_after=stop_after)
     lrs = []
     for step in loop:
         lrs.append(loop.lr)
         loop.end_step(step, {"loss": 0.0})
     loop.close()
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
-    return cfg, lrs, log
+    return (cfg, lrs, log, loop.state()) if with_state else (cfg, lrs, log)
 
 
 @pytest.mark.parametrize("guess", [1000, 35])  # a first guess far too many steps, and too few
@@ -97,6 +98,51 @@ def test_fit_steps_ends_the_schedule_with_the_time_budget(tmp_path, monkeypatch,
     cfg, lrs, log = run_loop(tmp_path / "guess", monkeypatch, FakeClock(slow_first=2, slow=5.0), steps=guess)
     assert len(lrs) == (53 if guess == 1000 else 35)
     assert lrs[-1] > 0.9 * 1e-2 if guess == 1000 else log[-1]["time"] < 45
+
+
+class DriftClock(FakeClock):
+    """1 s a step, then ``drift`` s a step from step ``after`` + 1 on: a machine that slows after the plan."""
+
+    def __init__(self, after, drift):
+        super().__init__()
+        self.after, self.drift = after, drift
+
+    def time(self):
+        t = super().time()
+        if self.calls > self.after + 1:
+            self.t = t = t + self.drift - self.step
+        return t
+
+
+def test_fit_steps_plans_again_when_the_pace_drifts(tmp_path, monkeypatch):
+    from dataclasses import replace
+    import lssvwm.loop as loop_mod
+    from lssvwm.config import LoopConfig
+    from lssvwm.loop import get_lr
+
+    # Planned at step 30 (30 s of 60 gone, 1 s a step) to 30 + int(0.98 * 30) = 59 steps. From step 36 a step
+    # takes 1.5 s: at 80% of the budget (step 44, 48.5 s) the pace since the plan is 18.5 s / 14 steps, so the plan
+    # becomes 44 + int(0.98 * 11.5 / 1.321) = 52, which ends by the time and at the LR's floor.
+    cfg, lrs, log = run_loop(tmp_path / "refit", monkeypatch, DriftClock(after=35, drift=1.5), steps=1000,
+                             fit_steps=True)
+    assert [(r["step"], r["planned_steps"]) for r in log if "planned_steps" in r] == [(30, 59), (44, 52)]
+    assert cfg.steps == len(lrs) == 52 and lrs[-1] < 0.11 * 1e-2
+    decay = lrs[30:]  # the cosine goes on from where it was at the new plan: steeper, with no jump
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    old_plan = LoopConfig(lr=1e-2, warmup=30, steps=59)  # step 44, the first of the new plan, keeps the old lr
+    assert lrs[44] == pytest.approx(get_lr(44, old_plan)) and lrs[44] > get_lr(44, replace(old_plan, steps=52))
+    # killed after step 46 (both plans made) and resumed on a machine of another pace: the same plan and lrs
+    *_, state = run_loop(tmp_path / "part", monkeypatch, DriftClock(after=35, drift=1.5), steps=1000,
+                         fit_steps=True, stop_after=46, with_state=True)
+    assert state["planned_steps"] == 52 and state["lr_anchor"][0] == 44
+    _, rest, _ = run_loop(tmp_path / "part", monkeypatch, FakeClock(step=0.5), steps=1000, fit_steps=True,
+                          start=46, state=state)
+    assert rest == lrs[46:]
+    # planned once only, the same run is cut by the time at step 52 of 59 with the LR at 2.6x its floor
+    monkeypatch.setattr(loop_mod, "REFIT_AT", ())
+    cfg, lrs, log = run_loop(tmp_path / "once", monkeypatch, DriftClock(after=35, drift=1.5), steps=1000,
+                             fit_steps=True)
+    assert cfg.steps == 59 and len(lrs) == 52 and lrs[-1] > 0.2 * 1e-2
 
 
 def test_fit_steps_resume_keeps_the_plan(tiny_data, tmp_path, monkeypatch):
