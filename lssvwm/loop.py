@@ -237,8 +237,8 @@ def tensorboard_writer(run: Path):
 # train.fit_steps: the steps of a process timed before the plan is made (at least to the end of the warmup), and the
 # share of the remaining time the plan fills: a step cut off by max_minutes is one at the schedule's end, where
 # the LR is near its floor, so the margin is only for checkpoints and drift. REFIT_AT: the shares of max_minutes
-# at which the plan is made again from the pace since the last plan (a machine's pace drifts by several percent
-# over a run; one plan from the first steps left up to 7% of the budget unused or ended the run above the floor).
+# at which the plan is made again from the pace since the last plan (a shared machine's pace drifts during a run,
+# so one plan from the first steps can leave time unused or end the run above the LR's floor; docs/training.md).
 FIT_AFTER, FIT_MARGIN, REFIT_AT = 20, 0.98, (0.5, 0.8)
 
 
