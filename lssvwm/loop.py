@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from .checkpoint import clean_stale, find_checkpoint, load_state, load_weights
 from .config import ConfigError, LoopConfig
+from .resources import bf16_speedup
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -145,18 +146,7 @@ def cpu_bf16_fast() -> bool:
     settle it: with AMX bf16 is several times faster, on AVX2-only CPUs PyTorch emulates it (far slower), and
     of two CPUs with AVX512-BF16 and no AMX one measured it slower than fp32, the other twice as fast (docs/speed.md
     has the figures). Attention makes its own choice (``models.attention.cpu_bf16_attention_fast``)."""
-    a = torch.randn(512, 512)
-    best = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x = a.to(dtype)
-        x @ x  # warm-up
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            x @ x
-            times.append(time.perf_counter() - t)
-        best[dtype] = min(times)
-    return best[torch.bfloat16] * 1.5 < best[torch.float32]
+    return bf16_speedup(lambda x: x @ x, [torch.randn(512, 512)]) > 1.5
 
 
 def autocast_dtype(loop: LoopConfig, device: torch.device):

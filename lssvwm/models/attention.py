@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..resources import bf16_speedup
 from .fused import compute_dtype, packed
 
 
@@ -143,23 +143,14 @@ def cpu_bf16_attention_fast() -> bool:
     it: on an AVX512-BF16 CPU without AMX the bf16 matmul is about twice as fast as fp32 and the bf16 attention
     kernel about half as fast (docs/speed.md)."""
     g = torch.Generator().manual_seed(0)
-    best = {}
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):  # wherever called
-        q, k, v = (torch.randn(16, 4, n, 24, generator=g) for n in (64, 256, 256))
-        for dtype in (torch.float32, torch.bfloat16):
-            best[dtype] = _time_attention([t.to(dtype) for t in (q, k, v)])
-    return best[torch.bfloat16] * 1.2 < best[torch.float32]
+        qkv = [torch.randn(16, 4, n, 24, generator=g) for n in (64, 256, 256)]
+        return bf16_speedup(_attention_step, qkv) > 1.2
 
 
-def _time_attention(qkv: list[torch.Tensor]) -> float:
-    """Best of 5 SDPA forward + backward passes (after a warm-up), in seconds."""
-    leaves = [t.requires_grad_() for t in qkv]
-    times = []
-    for _ in range(6):
-        t = time.perf_counter()
-        F.scaled_dot_product_attention(*leaves).sum().backward()
-        times.append(time.perf_counter() - t)
-    return min(times[1:])
+def _attention_step(*qkv: torch.Tensor) -> None:
+    """One SDPA forward + backward pass (what the timing above measures)."""
+    F.scaled_dot_product_attention(*(t.requires_grad_() for t in qkv)).sum().backward()
 
 
 def _sdpa_precision(x: torch.Tensor):
