@@ -101,8 +101,12 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
             print(f"      {run} was trained with another setup (an older demo?); kept it as {moved}, starting afresh")
         else:  # keep the schedule of the interrupted run
             cfg, resume = saved, True
-    print(f"[2/3] training {preset} hybrid for {minutes:g} min: {per_step:.2f} s/step -> ~{cfg.train.steps} steps "
-          f"(fitted to the time after the warmup){' (resuming)' if resume else ''}")
+    if resume:
+        done, planned = _resume_point(run, cfg.train.steps)
+        print(f"[2/3] training {preset} hybrid for {minutes:g} min: resuming at step {done} of the {planned} planned")
+    else:
+        print(f"[2/3] training {preset} hybrid for {minutes:g} min: {per_step:.2f} s/step -> ~{cfg.train.steps} steps "
+              f"(fitted to the time after the warmup)")
     train(cfg, resume=resume)
 
     models = [str(run)] + ([shipped] if _comparable(shipped, cfg) else [])
@@ -151,7 +155,8 @@ def _comparable(shipped: str | None, cfg: RunConfig) -> bool:
 
 def _own_setup(saved: Path, cfg: RunConfig) -> RunConfig | None:
     """A run folder's saved config when it is this demo's setup apart from the step count (sized to the
-    machine), else None."""
+    machine) and where the run and its data lie (a demo folder moved or copied elsewhere goes on there), with
+    those places set to ``cfg``'s; else None."""
     from .config import ConfigError, load_config
 
     try:
@@ -160,5 +165,23 @@ def _own_setup(saved: Path, cfg: RunConfig) -> RunConfig | None:
         return None
     a, b = old.to_dict(), cfg.to_dict()
     for d in (a, b):
-        d["train"].pop("steps")
-    return old if a == b else None
+        for field in ("steps", "out", "data"):
+            d["train"].pop(field)
+    if a != b:
+        return None
+    old.train.out, old.train.data = cfg.train.out, cfg.train.data
+    return old
+
+
+def _resume_point(run: Path, steps: int) -> tuple[int, int]:
+    """The step a run folder's latest checkpoint was saved at and the step count planned then (its config.yaml:
+    the plan train.fit_steps fitted, not the first guess the run's own config.yaml started from); ``steps`` where
+    the checkpoint has no readable config."""
+    from .checkpoint import CheckpointError, checkpoint_config, find_checkpoint
+    from .config import ConfigError
+
+    try:
+        ckpt = find_checkpoint(run)
+        return int(ckpt.name.removeprefix("step_")), checkpoint_config(ckpt).train.steps
+    except (OSError, ValueError, CheckpointError, ConfigError):
+        return 0, steps

@@ -370,6 +370,31 @@ def test_demo_resumes_only_its_own_setup(tmp_path):
     assert len(m["psnr_per_frame"]) == 2
 
 
+def test_demo_moved_elsewhere_resumes_there_and_says_where_it_stands(tmp_path, capsys):
+    """A demo folder copied elsewhere goes on there (its config named the old places): nothing kept aside, the
+    run's config points to the new folder, and the message gives the step reached and the fitted plan from the
+    checkpoint, not the first guess the run's config.yaml started from."""
+    import shutil
+
+    from lssvwm.demo import run_demo
+
+    kw = dict(minutes=0.02, preset="tiny", episodes=3, steps_per_episode=110, context=4, frames=2, windows=1, lr=1e-3)
+    first = tmp_path / "first"
+    run_demo(out=str(first), **kw)
+    moved = tmp_path / "elsewhere" / "demo"
+    shutil.copytree(first, moved)
+    shutil.rmtree(first)
+    latest = (moved / "run" / "checkpoints" / "latest").read_text().strip()
+    planned = load_config(moved / "run" / "checkpoints" / latest / "config.yaml").train.steps
+    capsys.readouterr()
+    run_demo(out=str(moved), **kw)
+    said = capsys.readouterr().out
+    assert not list(moved.glob("run.previous-*"))
+    assert f"resuming at step {int(latest.removeprefix('step_'))} of the {planned} planned" in said, said
+    cfg = load_config(moved / "run" / "config.yaml")
+    assert Path(cfg.train.out) == moved / "run" and Path(cfg.train.data) == moved / "data"
+
+
 def test_configs_saved_before_the_sampling_section_still_load(tmp_path):
     """Runs saved before SamplingConfig kept their sampling settings under diffusion: they load into sampling."""
     old = tmp_path / "config.yaml"
