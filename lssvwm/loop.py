@@ -102,6 +102,15 @@ def init_training(model: torch.nn.Module, loop: LoopConfig, run: Path, resume: b
 
 
 
+def check_data_folder(loop: LoopConfig, resume: bool) -> None:
+    """``train.data`` must be a folder; when a resumed run's is gone (its config.yaml holds the path of the first
+    start), say how to point it at data that moved."""
+    if not Path(loop.data).is_dir():
+        hint = (": a resumed run reads its data where its config.yaml says; pass --data DIR if the data moved"
+                if resume else "")
+        raise ConfigError(f"train.data: {loop.data}: dataset folder not found{hint}")
+
+
 def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """A fresh EMA copy of ``model`` and its AdamW (no weight decay on biases, norms and SSM parameters)."""
     ema = copy.deepcopy(model).eval().requires_grad_(False)

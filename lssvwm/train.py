@@ -19,8 +19,8 @@ from .checkpoint import frame_codec, init_from, save_checkpoint
 from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
 from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, training_noise
-from .loop import (Loop, StepBatchSampler, autocast_dtype, device_memory, init_training, optimizer_step,
-                   setup_distributed, stable_seed)
+from .loop import (Loop, StepBatchSampler, autocast_dtype, check_data_folder, device_memory, init_training,
+                   optimizer_step, setup_distributed, stable_seed)
 from .models.world_model import WorldModel, parameter_count
 from .resources import check_fits
 from .writer_lock import one_writer
@@ -90,6 +90,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
            device: torch.device) -> Path:
     tc = cfg.train
     run_dir = Path(tc.out)
+    check_data_folder(tc, resume)
     ds = EpisodeWindows(tc.data, tc.clip_len, "train", tc.val_fraction, skip_bad=tc.skip_bad_files,
                         layout=tc.data_layout)
     if ds.bad_files and rank == 0:

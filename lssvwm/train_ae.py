@@ -18,7 +18,8 @@ from .config import AERunConfig
 from .data.dataset import EpisodeWindows
 from .metrics import psnr
 from .models.autoencoder import Autoencoder
-from .loop import Loop, StepBatchSampler, autocast_dtype, init_training, optimizer_step, stable_seed
+from .loop import (Loop, StepBatchSampler, autocast_dtype, check_data_folder, init_training, optimizer_step,
+                   stable_seed)
 from .writer_lock import one_writer
 
 
@@ -55,6 +56,7 @@ def _train_autoencoder(cfg: AERunConfig, resume: bool, progress: bool, stop_afte
     tc, a = cfg.train, cfg.autoencoder
     run = Path(tc.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_data_folder(tc, resume)
     ds = EpisodeWindows(tc.data, 1, "train", tc.val_fraction, layout=tc.data_layout)
     h, w, _ = ds.frame_shape
     lh, lw, lc = a.latent_shape(*ds.frame_shape)

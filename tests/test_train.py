@@ -171,6 +171,24 @@ def test_existing_run_needs_resume(tiny_data, tmp_path):
         train(cfg, progress=False)
 
 
+def test_resumed_run_whose_data_moved_says_so_and_resumes_with_the_new_place(tiny_data, tmp_path):
+    """A resumed run reads its data where its config.yaml says; when that folder is gone, one error names
+    train.data and --data, and with the new place set it goes on."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    train(tiny_cfg(data, tmp_path / "r", steps=3), progress=False)
+    data.rename(tmp_path / "moved")
+    cfg = load_config(tmp_path / "r" / "config.yaml")
+    cfg.train.steps = 6
+    with pytest.raises(ConfigError, match=r"train\.data: .*data: dataset folder not found.*--data DIR"):
+        train(cfg, resume=True, progress=False)
+    cfg.train.data = str(tmp_path / "moved")
+    train(cfg, resume=True, progress=False)
+    assert len(losses(tmp_path / "r")) == 6
+
+
 def test_checkpoint_layout_and_atomicity(tiny_data, tmp_path):
     run = train(tiny_cfg(tiny_data, tmp_path / "r", steps=6), progress=False)
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
