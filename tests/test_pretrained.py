@@ -168,23 +168,26 @@ def test_export_works_without_the_training_data(tiny_run, tmp_path):
     assert video.stat().st_size > 0
 
 
-def test_shipped_maze_small_loads_by_name_and_plays_without_data():
-    """The committed weights: loadable by name, their config is configs/maze-small.yaml (the recipe that made
-    them), and DreamEnv starts from the start clips that came with them."""
+@pytest.mark.parametrize("name, fitted", [("maze-small", ()), ("maze-small-v2", ("steps",))])
+def test_shipped_weights_load_by_name_and_play_without_data(name, fitted):
+    """The committed weights: loadable by name, their config is configs/<name>.yaml (the recipe that made them;
+    ``fitted``: fields the run set itself, train.fit_steps's step plan), and DreamEnv starts from the start clips
+    that came with them. All shipped weights together stay under 10 MiB."""
     from pathlib import Path
 
     from lssvwm.config import layered_config
     from lssvwm.dream import DreamEnv
 
-    assert "maze-small" in ck.shipped_weights()
-    run = load_run("maze-small")
+    assert name in ck.shipped_weights()
+    run = load_run(name)
     shipped, recipe = run.cfg.to_dict(), layered_config(
-        "run", Path(__file__).resolve().parent.parent / "configs" / "maze-small.yaml").to_dict()
+        "run", Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml").to_dict()
     for d in (shipped, recipe):
-        for k in ("data", "out", "max_minutes"):
+        for k in ("data", "out", "max_minutes", *fitted):
             d["train"].pop(k)
     assert shipped == recipe
-    assert sum(f.stat().st_size for f in run.checkpoint.rglob("*") if f.is_file()) < 10 * 2**20
-    env = DreamEnv("maze-small", context_frames=8)
+    weights = run.checkpoint.parent
+    assert sum(f.stat().st_size for f in weights.rglob("*") if f.is_file()) < 10 * 2**20
+    env = DreamEnv(name, context_frames=8)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (32, 32, 3) and env.step(1)[0].shape == (32, 32, 3)
