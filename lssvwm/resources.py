@@ -53,7 +53,7 @@ def bf16_speedup(fn: Callable[..., object], tensors: list[torch.Tensor], reps: i
     in each type after one warm-up call, at the thread count in use."""
     best = {}
     for dtype in (torch.float32, torch.bfloat16):
-        args = [t.to(dtype) for t in tensors]
+        args = [t.detach().to(dtype) for t in tensors]  # own leaves per type: no backward into the other's
         fn(*args)  # warm-up
         times = []
         for _ in range(reps):
