@@ -81,6 +81,8 @@ def own_rollout_plan(frames: int, cfg: DiffusionConfig, generator: torch.Generat
     if cfg.own_rollout_prob <= 0 or frames < 3 or u >= cfg.own_rollout_prob:
         return None
     r = 1 + int(ur * min(cfg.own_rollout_frames, frames - 2))  # 1 .. min(R, T-2)
+    if cfg.own_rollout_reversed:  # BAgger: the rollout fills the clip's end, which the reversed clip starts from
+        return frames - r, r
     n = 1 + int(un * (frames - 1 - r))  # 1 .. T-1-r
     return n, r
 
@@ -101,18 +103,39 @@ def own_rollout_history(model, frames: torch.Tensor, actions: torch.Tensor, n: i
     return out
 
 
+def reversed_actions(actions: torch.Tensor, inverse: list[int] | tuple[int, ...] = ()) -> torch.Tensor:
+    """The actions of clips (B, T) played backwards. ``actions[:, t]`` led to frame ``t``, so the reversed clip's
+    frame ``s`` (frame ``T-1-s``) is reached from frame ``T-s`` by undoing ``actions[:, T-s]``: its action is
+    ``inverse[actions[:, T-s]]``, -1 ("no action") where ``inverse`` gives none or is empty, and for the first frame.
+    Continuous actions (B, T, A) reverse to zero vectors, their "no action"."""
+    if actions.is_floating_point():
+        return torch.zeros_like(actions)
+    table = torch.tensor(list(inverse) or [-1] * (int(actions.max()) + 1), dtype=actions.dtype, device=actions.device)
+    undone = torch.where(actions < 0, -1, table[actions.clamp(min=0)])  # (B, T): undoes the step into frame t
+    return torch.cat([torch.full_like(actions[:, :1], -1), undone[:, 1:].flip(1)], dim=1)
+
+
 def own_rollout_batch(model, frames: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor,
-                      plan: tuple[int, int], sampling: SamplingConfig, generators=None, clamp=None):
+                      plan: tuple[int, int], sampling: SamplingConfig, generators=None, clamp=None,
+                      reverse: bool = False, inverse: list[int] | tuple[int, ...] = ()):
     """A training batch on the model's own rollout: frames ``n .. n+r-1`` generated (see
     :func:`own_rollout_history`); the first ``n + r`` frames are context labelled with the stabilization level
     (as at inference) and carry no loss; the frames after them keep their levels and are trained against the
-    true frames. Returns (frames, levels, mask)."""
+    true frames. Returns (frames, actions, levels, mask).
+
+    ``reverse`` (BAgger, Po et al. arXiv 2512.12080; needs ``n + r == T``): the clip is then played backwards, so
+    that it starts from its ``r`` generated (drifted) frames, as context without loss, and trains the true frames
+    that lead back from them; its actions are undone with ``inverse`` (:func:`reversed_actions`)."""
     n, r = plan
     frames = own_rollout_history(model, frames, actions, n, r, sampling, generators, clamp)
     levels, mask = levels.clone(), mask.clone()
+    if reverse:
+        if n + r != frames.shape[1]:
+            raise ValueError(f"a reversed own rollout must end the clip: n + r = {n + r}, clip {frames.shape[1]}")
+        frames, actions, n = frames.flip(1), reversed_actions(actions, inverse), 0
     levels[:, :n + r] = sampling.stabilization
     mask[:, :n + r] = 0.0
-    return frames, levels, mask
+    return frames, actions, levels, mask
 
 
 def diffusion_loss(model, frames: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor,

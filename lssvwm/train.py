@@ -147,8 +147,9 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
             clip_gens = [torch.Generator().manual_seed(stable_seed(tc.seed, step, 2, i))
                          for i in range(rank * per_rank, (rank + 1) * per_rank)]  # one per clip of the global batch
             with autocast():
-                frames, levels, mask = own_rollout_batch(ddp, frames, actions, levels, mask, plan, cfg.sampling,
-                                                         clip_gens, codec.value_range)  # global levels and mask
+                frames, actions, levels, mask = own_rollout_batch(  # global levels and mask
+                    ddp, frames, actions, levels, mask, plan, cfg.sampling, clip_gens, codec.value_range,
+                    cfg.diffusion.own_rollout_reversed, cfg.diffusion.inverse_actions)
         normalizer = float(mask.sum().clamp(min=1)) / world  # DDP averages gradients over ranks
         with autocast():
             loss, stats = diffusion_loss(fwd, frames, actions, levels[mine].to(device), mask[mine].to(device),

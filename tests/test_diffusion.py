@@ -344,7 +344,8 @@ def test_own_rollout_loss_touches_only_the_frames_after_the_rollout():
     levels, mask = torch.rand(2, 8, generator=g, dtype=torch.float64), torch.ones(2, 8, dtype=torch.float64)
     noise = torch.randn(frames.shape, generator=g, dtype=torch.float64)
     cfg = SamplingConfig(steps=1, stabilization=0.3)
-    f2, lv2, m2 = own_rollout_batch(model, frames, acts, levels, mask, (3, 2), cfg, [torch.Generator()] * 2)
+    f2, a2, lv2, m2 = own_rollout_batch(model, frames, acts, levels, mask, (3, 2), cfg, [torch.Generator()] * 2)
+    assert a2 is acts  # forward: the true actions
     assert (lv2[:, :5] == 0.3).all() and (m2[:, :5] == 0).all() and torch.equal(lv2[:, 5:], levels[:, 5:])
     assert (m2[:, 5:] == 1).all()
 
@@ -451,3 +452,53 @@ def test_compiled_sampler_matches_the_eager_one():
         compiled = Sampler(model, cfg, compile=True).rollout(ctx, acts[:, :4], acts[:, 4:])
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     assert eager.std() > 0.05  # frames with content, not a constant output
+
+
+def test_reversed_actions_undo_each_step_into_the_frame_before():
+    from lssvwm.data.maze import INVERSE_ACTIONS
+    from lssvwm.diffusion import reversed_actions
+
+    # noop, forward, left, right, fwd+left, fwd+right; actions[t] led to frame t (-1: the episode's first frame)
+    acts = torch.tensor([[-1, 2, 2, 0, 3, 1], [5, 3, 4, 2, 1, 0]])
+    # reversed frame s is frame 5-s, reached from frame 6-s by undoing actions[6-s]; the first frame has none
+    assert reversed_actions(acts, INVERSE_ACTIONS).tolist() == [[-1, -1, 2, 0, 3, 3], [-1, 0, -1, 3, -1, 2]]
+    assert reversed_actions(acts).tolist() == [[-1] * 6] * 2  # no table: every step "no action"
+    cont = torch.randn(2, 4, 3)
+    assert torch.equal(reversed_actions(cont), torch.zeros_like(cont))
+
+
+def test_reversed_own_rollout_starts_drifted_and_trains_the_true_frames_back():
+    from lssvwm.data.maze import INVERSE_ACTIONS
+    from lssvwm.diffusion import own_rollout_batch, own_rollout_history, own_rollout_plan, reversed_actions
+
+    cfg = DiffusionConfig(own_rollout_prob=1.0, own_rollout_frames=3, own_rollout_reversed=True)
+    plans = [own_rollout_plan(8, cfg, torch.Generator().manual_seed(i)) for i in range(100)]
+    assert all(n + r == 8 for n, r in plans) and {r for _, r in plans} == {1, 2, 3}  # the rollout ends the clip
+    model = _noisy_tiny()
+    g = torch.Generator().manual_seed(3)
+    frames = torch.rand(2, 8, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    acts = torch.randint(0, 6, (2, 8), generator=g)
+    levels, mask = torch.rand(2, 8, generator=g, dtype=torch.float64), torch.ones(2, 8, dtype=torch.float64)
+    cfg = SamplingConfig(steps=1, stabilization=0.2)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (4, 5)]  # noqa: E731
+    f2, a2, lv2, m2 = own_rollout_batch(model, frames, acts, levels, mask, (6, 2), cfg, gens(), reverse=True,
+                                        inverse=INVERSE_ACTIONS)
+    generated = own_rollout_history(model, frames, acts, 6, 2, cfg, gens())[:, 6:]
+    assert torch.equal(f2[:, :2], generated.flip(1))  # starts from the drifted end, last generated frame first
+    assert torch.equal(f2[:, 2:], frames[:, :6].flip(1))  # then the true frames, back to the clip's first
+    assert torch.equal(a2, reversed_actions(acts, INVERSE_ACTIONS))
+    assert (lv2[:, :2] == 0.2).all() and (m2[:, :2] == 0).all()  # the drifted frames: context, no loss
+    assert torch.equal(lv2[:, 2:], levels[:, 2:]) and (m2[:, 2:] == 1).all()
+    with pytest.raises(ValueError, match="must end the clip"):
+        own_rollout_batch(model, frames, acts, levels, mask, (3, 2), cfg, gens(), reverse=True)
+
+
+def test_inverse_actions_are_checked_against_the_action_set():
+    from lssvwm.config import RunConfig
+
+    RunConfig(diffusion=DiffusionConfig(inverse_actions=[0, -1, 3, 2, -1, -1])).validate()
+    for bad in ([0, 1], [0, -1, 3, 2, -1, 6], [0, -2, 3, 2, -1, -1]):
+        with pytest.raises(ConfigError, match="diffusion.inverse_actions"):
+            RunConfig(diffusion=DiffusionConfig(inverse_actions=bad)).validate()
+    with pytest.raises(ConfigError, match="diffusion.inverse_actions"):
+        DiffusionConfig(inverse_actions="0 1").validate()

@@ -76,3 +76,21 @@ def test_bad_action_and_no_reset():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action"):
         env.step(7)
+
+
+def test_inverse_actions_undo_the_step_and_moves_have_none():
+    from lssvwm.data.maze import INVERSE_ACTIONS
+
+    env = MazeEnv(resolution=32)
+    env.reset(seed=5)
+    for _ in range(7):
+        env.step(1)  # somewhere inside the maze
+    for a, inv in enumerate(INVERSE_ACTIONS):
+        pos, angle, image = env.pos.copy(), env.angle, env.render()
+        env.step(a)
+        if inv < 0:  # a move: the action set has no step back
+            assert a in (1, 4, 5)
+            continue
+        env.step(inv)
+        assert np.allclose(env.pos, pos) and np.isclose(np.cos(env.angle - angle), 1.0)
+        assert np.array_equal(env.render(), image)

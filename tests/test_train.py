@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from lssvwm.checkpoint import CheckpointError, find_checkpoint, load_model, load_state, load_weights
 from lssvwm.config import (ConfigError, RunConfig, SamplingConfig, TrainConfig, config_from_dict, load_config,
                            model_preset, parse_overrides)
+from lssvwm.data.maze import INVERSE_ACTIONS
 from lssvwm.models.world_model import WorldModel
 from lssvwm.train import TrainingDiverged, train
 
@@ -29,11 +30,14 @@ def losses(run):
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("autocast, own_rollout", [("none", 0.0), ("bf16", 0.0), ("none", 0.5)])
+@pytest.mark.parametrize("autocast, own_rollout", [("none", None), ("bf16", None), ("none", "forward"),
+                                                   ("none", "reversed")])
 def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout):
     def cfg(out):
         c = tiny_cfg(tiny_data, out, autocast=autocast)
-        c.diffusion.own_rollout_prob = own_rollout
+        c.diffusion.own_rollout_prob = 0.5 if own_rollout else 0.0
+        c.diffusion.own_rollout_reversed = own_rollout == "reversed"
+        c.diffusion.inverse_actions = list(INVERSE_ACTIONS) if own_rollout == "reversed" else []
         c.sampling.stabilization = 0.3
         return c
 

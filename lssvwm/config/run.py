@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from .presets import model_preset
-from .schema import AETrainConfig, AutoencoderConfig, DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig
+from .schema import (AETrainConfig, AutoencoderConfig, ConfigError, DiffusionConfig, ModelConfig, SamplingConfig,
+                     TrainConfig)
 
 
 def _plain(x):
@@ -46,6 +47,11 @@ class RunConfig(_YamlSections):
         self.diffusion.validate()
         self.sampling.validate()
         self.train.validate()
+        inv, m = self.diffusion.inverse_actions, self.model
+        if inv and (m.action_dim > 0 or len(inv) != m.num_actions or max(inv) >= m.num_actions):
+            raise ConfigError(f"diffusion.inverse_actions {inv} must give one id in [-1, {m.num_actions}) per "
+                              f"discrete action (model.num_actions={m.num_actions}), or be empty"
+                              + (" (continuous actions: leave it empty)" if m.action_dim > 0 else ""))
 
 
 @dataclass

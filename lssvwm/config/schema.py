@@ -238,12 +238,24 @@ class DiffusionConfig:
     own_rollout_frames: int = ranged(4, at_least(1))
     # the first step that may train on own rollouts (early rollouts are noise)
     own_rollout_start: int = ranged(0, at_least(0))
+    # BAgger (Po et al., arXiv 2512.12080): the own rollout fills the clip's last r frames and the clip is played
+    # backwards, so that it starts from the drifted frames and trains the true frames that lead back from them
+    own_rollout_reversed: bool = False
+    # the reversed clip's actions: per action id, the id that undoes it (-1 where the action set has none); empty:
+    # every reversed step gets -1 ("no action"). The built-in maze: [0, -1, 3, 2, -1, -1] (turns undo each other,
+    # moves have no inverse; lssvwm.data.maze.INVERSE_ACTIONS)
+    inverse_actions: list[int] = field(default_factory=list)
     # Extras NOT in the paper; off by default.
     clean_frame_prob: float = ranged(0.0, PROBABILITY)  # each frame clean (no loss) with this probability
     state_penalty: float = ranged(0.0, NONNEG_NUMBER)
 
     def validate(self) -> None:
         check_allowed(self, "diffusion")
+        inv = self.inverse_actions
+        if not isinstance(inv, list) or not all(isinstance(a, int) and not isinstance(a, bool) and a >= -1
+                                                for a in inv):
+            raise ConfigError("diffusion.inverse_actions must be a list of action ids (-1 = no inverse), one per "
+                              f"action, got {_show(inv)}")
         if 0 < self.context_level_max < self.context_level:
             raise ConfigError("diffusion.context_level_max must be 0 (off) or a noise level in [context_level, 1), "
                               f"got {_show(self.context_level_max)}")

@@ -28,6 +28,9 @@ ACTION_NAMES = ("noop", "forward", "turn_left", "turn_right", "forward_left", "f
 NUM_ACTIONS = len(ACTION_NAMES)
 # (move forward?, turn direction) per action; turn_left decreases the heading angle.
 _ACTION_TABLE = np.array([(0, 0), (1, 0), (0, -1), (0, 1), (1, -1), (1, 1)], dtype=np.float64)
+# The action that undoes each one (-1: none in this action set, which has no backward move), for training on
+# clips played backwards (diffusion.inverse_actions): turns undo each other, a noop undoes itself.
+INVERSE_ACTIONS = (0, -1, 3, 2, -1, -1)
 
 # Saturated, mutually distinct wall colours (RGB, 0..255).
 WALL_PALETTE = np.array(
