@@ -463,6 +463,7 @@ def test_reversed_actions_undo_each_step_into_the_frame_before():
     # reversed frame s is frame 5-s, reached from frame 6-s by undoing actions[6-s]; the first frame has none
     assert reversed_actions(acts, INVERSE_ACTIONS).tolist() == [[-1, -1, 2, 0, 3, 3], [-1, 0, -1, 3, -1, 2]]
     assert reversed_actions(acts).tolist() == [[-1] * 6] * 2  # no table: every step "no action"
+    assert reversed_actions(torch.full((1, 4), -1)).tolist() == [[-1] * 4]  # a clip without action labels
     cont = torch.randn(2, 4, 3)
     assert torch.equal(reversed_actions(cont), torch.zeros_like(cont))
 
