@@ -110,7 +110,9 @@ def reversed_actions(actions: torch.Tensor, inverse: list[int] | tuple[int, ...]
     Continuous actions (B, T, A) reverse to zero vectors, their "no action"."""
     if actions.is_floating_point():
         return torch.zeros_like(actions)
-    table = torch.tensor(list(inverse) or [-1] * (max(int(actions.max()), 0) + 1), dtype=actions.dtype, device=actions.device)
+    if not inverse:
+        return torch.full_like(actions, -1)
+    table = torch.tensor(list(inverse), dtype=actions.dtype, device=actions.device)
     undone = torch.where(actions < 0, -1, table[actions.clamp(min=0)])  # (B, T): undoes the step into frame t
     return torch.cat([torch.full_like(actions[:, :1], -1), undone[:, 1:].flip(1)], dim=1)
 
