@@ -150,6 +150,36 @@ def test_distance_bins_split_at_the_window():
     assert b["4..16"]["ssim"] == 3.5 and b[">16"]["ssim"] == 5.5 and b["never seen"]["ssim"] == 0.0
 
 
+def test_memory_claim_uses_paired_gaps_per_seed():
+    """The beyond-window claim is shown only when the mean gap is >= 0.05, beyond both scores' seed spread, and
+    every seed's paired gap (same episodes and frames) is positive."""
+    from benchmarks import memory
+
+    def per_seed(far_scores):  # far_scores: seed -> (hybrid, window) SSIM beyond 4k
+        def ev(h, w):
+            bins = lambda v: {">16": {"ssim": v, "psnr": 10.0, "frames": 5}}
+            models = {m: {"ssim": 0.3, "lpips": None, "psnr": 10.0, "bins": bins(0.3)} for m in memory.MODELS}
+            models[memory.HYBRID]["bins"], models[memory.WINDOW]["bins"] = bins(h), bins(w)
+            return {"context": 64, "frames": 64, "models": models}
+        return {s: {key: ev(h, w) for key in (memory.LONG_RETRACE, "retrieval", "retrieval @ 4x clip")}
+                for s, (h, w) in far_scores.items()}
+
+    def first_claim(far_scores):
+        ps = per_seed(far_scores)
+        return memory.claims(memory.aggregate(ps), 4, ps)[0]
+
+    # hybrid ahead by 0.10 on every seed, seed-to-seed spread 0.04: shown
+    shown = first_claim({0: (0.40, 0.30), 1: (0.44, 0.34)})
+    assert "gap +0.100" in shown and "paired: +0.100, +0.100" in shown and shown.endswith("-> shown")
+    # the same mean gap, beyond both spreads (0.08, 0.07), but one seed's models tie: not shown
+    mixed = first_claim({0: (0.40, 0.25), 1: (0.40, 0.25), 2: (0.32, 0.32)})
+    assert "gap +0.100" in mixed and "paired: +0.150, +0.150, +0.000" in mixed and mixed.endswith("-> not shown")
+    # a gap below 0.05: not shown; a gap inside the spread of the scores: not shown
+    assert first_claim({0: (0.33, 0.30), 1: (0.34, 0.31)}).endswith("-> not shown")
+    assert first_claim({0: (0.30, 0.24), 1: (0.50, 0.44)}).endswith("-> not shown")
+    assert memory.paired_gaps(per_seed({0: (0.4, 0.3)}), memory.LONG_RETRACE, ">16") == pytest.approx([0.1])
+
+
 def test_recall_clip_layout():
     from lssvwm.data.episodes import action_indices
     from lssvwm.data.recall import CUE, DISTRACTOR, RECALL, recall_clip
