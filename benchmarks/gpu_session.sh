@@ -4,6 +4,12 @@
 #   bash benchmarks/gpu_session.sh bench              # CUDA-only tests + python -m benchmarks.run gpu (~8 min)
 #   bash benchmarks/gpu_session.sh train MINUTES      # configs/maze-small-gpu.yaml for MINUTES, then the follow
 #                                                     #   benchmark and an exported copy of the EMA weights
+#   bash benchmarks/gpu_session.sh session MINUTES    # all in one call, for a lease of ~15 minutes: the quick
+#       benchmark (benchmarks.run gpu-quick, eager steps, decoding, kernels), then configs/maze-small-gpu.yaml
+#       eager (as written) and compiled side by side on the GPU for MINUTES each (train.fit_steps: each LR schedule
+#       ends with its time), GPU load sampled every 5 s, then the CUDA-only tests in the time left of LIMIT seconds
+#       (default 520). It brings back both runs' last checkpoints without the optimizer (enough for eval follow,
+#       model export and train.init, not for --resume) and their exports; score them on a CPU afterwards.
 #
 # `train` resumes the run packed in $CARRY/run.tar (the previous call's $OUT/run.tar.part-*, copied into $CARRY)
 # and trains from scratch when there is none; the data is $CARRY/data (lssvwm data maze --episodes 256 --steps 400
@@ -11,7 +17,7 @@
 # (gymnasium, fla-core) go in .whl/. The device tool brings back at most 8 files from $OUT (./gpu_out without it):
 # results.tar (logs, benchmark JSON, follow results and pictures, the exported EMA weights) and the run (what
 # --resume needs) split in 15 MB parts. Knobs for a dry run on a CPU: PY (python), SET (more train --set values),
-# FOLLOW (more eval follow arguments), e.g.
+# FOLLOW (more eval follow arguments), BENCH (session's benchmark: gpu-smoke on a CPU), e.g.
 #   PY=.venv/bin/python SET="train.compile=false train.batch_size=2" FOLLOW="--windows 1 --long 48" \
 #       bash benchmarks/gpu_session.sh train 0.2
 set -uo pipefail
@@ -65,8 +71,50 @@ train)
     find $run/checkpoints -mindepth 1 -maxdepth 1 -name "step_*" ! -name "$keep" -exec rm -rf {} +
     tar cf - -C runs "$(basename $run)" | split -b 15m - "$OUT/run.tar.part-"
     ;;
+session)
+    minutes=${2:?minutes of training}
+    limit=${LIMIT:-520}
+    timeout 100 $PY -m benchmarks.run ${BENCH:-gpu-quick} 2>&1 | tee "$RES/bench.log"
+    cp benchmarks/results/gpu*.json "$RES/" 2>/dev/null
+    if [ ! -f "$CARRY/data/meta.json" ]; then
+        $PY -m lssvwm.cli data maze --episodes 256 --steps 400 --resolution 32 --mazes 4 --seed 0 \
+            --out "$CARRY/data" 2>&1 | tail -n 2
+    fi
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm --format=csv -l 5 >"$RES/load.csv" 2>&1 &
+    smi=$!
+    pids=()
+    for mode in compiled eager; do
+        c=$([ $mode = compiled ] && echo true || echo false)
+        $PY -m lssvwm.cli train --config configs/maze-small-gpu.yaml --data "$CARRY/data" \
+            --out runs/maze-small-gpu-$mode --no-progress --set train.max_minutes="$minutes" train.fit_steps=true \
+            train.compile=$c train.num_workers=3 ${SET:-} >"$RES/train_$mode.log" 2>&1 &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    kill $smi 2>/dev/null
+    echo "trained at $(elapsed) s"
+    for mode in compiled eager; do
+        run=runs/maze-small-gpu-$mode
+        grep -v "^step" "$RES/train_$mode.log" | tail -n 8
+        [ -f $run/checkpoints/latest ] || continue
+        cp $run/log.jsonl "$RES/log_$mode.jsonl"
+        $PY -m lssvwm.cli model export --ckpt $run --out /tmp/export/$mode >/dev/null
+        keep=$(cat $run/checkpoints/latest)
+        n=$(basename $run)
+        tar cf - -C runs --exclude=state.pt $n/config.yaml $n/log.jsonl $n/checkpoints/latest $n/checkpoints/$keep \
+            | split -b 15m - "$OUT/$mode.tar.part-"
+    done
+    [ -d /tmp/export ] && tar cf "$RES/export.tar" -C /tmp export
+    left=$(( limit - $(elapsed) - 15 ))
+    if [ $left -gt 20 ]; then
+        timeout $left $PY -m pytest -q -p no:cacheprovider -rs \
+            "tests/test_world_model.py::test_flex_attention_on_cuda_matches_with_gradients" \
+            tests/test_ssm.py::test_fla_kernel_matches_torch_path tests/test_ssm.py::test_fla_layer_on_cuda \
+            2>&1 | tee "$RES/cuda_tests.log" | tail -n 15
+    fi
+    ;;
 *)
-    sed -n 2,12p "$0"; exit 2
+    sed -n 2,18p "$0"; exit 2
     ;;
 esac
 tar cf "$OUT/results.tar" --exclude="windows_*" -C "$RES" .

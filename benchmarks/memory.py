@@ -85,11 +85,35 @@ def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
                         train=TrainConfig(data=str(data), out=str(run), steps=s["steps"], batch_size=s["batch"],
                                           clip_len=s["clip"], lr=RECIPE["lr"], warmup=min(50, s["steps"] // 4),
                                           seed=seed, ckpt_every=max(1, s["steps"] // 4)))
+        if (run / "config.yaml").exists() and (diff := saved_run_differences(run, cfg)):
+            raise SystemExit(f"{run}: a saved run of this experiment trained with other settings than this preset's "
+                             f"({'; '.join(diff)}); it would be scored under this preset's name: pass another "
+                             f"--out or delete the run")
         if not (run / "checkpoints" / "latest").exists() or _step(run) < s["steps"]:
             print(f"== training {name}, seed {seed} ==", flush=True)
             train(cfg, resume=(run / "checkpoints" / "latest").exists())
         runs[name] = run
     return runs
+
+
+# the training recipe's fields a saved run must share with the preset to be reused (out and data may move)
+RECIPE_FIELDS = ("steps", "batch_size", "clip_len", "lr", "warmup", "seed")
+
+
+def saved_run_differences(run: Path, cfg: RunConfig) -> list[str]:
+    """Where the run saved at ``run`` (its config.yaml) was trained differently from ``cfg``: the model's
+    architecture, diffusion, sampling and the recipe (:data:`RECIPE_FIELDS`). Empty when it can be reused."""
+    from dataclasses import asdict
+
+    from lssvwm.checkpoint import architecture_differences
+    from lssvwm.config import load_config
+
+    saved = load_config(run / "config.yaml")
+    diff = architecture_differences(cfg.model, saved.model)
+    for section, fields in (("diffusion", None), ("sampling", None), ("train", RECIPE_FIELDS)):
+        a, b = asdict(getattr(cfg, section)), asdict(getattr(saved, section))
+        diff += [f"{section}.{k}: {a[k]!r} here, {b.get(k)!r} in the run" for k in (fields or a) if a[k] != b.get(k)]
+    return diff
 
 
 def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:

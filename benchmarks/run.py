@@ -14,7 +14,7 @@ comes from its own process and the numbers compared in one table come from one r
 | play | play.py: what a user plays, batch 1 (``--against REV`` there) |
 | profile | train_step.py: the training step against the measured peak (``--against REV`` there) |
 | recall | recall.py: synthetic recall, hybrid vs windowed transformer |
-| gpu, gpu-smoke | gpu.py: CUDA only / the same code small on the CPU |
+| gpu, gpu-quick, gpu-smoke | gpu.py: CUDA only (gpu-quick: eager steps only, about a minute) / the same code small on the CPU |
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from benchmarks.common import save
 BENCHES = {"maze": ("maze_env", "run"), "ssm": ("ssm_scan", "run"), "rollout": ("rollout", "run"),
            "play": ("play", "run"), "profile": ("train_step", "run_default"), "inference": ("inference", "run"),
            "training": ("training", "run"), "recall": ("recall", "run"), "gpu": ("gpu", "run"),
-           "gpu-smoke": ("gpu", "run_smoke")}
+           "gpu-quick": ("gpu", "run_quick"), "gpu-smoke": ("gpu", "run_smoke")}
 
 
 def main(argv=None):

@@ -139,6 +139,10 @@ def test_baselines_script_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(lssvwm.train, "train", refuse)
     memory.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0", "1"])
     assert json.loads((tmp_path / "memory_smoke.json").read_text())["results"] == res["results"]
+    # a preset changed since the runs were trained: its saved runs are refused, not scored under its name
+    monkeypatch.setitem(memory.PRESETS, "smoke", {**memory.PRESETS["smoke"], "window": 3})
+    with pytest.raises(SystemExit, match=r"seed0/hybrid: .*model\.layers: .*'attn': 3.* here"):
+        memory.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0"])
 
 
 def test_distance_bins_split_at_the_window():

@@ -303,8 +303,8 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
 
 def test_every_shipped_config_loads():
     """Each YAML under configs/ is a valid run (or autoencoder run) config; the GPU recipe trains the shipped
-    model's architecture (plus the previous-frame input) from scratch, compiled, on 8x the frames per step of
-    stage 1."""
+    model's architecture (plus the previous-frame input) from scratch, eager with its schedule fitted to its time,
+    on 8x the frames per step of stage 1."""
     from lssvwm.config import load_ae_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
@@ -313,7 +313,7 @@ def test_every_shipped_config_loads():
     for name in names:
         (load_ae_config if name.startswith("ae-") else load_config)(root / name)
     gpu, stage1 = load_config(root / "maze-small-gpu.yaml"), load_config(root / "maze-small-stage1.yaml")
-    assert gpu.model == replace(stage1.model, prev_frame=True) and gpu.train.compile and not gpu.train.init
+    assert gpu.model == replace(stage1.model, prev_frame=True) and gpu.train.fit_steps and not gpu.train.init
     assert gpu.train.batch_size * gpu.train.clip_len == 8 * stage1.train.batch_size * stage1.train.clip_len
 
 
