@@ -44,7 +44,7 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # lr: 8e-3 beat 5e-3 at batch 4 on 2 seeds, then 1.2e-2 beat 8e-3 on 2 seeds (docs/recipe.md).
 RECIPE = dict(lr=1.2e-2, window=4, d_model=96, prev_frame=True, batch_size=4,
               sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
-SHIPPED = "maze-small-v2"  # weights trained on the demo's mazes for hours (weights/README.md), shown beside it
+SHIPPED = "maze-small-v3"  # weights trained on the demo's mazes (weights/README.md), shown beside it
 
 
 def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: int | None = None,

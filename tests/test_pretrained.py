@@ -168,7 +168,7 @@ def test_export_works_without_the_training_data(tiny_run, tmp_path):
     assert video.stat().st_size > 0
 
 
-@pytest.mark.parametrize("name, fitted", [("maze-small", ()), ("maze-small-v2", ("steps",))])
+@pytest.mark.parametrize("name, fitted", [("maze-small", ()), ("maze-small-v3", ("steps",))])
 def test_shipped_weights_load_by_name_and_play_without_data(name, fitted):
     """The committed weights: loadable by name, their config is configs/<name>.yaml (the recipe that made them;
     ``fitted``: fields the run set itself, train.fit_steps's step plan), and DreamEnv starts from the start clips
@@ -191,3 +191,13 @@ def test_shipped_weights_load_by_name_and_play_without_data(name, fitted):
     env = DreamEnv(name, context_frames=8)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (32, 32, 3) and env.step(1)[0].shape == (32, 32, 3)
+
+
+def test_retired_shipped_weights_say_what_replaced_them(tmp_path, monkeypatch):
+    """A name whose weights are no longer shipped gets one error naming what replaced them, not "no such folder";
+    a folder of that name in the working directory still loads as a folder would."""
+    with pytest.raises(ck.CheckpointError, match="maze-small-v2: .*replaced by maze-small-v3"):
+        load_run("maze-small-v2")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "maze-small-v2").mkdir()
+    assert ck.resolve_pretrained("maze-small-v2") is None  # a folder, not the retired name
