@@ -36,25 +36,30 @@ fi
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
+# the training data (generated here when $CARRY/data is missing) and the CUDA-only tests within SECONDS
+ensure_data() {
+    [ -f "$CARRY/data/meta.json" ] || $PY -m lssvwm.cli data maze --episodes 256 --steps 400 --resolution 32 \
+        --mazes 4 --seed 0 --out "$CARRY/data" 2>&1 | tail -n 2
+}
+cuda_tests() {
+    timeout "$1" $PY -m pytest -q -p no:cacheprovider -rs \
+        "tests/test_world_model.py::test_flex_attention_on_cuda_matches_with_gradients" \
+        tests/test_ssm.py::test_fla_kernel_matches_torch_path tests/test_ssm.py::test_fla_layer_on_cuda \
+        2>&1 | tee "$RES/cuda_tests.log" | tail -n 15
+}
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu --format=csv 2>&1 | tee "$RES/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$RES/gpu.txt"
 
 case "${1:-}" in
 bench)
-    timeout 150 $PY -m pytest -q -p no:cacheprovider -rs \
-        "tests/test_world_model.py::test_flex_attention_on_cuda_matches_with_gradients" \
-        tests/test_ssm.py::test_fla_kernel_matches_torch_path tests/test_ssm.py::test_fla_layer_on_cuda \
-        2>&1 | tee "$RES/cuda_tests.log" | tail -n 15
+    cuda_tests 150
     timeout $(( 560 - $(elapsed) )) $PY -m benchmarks.run gpu 2>&1 | tee "$RES/bench_gpu.log"
     cp benchmarks/results/gpu*.json "$RES/" 2>/dev/null
     ;;
 train)
     minutes=${2:?minutes of training}
     run=runs/maze-small-gpu
-    if [ ! -f "$CARRY/data/meta.json" ]; then
-        $PY -m lssvwm.cli data maze --episodes 256 --steps 400 --resolution 32 --mazes 4 --seed 0 \
-            --out "$CARRY/data" 2>&1 | tail -n 2
-    fi
+    ensure_data
     resume=()
     if compgen -G "$CARRY/run.tar*" >/dev/null; then
         mkdir -p runs && cat "$CARRY"/run.tar* | tar xf - -C runs && resume=(--resume)
@@ -76,10 +81,7 @@ session)
     limit=${LIMIT:-520}
     timeout 100 $PY -m benchmarks.run ${BENCH:-gpu-quick} 2>&1 | tee "$RES/bench.log"
     cp benchmarks/results/gpu*.json "$RES/" 2>/dev/null
-    if [ ! -f "$CARRY/data/meta.json" ]; then
-        $PY -m lssvwm.cli data maze --episodes 256 --steps 400 --resolution 32 --mazes 4 --seed 0 \
-            --out "$CARRY/data" 2>&1 | tail -n 2
-    fi
+    ensure_data
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm --format=csv -l 5 >"$RES/load.csv" 2>&1 &
     smi=$!
     pids=()
@@ -107,10 +109,7 @@ session)
     [ -d /tmp/export ] && tar cf "$RES/export.tar" -C /tmp export
     left=$(( limit - $(elapsed) - 15 ))
     if [ $left -gt 20 ]; then
-        timeout $left $PY -m pytest -q -p no:cacheprovider -rs \
-            "tests/test_world_model.py::test_flex_attention_on_cuda_matches_with_gradients" \
-            tests/test_ssm.py::test_fla_kernel_matches_torch_path tests/test_ssm.py::test_fla_layer_on_cuda \
-            2>&1 | tee "$RES/cuda_tests.log" | tail -n 15
+        cuda_tests $left
     fi
     ;;
 *)
