@@ -6,13 +6,19 @@ training clip (extrapolation).
     python -m benchmarks.memory --preset gpu --seeds 0 1 2 # `base` models on 64x64 mazes, one GPU (hours)
     python -m benchmarks.memory --preset smoke             # `tiny`, seconds: checks the pipeline end to end
 
-Every model uses the demo's recipe (lr, attention window k, EDM sampler) and the same steps. Memory distance is
-the number of frames since the agent last saw the place during the context; scores are reported in the bins
-``< k`` (inside the attention window), ``k..4k`` and ``> 4k`` (only memory beyond attention can help), and for
-places never seen. Retrieval is also scored with contexts of 2x and 4x the training clip (extrapolation), and
-once more with a 4x-clip context retraced for 4x-clip frames: a retrace of F frames reaches memory distances up to
-~2F, so only this long retrace puts many frames beyond 4k (a 16-frame retrace leaves 1-3 per seed there), and the
-claim about memory beyond the attention window is checked on it.
+Every model uses the demo's recipe (lr, EDM sampler, previous-frame input) and the same steps, with attention
+windows of k frames. A stack of L windowed attention layers reaches R = 1 + L (k - 1) frames back (one more with the
+previous-frame input; ``ModelConfig.attention_reach``), not k: each layer attends to frames the layer below already
+mixed. So the limited-context transformer sees R frames, and only memory can help beyond R; the presets' windows
+keep R well below the training clip, so that training has frames beyond R to learn from. Memory distance is the
+number of frames since the agent last saw the place during the context; scores are reported in the bins ``< k``
+(inside one window), ``k..R-1`` (inside the stacked attention's reach) and ``R+`` (beyond it), and for places
+never seen. Retrieval is also scored with contexts of 2x and 4x the training clip (extrapolation), and once more
+with a 4x-clip context retraced for 4x-clip frames: a retrace of F frames reaches memory distances up to ~2F, so
+this long retrace puts most of its frames beyond R, and the claim about memory beyond the attention window is
+checked on it. The long retrace is run twice: with the whole context, and with each model given only the context's
+last R frames; the difference, per model and bin, is what the model remembered from beyond R (the
+limited-context transformer, the control, must lose nothing).
 
 Writes ``benchmarks/results/memory_<preset>/`` (data, runs per seed, eval folders) and ``memory_<preset>.json``,
 ``memory_<preset>_distance.png`` (SSIM vs memory distance per model, mean over seeds) beside it; prints the
@@ -38,38 +44,66 @@ MODELS = {
     "mamba2 + local attention": ("mamba2-local", 0.5),
     "hybrid w/o long-context training": ("hybrid", 0.0),
 }
-# the eval whose retrace reaches well beyond 4k frames (see the module's docstring)
+# the eval whose retrace reaches well beyond the attention's reach (see the module's docstring)
 LONG_RETRACE = "retrieval, 4x clip retraced"
+# the same, each model given only the context's last R frames, R = the limited-context transformer's attention reach
+# (ModelConfig.attention_reach: its windows stacked over its layers): what a model loses here is what it remembered
+# from beyond that reach (the limited-context transformer itself loses nothing)
+LONG_RETRACE_CUT = "retrieval, 4x clip retraced, context cut to the attention reach"
 HYBRID, FULL, WINDOW, NO_LCT = ("hybrid (ours)", "full-context transformer", "limited-context transformer",
                                 "hybrid w/o long-context training")
 
 PRESETS = {
-    # model preset, frame size, attention window k; data (episodes x steps, fixed mazes); training (steps, batch,
-    # clip); eval (context, generated frames, task episodes). Context >= 4k; the retrace covers distances > 4k.
+    # model preset, frame size, attention window k, previous-frame input; data (episodes x steps, fixed mazes);
+    # training (steps, batch, clip); eval (context, generated frames, task episodes). The attention's reach R
+    # (:func:`reach`) stays well below the clip: cpu 6 of 16 frames, gpu 14 of 64.
     "smoke": dict(model="tiny", res=16, window=2, episodes=6, ep_steps=80, mazes=2, steps=4, batch=2, clip=8,
                   ctx=8, frames=8, eps=1),
-    "cpu": dict(model="small", d_model=RECIPE["d_model"], res=32, window=RECIPE["window"], episodes=64, ep_steps=400,
-                mazes=4, steps=600, batch=8, clip=16, ctx=16, frames=16, eps=4),
-    "gpu": dict(model="base", res=64, window=8, episodes=2000, ep_steps=1000, mazes=0, steps=100_000, batch=32,
-                clip=64, ctx=64, frames=64, eps=32),
+    "cpu": dict(model="small", d_model=RECIPE["d_model"], res=32, window=2, prev_frame=RECIPE["prev_frame"],
+                episodes=64, ep_steps=400, mazes=4, steps=600, batch=8, clip=16, ctx=16, frames=16, eps=4),
+    "gpu": dict(model="base", res=64, window=2, prev_frame=RECIPE["prev_frame"], episodes=2000, ep_steps=1000,
+                mazes=0, steps=100_000, batch=32, clip=64, ctx=64, frames=64, eps=32),
 }
 PRESETS["paper"] = PRESETS["gpu"]  # the old name
 
 
-def distance_bins(k: int) -> dict[str, tuple[int, int]]:
-    """Memory-distance bins for attention window ``k``: inside it, up to 4k, beyond (frames; -1 = never seen)."""
-    return {f"<{k}": (0, k), f"{k}..{4 * k}": (k, 4 * k + 1), f">{4 * k}": (4 * k + 1, 1 << 62)}
+def distance_bins(k: int, r: int) -> dict[str, tuple[int, int]]:
+    """Memory-distance bins (frames, [low, high)) for attention windows of ``k`` frames stacked to reach ``r``
+    frames: inside one window, inside the reach, beyond it (a place last seen r or more frames ago)."""
+    return {f"<{k}": (0, k), f"{k}..{r - 1}": (k, r), f"{r}+": (r, 1 << 62)}
 
 
-def binned(per_frame: dict, k: int) -> dict:
+def binned(per_frame: dict, k: int, r: int) -> dict:
     """Mean SSIM / PSNR per distance bin (and for never-seen places) from an evaluation's per-frame lists."""
     d = np.asarray(per_frame["distance"])
     out = {}
-    for name, (lo, hi) in {**distance_bins(k), "never seen": (-1, 0)}.items():
+    for name, (lo, hi) in {**distance_bins(k, r), "never seen": (-1, 0)}.items():
         sel = (d >= lo) & (d < hi)
         out[name] = {m: float(np.mean(np.asarray(per_frame[m])[sel])) if sel.any() else None for m in ("ssim", "psnr")}
         out[name]["frames"] = int(sel.sum())
     return out
+
+
+def preset_model(s: dict, variant: str):
+    """The model config of ``variant`` in preset ``s`` (the cpu preset: at the demo's width)."""
+    width = {"d_model": s["d_model"]} if "d_model" in s else {}
+    return model_preset(s["model"], variant, window=s["window"], prev_frame=s.get("prev_frame", False), **width)
+
+
+def reach(s: dict) -> int:
+    """The frames the limited-context transformer of preset ``s`` sees (its attention windows stacked over its
+    layers): the long retrace's context is cut to this many frames in :data:`LONG_RETRACE_CUT`."""
+    return preset_model(s, "window-transformer").attention_reach()
+
+
+def run_config(s: dict, variant: str, lct: float, data: Path, run: Path, seed: int) -> RunConfig:
+    """The run config of one model of preset ``s``: ``variant`` with long-context training probability ``lct``,
+    trained on ``data`` into ``run`` with training seed ``seed``, on the demo's recipe."""
+    return RunConfig(model=preset_model(s, variant), diffusion=DiffusionConfig(long_context_prob=lct),
+                     sampling=SamplingConfig(**RECIPE["sampling"]),
+                     train=TrainConfig(data=str(data), out=str(run), steps=s["steps"], batch_size=s["batch"],
+                                       clip_len=s["clip"], lr=RECIPE["lr"], warmup=min(50, s["steps"] // 4),
+                                       seed=seed, ckpt_every=max(1, s["steps"] // 4)))
 
 
 def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
@@ -78,13 +112,7 @@ def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
     runs = {}
     for name, (variant, lct) in MODELS.items():
         run = out / f"seed{seed}" / (variant + ("" if lct else "-no-lct"))
-        width = {"d_model": s["d_model"]} if "d_model" in s else {}  # the cpu preset: the demo's width
-        cfg = RunConfig(model=model_preset(s["model"], variant, window=s["window"], **width),
-                        diffusion=DiffusionConfig(long_context_prob=lct),
-                        sampling=SamplingConfig(**RECIPE["sampling"]),
-                        train=TrainConfig(data=str(data), out=str(run), steps=s["steps"], batch_size=s["batch"],
-                                          clip_len=s["clip"], lr=RECIPE["lr"], warmup=min(50, s["steps"] // 4),
-                                          seed=seed, ckpt_every=max(1, s["steps"] // 4)))
+        cfg = run_config(s, variant, lct, data, run, seed)
         if (run / "config.yaml").exists() and (diff := saved_run_differences(run, cfg)):
             raise SystemExit(f"{run}: a saved run of this experiment trained with other settings than this preset's "
                              f"({'; '.join(diff)}); it would be scored under this preset's name: pass another "
@@ -118,36 +146,43 @@ def saved_run_differences(run: Path, cfg: RunConfig) -> list[str]:
 
 def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:
     """{eval name: {model: {ssim, lpips, psnr, bins}}} for retrieval and reasoning at the main context,
-    retrieval at 2x and 4x the training clip, and the long retrace (:data:`LONG_RETRACE`). Kept in
+    retrieval at 2x and 4x the training clip, and the long retrace (:data:`LONG_RETRACE`; again with the context
+    cut to the attention's reach, :data:`LONG_RETRACE_CUT`). Kept in
     ``eval_seed<seed>/scores.json`` beside the runs' steps, so seeds run as separate processes (``--seeds 0`` and
     ``--seeds 1`` side by side) are then reported together by ``--seeds 0 1`` without evaluating again."""
     from lssvwm.evaluation import evaluate_models
 
-    # eval name -> (task, context, generated frames)
-    plan = {"retrieval": ("retrieval", s["ctx"], s["frames"]), "reasoning": ("reasoning", s["ctx"], s["frames"])}
+    # eval name -> (task, context, generated frames, context limit)
+    plan = {"retrieval": ("retrieval", s["ctx"], s["frames"], None),
+            "reasoning": ("reasoning", s["ctx"], s["frames"], None)}
     for mult in (2, 4):
-        plan[f"retrieval @ {mult}x clip"] = ("retrieval", mult * s["clip"], s["frames"])
-    plan[LONG_RETRACE] = ("retrieval", 4 * s["clip"], 4 * s["clip"])
+        plan[f"retrieval @ {mult}x clip"] = ("retrieval", mult * s["clip"], s["frames"], None)
+    plan[LONG_RETRACE] = ("retrieval", 4 * s["clip"], 4 * s["clip"], None)
+    plan[LONG_RETRACE_CUT] = ("retrieval", 4 * s["clip"], 4 * s["clip"], reach(s))
     saved = out / f"eval_seed{seed}" / "scores.json"
     steps = {name: _step(run) for name, run in runs.items()}
-    if saved.exists():
+    res = {}
+    if saved.exists():  # the evals kept for these runs and settings are not run again; new ones are added
         old = json.loads(saved.read_text())
-        if old.get("steps") == steps and old.get("settings") == s and set(old["scores"]) == set(plan):
-            return old["scores"]
+        if old.get("steps") == steps and old.get("settings") == s:
+            res = {key: v for key, v in old["scores"].items() if key in plan}
+    if set(res) == set(plan):
+        return res
 
     names = {r.name: n for n, r in runs.items()}
-    res = {}
-    for key, (task, ctx, frames) in plan.items():
+    for key, (task, ctx, frames, limit) in plan.items():
+        if key in res:
+            continue
         folder = key.replace(" ", "").replace("@", "_").replace(",", "_")
         r = evaluate_models([str(p) for p in runs.values()], task, ctx, frames, out / f"eval_seed{seed}" / folder,
-                            s["eps"], seed, data=str(data), progress=False)
-        res[key] = {"context": ctx, "frames": frames, "models": {
+                            s["eps"], seed, data=str(data), progress=False, context_limit=limit)
+        res[key] = {"context": ctx, "frames": frames, "context_limit": limit, "models": {
             names.get(n, n): {"ssim": v["ssim"], "lpips": v["lpips"], "psnr": v["psnr"],
-                              "bins": binned(v["per_frame"], s["window"]),
+                              "bins": binned(v["per_frame"], s["window"], reach(s)),
                               "per_frame": {m: v["per_frame"][m] for m in ("ssim", "psnr", "distance")}}
             for n, v in r["models"].items()}}
-    saved.write_text(json.dumps({"settings": s, "steps": steps, "scores": res}))
-    return res
+    saved.write_text(json.dumps({"settings": s, "steps": steps, "scores": {key: res[key] for key in plan}}))
+    return {key: res[key] for key in plan}
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
@@ -156,7 +191,8 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     first = next(iter(per_seed.values()))
     out = {}
     for key, ev in first.items():
-        out[key] = {"context": ev["context"], "frames": ev["frames"], "models": {}}
+        out[key] = {"context": ev["context"], "frames": ev["frames"], "context_limit": ev.get("context_limit"),
+                    "models": {}}
         for model, r in ev["models"].items():
             def stat(get):
                 vals = [get(per_seed[s][key]["models"][model]) for s in per_seed]
@@ -171,21 +207,30 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     return out
 
 
-def paired_gaps(per_seed: dict[int, dict], key: str, b: str, a: str = HYBRID, ref: str = WINDOW) -> list[float]:
-    """Per seed, model ``a``'s SSIM minus model ``ref``'s in bin ``b`` of eval ``key``: both were scored on the same
-    episodes and frames, so the pair's difference varies less over seeds than either score does."""
-    def bin_ssim(s, model):
-        return per_seed[s][key]["models"][model]["bins"][b]["ssim"]
+def paired_gaps(per_seed: dict[int, dict], key: str, b: str, a: str = HYBRID, ref: str = WINDOW,
+                ref_key: str | None = None) -> list[float]:
+    """Per seed, model ``a``'s SSIM minus model ``ref``'s in bin ``b`` of eval ``key`` (``ref`` scored in eval
+    ``ref_key`` when given): both were scored on the same episodes and frames, so the pair's difference varies less
+    over seeds than either score does."""
+    def bin_ssim(s, model, k):
+        return per_seed[s][k]["models"][model]["bins"][b]["ssim"]
 
-    return [bin_ssim(s, a) - bin_ssim(s, ref) for s in per_seed
-            if bin_ssim(s, a) is not None and bin_ssim(s, ref) is not None]
+    pairs = [(bin_ssim(s, a, key), bin_ssim(s, ref, ref_key or key)) for s in per_seed]
+    return [x - y for x, y in pairs if x is not None and y is not None]
 
 
-def claims(agg: dict, k: int, per_seed: dict[int, dict]) -> list[str]:
+def memory_used(per_seed: dict[int, dict], model: str, b: str) -> list[float]:
+    """Per seed, what ``model``'s memory from beyond the attention's reach is worth in bin ``b``: its SSIM on the long
+    retrace with the whole context minus with the context cut to that reach (same episodes and frames)."""
+    return paired_gaps(per_seed, LONG_RETRACE, b, model, model, ref_key=LONG_RETRACE_CUT)
+
+
+def claims(agg: dict, r: int, per_seed: dict[int, dict]) -> list[str]:
     """The paper's ordering, checked against the seed spread. Memory beyond the attention window is judged on the
-    long retrace (the eval with frames beyond 4k), the rest on the main retrieval eval. The first claim is shown
-    when the mean gap is >= 0.05, exceeds the seed spread of both scores, and every seed's paired gap is > 0."""
-    far = f">{4 * k}"
+    long retrace's frames beyond the attention's reach ``r`` (bin ``r+``), the rest on the main retrieval eval. The
+    first claim is shown when the mean gap is >= 0.05, exceeds the seed spread of both scores, and every seed's
+    paired gap is > 0; the last (memory used) when every seed's hybrid loses SSIM there with its context cut to r."""
+    far = f"{r}+"
 
     def ssim(model, key="retrieval", b=None):
         r = agg[key]["models"][model]
@@ -197,9 +242,9 @@ def claims(agg: dict, k: int, per_seed: dict[int, dict]) -> list[str]:
     w, ws = ssim(WINDOW, LONG_RETRACE, far)
     n = agg[LONG_RETRACE]["models"][HYBRID]["bins"][far]["frames"]
     gaps = paired_gaps(per_seed, LONG_RETRACE, far)
-    lines.append(f"distance {far} ({LONG_RETRACE}, {n} frames over all seeds): hybrid SSIM {h:.3f} vs limited-context "
-                 f"transformer {w:.3f} (gap {h - w:+.3f}, target >= +0.05 beyond the seed spread "
-                 f"{max(hs, ws):.3f}); per seed, paired: {', '.join(f'{g:+.3f}' for g in gaps)} -> "
+    lines.append(f"distance {far}, beyond the attention's reach ({LONG_RETRACE}, {n} frames over all seeds): hybrid "
+                 f"SSIM {h:.3f} vs limited-context transformer {w:.3f} (gap {h - w:+.3f}, target >= +0.05 beyond "
+                 f"the seed spread {max(hs, ws):.3f}); per seed, paired: {', '.join(f'{g:+.3f}' for g in gaps)} -> "
                  + ("shown" if h - w >= 0.05 and h - w > max(hs, ws) and min(gaps, default=0) > 0 else "not shown"))
     h_all, _ = ssim(HYBRID)
     f_all, fs = ssim(FULL)
@@ -211,10 +256,16 @@ def claims(agg: dict, k: int, per_seed: dict[int, dict]) -> list[str]:
     x4, _ = ssim(HYBRID, "retrieval @ 4x clip")
     lines.append(f"extrapolation: hybrid retrieval at 4x the training clip {x4:.3f} vs {h_all:.3f} at the main "
                  f"context (loss {h_all - x4:+.3f}, target < 0.05)")
+    used, control = memory_used(per_seed, HYBRID, far), memory_used(per_seed, WINDOW, far)
+    per = lambda gaps: ", ".join(f"{g:+.3f}" for g in gaps)
+    lines.append(f"memory from beyond the attention's reach, distance {far} ({LONG_RETRACE} minus the same with the "
+                 f"context cut to the last {r} frames), per seed: hybrid {per(used)} -> "
+                 + ("used" if used and min(used) > 0 else "not used")
+                 + f"; limited-context transformer (the control: must be 0) {per(control)}")
     return lines
 
 
-def report(agg: dict, k: int, seeds: list[int]) -> str:
+def report(agg: dict, seeds: list[int], per_seed: dict[int, dict]) -> str:
     def fmt(v, digits=3):
         if v is None:
             return "n/a"
@@ -231,22 +282,29 @@ def report(agg: dict, k: int, seeds: list[int]) -> str:
         for model, r in ev["models"].items():
             lines.append(f"  {model:<34} {fmt(r['ssim']):>12} {fmt(r['lpips']):>12} {fmt(r['psnr'], 2):>13}   " +
                          "  ".join(f"{fmt(r['bins'][b]['ssim']):>15}" for b in bins))
+    bins = [b for b in next(iter(agg[LONG_RETRACE]["models"].values()))["bins"] if b != "never seen"]
+    lines.append(f"\nmemory from beyond the attention's reach: SSIM on '{LONG_RETRACE}' minus '{LONG_RETRACE_CUT}' "
+                 f"({agg[LONG_RETRACE_CUT]['context_limit']} frames), per seed {seeds}")
+    lines.append(f"  {'model':<34} " + "  ".join(f"{b:>28}" for b in bins))
+    for model in MODELS:
+        lines.append(f"  {model:<34} " + "  ".join(
+            f"{' '.join(f'{g:+.3f}' for g in memory_used(per_seed, model, b)):>28}" for b in bins))
     return "\n".join(lines)
 
 
 def plot_distance(per_seed: dict[int, dict], path: Path) -> Path:
-    """SSIM vs memory distance per model, all seeds pooled, from the long retrace (it spans all distances)."""
+    """SSIM vs memory distance per model, all seeds pooled, from the long retrace (it spans all distances); the
+    hybrid also with its context cut to the attention's reach (what it scores without its scans' memory)."""
     from lssvwm.evaluation import distance_curve
     from lssvwm.plots import plot_curves
 
     key = LONG_RETRACE
     curves = {}
-    for model in MODELS:
-        d = np.concatenate([np.asarray(per_seed[s][key]["models"][model]["per_frame"]["distance"])
-                            for s in per_seed])
-        v = np.concatenate([np.asarray(per_seed[s][key]["models"][model]["per_frame"]["ssim"])
-                            for s in per_seed])
-        curves[model] = distance_curve(d, v)
+    for label, (model, k) in {**{m: (m, key) for m in MODELS},
+                              f"{HYBRID}, context cut to the attention's reach": (HYBRID, LONG_RETRACE_CUT)}.items():
+        d = np.concatenate([np.asarray(per_seed[s][k]["models"][model]["per_frame"]["distance"]) for s in per_seed])
+        v = np.concatenate([np.asarray(per_seed[s][k]["models"][model]["per_frame"]["ssim"]) for s in per_seed])
+        curves[label] = distance_curve(d, v)
     return plot_curves(curves, "memory distance (frames since the place was last seen)", "SSIM", path,
                        f"{key}: SSIM vs memory distance (all seeds)")
 
@@ -265,13 +323,12 @@ def main(argv=None):
                             mazes=s["mazes"], progress=False)
     per_seed = {seed: evaluate(train_models(s, data, out / "runs", seed), s, data, out, seed) for seed in a.seeds}
     agg = aggregate(per_seed)
-    k = s["window"]
-    table, checks = report(agg, k, a.seeds), claims(agg, k, per_seed)
+    table, checks = report(agg, a.seeds, per_seed), claims(agg, reach(s), per_seed)
     png = plot_distance(per_seed, out.parent / f"memory_{a.preset}_distance.png")
     path = out.parent / f"memory_{a.preset}.json"
     path.write_text(json.dumps({"preset": a.preset, "settings": s, "recipe": RECIPE, "seeds": a.seeds,
                                 "results": agg, "claims": checks,
-                                "per_seed": {str(k_): v for k_, v in per_seed.items()}}, indent=1))
+                                "reach": reach(s), "per_seed": {str(k): v for k, v in per_seed.items()}}, indent=1))
     print(table + "\n\nthe paper's claims:\n  " + "\n  ".join(checks) + f"\n-> {path}\n-> {png}")
 
 

@@ -9,7 +9,9 @@
                  [--set train.steps=500 ...]
     lssvwm generate --ckpt RUN --data DIR --context N --frames M --out video.mp4
     lssvwm eval memory --ckpt A [--ckpt B ...] --task retrieval|reasoning --context N --frames M
+                       [--context-limit N|reach]
     lssvwm eval follow --ckpt A [--ckpt B ...] [--context 32] [--frames 48] [--long 200] [--windows 8]
+    lssvwm eval horizon --ckpt A [--data DIR] [--clips 4] [--frames 32]
     lssvwm play --ckpt RUN [--port 8765] [--record DIR]
     lssvwm demo [--out runs/demo] [--minutes 14]
 
@@ -131,6 +133,10 @@ def _model_info(a):
           f"patch {cfg.patch_size} -> {grid}x{grid} tokens, d_model {cfg.d_model}")
     for i, layer in enumerate(cfg.layers):
         print(f"  layer {i:2d}: ssm block {layer.ssm!s:>8}  attention window {layer.attn}")
+    reach = cfg.attention_reach()
+    seen = ("every past frame" if reach is None else "itself only" if reach == 1 else f"its last {reach} frames "
+            f"(attention windows stacked over the layers{', the previous-frame input' if cfg.prev_frame else ''})")
+    print(f"  without the scans, a frame's output depends on {seen}")
 
 
 def _model_export(a):
@@ -220,12 +226,51 @@ def _play(a):
         raise
 
 
+def _context_limit(text: str) -> int | str:
+    """--context-limit: 'reach' or a positive number of frames."""
+    if text == "reach":
+        return text
+    try:
+        return POSITIVE(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'reach' or a positive number of frames, got {text!r}") from None
+
+
 def _eval_memory(a):
     from .evaluation import evaluate_models
 
+    if isinstance(a.context_limit, int) and a.context_limit > a.context:
+        raise ConfigError(f"--context-limit {a.context_limit}: at most --context ({a.context}) frames")
     _writable_dir(a.out, "--out")
     evaluate_models(a.ckpt, a.task, a.context, a.frames, a.out, a.episodes, a.seed, _sampling_overrides(a),
-                    a.data, _device(a.device), lpips=a.lpips)
+                    a.data, _device(a.device), lpips=a.lpips, context_limit=a.context_limit)
+
+
+def _eval_horizon(a):
+    import torch
+
+    from .checkpoint import load_run
+    from .data.episodes import episode_files, episode_tensors, load_episode
+    from .evaluation import memory_horizons
+
+    run = load_run(a.ckpt, device=_device(a.device))
+    data = a.data or next((str(d) for d in (run.checkpoint / "data", Path(run.cfg.train.data)) if d.is_dir()), None)
+    if data is None:
+        raise ConfigError(f"--data: give a data folder with episodes (the run's {run.cfg.train.data} is not here)")
+    files = episode_files(data)[:a.clips]  # (none: its error names the folder)
+    clips = [episode_tensors(load_episode(f)) for f in files]
+    t = min(a.frames, *(len(c["actions"]) for c in clips))
+    frames = torch.stack([c["frames"][:t] for c in clips]).to(_device(a.device))
+    actions = torch.stack([c["actions"][:t] for c in clips]).to(_device(a.device))
+    reach = run.cfg.model.attention_reach()
+    print(f"{a.ckpt}: each scan head's memory in frames (1/e of its state left after that many frames), measured on "
+          f"{len(files)} clips of {t} frames from {data}; the attention reaches "
+          + ("every past frame" if reach is None else f"{reach} frames"))
+    for layer in memory_horizons(run, frames, actions):
+        h = sorted(layer["horizon"])
+        beyond = "" if reach is None else f"; longer than the attention's reach: {sum(v > reach for v in h)}/{len(h)}"
+        print(f"  layer {layer['layer']:2d}, scan block {layer['block']!s:>7} ({layer['steps_per_frame']:3d} steps per "
+              f"frame): min {h[0]:.2f}  median {h[len(h) // 2]:.2f}  max {h[-1]:.2f}{beyond}")
 
 
 def _eval_follow(a):
@@ -439,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--ckpt", action="append", required=True, help="run or checkpoint folder; repeat to compare")
     em.add_argument("--task", choices=["retrieval", "reasoning"], default="retrieval", help="memory task")
     em.add_argument("--context", type=POSITIVE, default=64, help="context frames (the exploration)")
+    em.add_argument("--context-limit", type=_context_limit, metavar="N|reach",
+                    help="give the models only the last N context frames (memory distances stay the whole "
+                         "context's); 'reach': each model as many as its attention reaches. What a model loses "
+                         "then is what its scans remembered from before")
     em.add_argument("--frames", type=POSITIVE, default=64, help="frames to generate")
     em.add_argument("--episodes", type=POSITIVE, default=4, help="task episodes")
     em.add_argument("--seed", type=NONNEG, default=0, help="task-set seed (also seeds sampling, per episode)")
@@ -461,6 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(ef)
     _lpips_arg(ef)
     _sampling_args(ef, seed=False)
+
+    eh = cmd(ev, "horizon", _eval_horizon, help="how many frames each scan head remembers, measured on data clips, "
+                                                "beside the frames the attention reaches")
+    eh.add_argument("--ckpt", required=True, help="run or checkpoint folder, or shipped weights")
+    eh.add_argument("--data", help="episodes to measure on (default: the weights' clips or the run's data)")
+    eh.add_argument("--clips", type=POSITIVE, default=4, help="episodes")
+    eh.add_argument("--frames", type=POSITIVE, default=32, help="frames of each")
+    _device_arg(eh)
 
     pl = cmd(sub, "play", _play, help="play a trained model in the browser (WebSocket server)")
     pl.add_argument("--ckpt", required=True, help="run or checkpoint folder")

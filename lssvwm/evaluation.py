@@ -74,14 +74,25 @@ def distance_curve(distances: np.ndarray, values: np.ndarray, bins=(1, 8, 16, 32
 
 def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out: str | os.PathLike,
                     episodes: int = 4, seed: int = 0, sampling=None, data: str | None = None,
-                    device: str = "cpu", progress: bool = True, lpips: str = "local") -> dict:
+                    device: str = "cpu", progress: bool = True, lpips: str = "local",
+                    context_limit: int | str | None = None) -> dict:
     """Score checkpoints on one task set; writes results.json, metric_vs_distance.png and grid.mp4 to ``out``.
 
     Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``sampling``: overrides of each run's
     sampling settings (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). ``data``: the
     training data folder whose ``meta.json`` says which fixed mazes to use (default: the first checkpoint's
     training data).
+
+    ``context_limit``: give the models only the last ``context_limit`` frames of each context (the memory
+    distances stay those of the whole context); ``"reach"``: each model its own attention reach
+    (:meth:`~lssvwm.config.ModelConfig.attention_reach`; the whole context for a model attending over every past
+    frame). Given as many frames as its attention reaches, a model without scans makes the same frames as with the
+    whole context, so scored with and without the cut, a model shows what its scans remembered from before.
     """
+    if context_limit is not None and context_limit != "reach" and not (
+            isinstance(context_limit, int) and 1 <= context_limit <= context):
+        raise ValueError(f"context_limit must be 'reach' or in [1, context = {context}] frames, got "
+                         f"{context_limit!r}")
     import torch
     from tqdm import tqdm
 
@@ -102,18 +113,23 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
                            episodes, context, frames, resolution, seed, world=world)
     lp, lp_note = lpips_fn(download=lpips == "download")
     results = {"task": task, "context": context, "frames": frames, "episodes": episodes, "seed": seed,
-               "task_set": str(tasks), "lpips": lp_note, "models": {}}
+               "context_limit": context_limit, "task_set": str(tasks), "lpips": lp_note, "models": {}}
     grid_panels = None
     files = episode_files(tasks)
     for name, sampler in samplers.items():
+        limit = context_limit
+        if limit == "reach":  # None (the whole context) for a model whose attention sees every past frame
+            limit = runs[name].cfg.model.attention_reach()
+            limit = limit if limit is not None and limit < context else None
         per_frame = {"psnr": [], "ssim": [], "lpips": [], "distance": []}
         for e, f in enumerate(tqdm(files, desc=f"eval {name}", disable=not progress)):
             ep = load_episode(f)
             n = int(ep["context_length"])
             tensors = episode_tensors(ep)
             video, acts = tensors["frames"], tensors["actions"]
+            start = n - limit if limit else 0  # the cut: only the context's last frames
             sampler.reseed(seed + e)
-            pred = sampler.rollout(video[None, :n], acts[None, :n], acts[None, n:n + frames])[0]
+            pred = sampler.rollout(video[None, start:n], acts[None, start:n], acts[None, n:n + frames])[0]
             gt = video[n:n + frames]
             per_frame["psnr"] += psnr(pred, gt).tolist()
             per_frame["ssim"] += ssim(pred, gt).tolist()
@@ -127,7 +143,7 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
                     grid_panels = [upscale(to_uint8(gt), scale)]
                 grid_panels.append(upscale(to_uint8(pred), scale))
         summary = {k: float(np.mean(v)) if v else None for k, v in per_frame.items() if k != "distance"}
-        results["models"][name] = {**summary, "per_frame": per_frame}
+        results["models"][name] = {**summary, "context_limit": limit, "per_frame": per_frame}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     for metric in ("psnr", "ssim"):
         curves = {name: distance_curve(np.array(r["per_frame"]["distance"]), np.array(r["per_frame"][metric]))
@@ -139,11 +155,44 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     lines = [header] + [f"{n:<24} {r['ssim']:>7.3f} {('%.3f' % r['lpips']) if r['lpips'] is not None else 'n/a':>7} "
                         f"{r['psnr']:>7.2f}" for n, r in results["models"].items()]
     results["table"] = "\n".join(lines)
-    print(f"{task}: {episodes} episodes, {context} context frames, {frames} generated ({lp_note})")
+    cut = "" if not context_limit else f" (the models given only its last {context_limit})" if isinstance(
+        context_limit, int) else " (each model given only the frames its attention reaches: " + ", ".join(
+        f"{n} {r['context_limit'] or 'all'}" for n, r in results["models"].items()) + ")"
+    print(f"{task}: {episodes} episodes, {context} context frames{cut}, {frames} generated ({lp_note})")
     print(results["table"])
     print(f"results: {out / 'results.json'}\nplots: {out / 'psnr_vs_distance.png'}, {out / 'ssim_vs_distance.png'}\n"
           f"video (ground truth | " + " | ".join(results["models"]) + f"): {out / 'grid.mp4'}")
     return results
+
+
+def memory_horizons(run, frames, actions) -> list[dict]:
+    """How long each scan head remembers, measured on clips (pixels (B, T, C, H, W) in [-1, 1], actions (B, T)):
+    per layer with a scan, each head's memory in frames, 1 / its mean log-decay per frame (after that many frames
+    its state keeps 1/e of what it held; the step size depends on the input, hence on the clips). Compare with the
+    frames the attention reaches (:meth:`~lssvwm.config.ModelConfig.attention_reach`): memory beyond the attention
+    needs heads that remember longer."""
+    import torch
+
+    model = run.model
+    inputs: dict[int, list] = {}
+    hooks = [blk.ssm.register_forward_pre_hook(lambda _, args, i=i: inputs.setdefault(i, []).append(args[0]))
+             for i, blk in enumerate(model.blocks) if blk.ssm is not None]
+    try:
+        with torch.no_grad():
+            run.sampler().prefill(frames, actions)  # the clips as context: every frame clean, as committed frames are
+    finally:
+        for h in hooks:
+            h.remove()
+    grid = model.cfg.frame_size // model.cfg.patch_size
+    out = []
+    with torch.no_grad():
+        for i, xs in inputs.items():
+            ssm = model.blocks[i].ssm
+            rate = torch.cat([-ssm.log_decay_per_frame(x).float().flatten(0, 1) for x in xs]).mean(0)  # (heads,)
+            bh, bw = (grid, grid) if ssm.block is None else ssm.block
+            out.append({"layer": i, "block": "full" if ssm.block is None else list(ssm.block),
+                        "steps_per_frame": bh * bw, "horizon": (1 / rate).tolist()})
+    return out
 
 
 def recall_psnr(model, distance: int, length: int, trials: int = 16, seed: int = 1, size: int = 16,

@@ -101,6 +101,67 @@ def test_eval_memory_cli_side_by_side(tiny_run, tmp_path):
         assert (out / f).stat().st_size > 1000
 
 
+def test_eval_memory_context_limit_cli(tiny_run, tmp_path):
+    """--context-limit reaches the evaluation: same frames and memory distances, the limit recorded; a limit above
+    the context is refused naming the flag."""
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "lssvwm", "eval", "memory", "--ckpt", str(tiny_run), "--task",
+                               "retrieval", "--context", "12", "--frames", "8", "--episodes", "1", *extra],
+                              capture_output=True, text=True)
+
+    res = {}
+    for name, extra in (("full", ()), ("cut", ("--context-limit", "2")), ("reach", ("--context-limit", "reach"))):
+        r = run("--out", str(tmp_path / name), *extra)
+        assert r.returncode == 0, r.stderr
+        res[name] = json.loads((tmp_path / name / "results.json").read_text())
+        if name == "cut":
+            assert "given only its last 2" in r.stdout and res["cut"]["context_limit"] == 2
+    # 'reach': the tiny hybrid's 2 layers of 3-frame windows reach 5 frames
+    assert "given only the frames its attention reaches: run 5" in r.stdout
+    assert [m["context_limit"] for m in res["reach"]["models"].values()] == [5]
+    assert res["full"]["context_limit"] is None
+    full, cut = (next(iter(res[k]["models"].values()))["per_frame"] for k in ("full", "cut"))
+    assert full["distance"] == cut["distance"] and len(cut["ssim"]) == 8
+    r = run("--out", str(tmp_path / "bad"), "--context-limit", "13")
+    assert r.returncode == 2 and "--context-limit 13: at most --context (12)" in r.stderr
+    r = run("--out", str(tmp_path / "bad"), "--context-limit", "all")
+    assert r.returncode == 2 and "expected 'reach' or a positive number of frames, got 'all'" in r.stderr
+
+
+def test_context_cut_to_the_window_changes_only_models_with_memory_beyond_it(tiny_data, tmp_path):
+    """The memory ablation: given only the context's last R frames (R: what its attention windows, stacked over
+    its layers, reach), a model with attention and nothing else generates the same frames; the hybrid, whose scan
+    state saw the whole context, does not. Weights moved off the zero init (a fresh model ignores its history)."""
+    import torch
+
+    from lssvwm.checkpoint import save_pretrained
+    from lssvwm.config import RunConfig, SamplingConfig, TrainConfig, model_preset
+    from lssvwm.evaluation import evaluate_models
+    from lssvwm.models.world_model import WorldModel
+
+    runs = []
+    for variant in ("hybrid", "window-transformer"):
+        torch.manual_seed(0)
+        cfg = RunConfig(model=model_preset("tiny", variant), sampling=SamplingConfig(steps=1),
+                        train=TrainConfig(data=str(tiny_data), out=str(tmp_path / variant)))
+        model = WorldModel(cfg.model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+        runs.append(str(save_pretrained(model, cfg, tmp_path / variant)))
+    r = model_preset("tiny", "window-transformer").attention_reach()  # the frames it sees: its windows, stacked
+    res = {limit: evaluate_models(runs, "retrieval", 12, 8, tmp_path / f"eval{limit}", episodes=1,
+                                  progress=False, context_limit=limit)["models"] for limit in (None, r, "reach")}
+    full, cut = res[None], res[r]
+    assert r == 5 and [m["context_limit"] for m in res["reach"].values()] == [5, 5]  # same windows in both
+    assert res["reach"]["hybrid"]["per_frame"] == cut["hybrid"]["per_frame"]
+    assert np.allclose(full["window-transformer"]["per_frame"]["psnr"], cut["window-transformer"]["per_frame"]["psnr"],
+                       atol=1e-3)
+    assert np.abs(np.subtract(full["hybrid"]["per_frame"]["psnr"], cut["hybrid"]["per_frame"]["psnr"])).max() > 0.01
+    with pytest.raises(ValueError, match=r"context_limit must be 'reach' or in \[1, context = 12\]"):
+        evaluate_models(runs, "retrieval", 12, 8, tmp_path / "bad", episodes=1, progress=False, context_limit=0)
+
+
 def test_baselines_script_smoke(tmp_path, monkeypatch):
     """All six models of the comparison train on the same data and are scored side by side."""
     import benchmarks.memory as memory
@@ -108,7 +169,7 @@ def test_baselines_script_smoke(tmp_path, monkeypatch):
     memory.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0", "1"])
     res = json.loads((tmp_path / "memory_smoke.json").read_text())
     assert set(res["results"]) == {"retrieval", "reasoning", "retrieval @ 2x clip", "retrieval @ 4x clip",
-                                   memory.LONG_RETRACE}
+                                   memory.LONG_RETRACE, memory.LONG_RETRACE_CUT}
     clip = memory.PRESETS["smoke"]["clip"]
     assert res["results"]["retrieval @ 4x clip"]["context"] == 4 * clip
     assert res["results"][memory.LONG_RETRACE]["context"] == res["results"][memory.LONG_RETRACE]["frames"] == 4 * clip
@@ -116,14 +177,26 @@ def test_baselines_script_smoke(tmp_path, monkeypatch):
         assert set(ev["models"]) == set(memory.MODELS)
         for r in ev["models"].values():
             assert 0 < r["psnr"]["mean"] < 60 and r["psnr"]["spread"] >= 0
-            assert set(r["bins"]) == {"<2", "2..8", ">8", "never seen"}
+            assert set(r["bins"]) == {"<2", "2..2", "3+", "never seen"}  # k = 2; 2 layers reach 3 frames
     # the bins partition the frames, and the two seeds were trained and scored separately
     one = res["per_seed"]["0"]["retrieval"]["models"]["hybrid (ours)"]
     assert sum(b["frames"] for b in one["bins"].values()) == len(one["per_frame"]["ssim"])
-    assert (tmp_path / "m" / "runs" / "seed1" / "hybrid").is_dir() and len(res["claims"]) == 4
+    assert (tmp_path / "m" / "runs" / "seed1" / "hybrid").is_dir() and len(res["claims"]) == 5
+    # the context cut to the window, scored on the same frames: the limited-context transformer (attending over k
+    # frames, nothing else) makes the same frames (the hybrid's change is tested on weights off the zero init)
+    for seed in ("0", "1"):
+        full, cut = (res["per_seed"][seed][key]["models"] for key in (memory.LONG_RETRACE, memory.LONG_RETRACE_CUT))
+        for model in memory.MODELS:
+            assert full[model]["per_frame"]["distance"] == cut[model]["per_frame"]["distance"]
+        window = memory.WINDOW
+        assert np.allclose(full[window]["per_frame"]["ssim"], cut[window]["per_frame"]["ssim"], atol=1e-4)
+    assert memory.memory_used({int(k): v for k, v in res["per_seed"].items()}, memory.WINDOW, "3+") == \
+        pytest.approx([0, 0], abs=1e-4)
+    assert "beyond the attention's reach" in res["claims"][4] and "limited-context transformer" in res["claims"][4]
+    assert res["results"][memory.LONG_RETRACE_CUT]["context_limit"] == memory.reach(memory.PRESETS["smoke"]) == 3
     # the long retrace puts frames beyond 4k, where the short one has few or none; the claim is judged there
-    far = lambda key: res["results"][key]["models"]["hybrid (ours)"]["bins"][">8"]["frames"]
-    per_seed = [res["per_seed"][s][memory.LONG_RETRACE]["models"]["hybrid (ours)"]["bins"][">8"]["frames"]
+    far = lambda key: res["results"][key]["models"]["hybrid (ours)"]["bins"]["3+"]["frames"]
+    per_seed = [res["per_seed"][s][memory.LONG_RETRACE]["models"]["hybrid (ours)"]["bins"]["3+"]["frames"]
                 for s in ("0", "1")]
     assert far(memory.LONG_RETRACE) == sum(per_seed) > far("retrieval") and min(per_seed) > 0
     assert memory.LONG_RETRACE in res["claims"][0] and f"{far(memory.LONG_RETRACE)} frames" in res["claims"][0]
@@ -145,13 +218,13 @@ def test_baselines_script_smoke(tmp_path, monkeypatch):
         memory.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0"])
 
 
-def test_distance_bins_split_at_the_window():
+def test_distance_bins_split_at_the_window_and_at_the_attention_reach():
     from benchmarks.memory import binned
 
     per_frame = {"distance": [-1, 0, 3, 4, 16, 17, 100], "ssim": [0.0, 1, 2, 3, 4, 5, 6], "psnr": [0.0] * 7}
-    b = binned(per_frame, 4)
-    assert [b[k]["frames"] for k in ("<4", "4..16", ">16", "never seen")] == [2, 2, 2, 1]
-    assert b["4..16"]["ssim"] == 3.5 and b[">16"]["ssim"] == 5.5 and b["never seen"]["ssim"] == 0.0
+    b = binned(per_frame, 4, 17)  # windows of 4 frames reaching 17 (e.g. 4 layers + the previous frame)
+    assert [b[k]["frames"] for k in ("<4", "4..16", "17+", "never seen")] == [2, 2, 2, 1]
+    assert b["4..16"]["ssim"] == 3.5 and b["17+"]["ssim"] == 5.5 and b["never seen"]["ssim"] == 0.0
 
 
 def test_memory_claim_uses_paired_gaps_per_seed():
@@ -161,16 +234,17 @@ def test_memory_claim_uses_paired_gaps_per_seed():
 
     def per_seed(far_scores):  # far_scores: seed -> (hybrid, window) SSIM beyond 4k
         def ev(h, w):
-            bins = lambda v: {">16": {"ssim": v, "psnr": 10.0, "frames": 5}}
+            bins = lambda v: {"13+": {"ssim": v, "psnr": 10.0, "frames": 5}}
             models = {m: {"ssim": 0.3, "lpips": None, "psnr": 10.0, "bins": bins(0.3)} for m in memory.MODELS}
             models[memory.HYBRID]["bins"], models[memory.WINDOW]["bins"] = bins(h), bins(w)
             return {"context": 64, "frames": 64, "models": models}
-        return {s: {key: ev(h, w) for key in (memory.LONG_RETRACE, "retrieval", "retrieval @ 4x clip")}
+        return {s: {key: ev(h, w) for key in (memory.LONG_RETRACE, memory.LONG_RETRACE_CUT, "retrieval",
+                                              "retrieval @ 4x clip")}
                 for s, (h, w) in far_scores.items()}
 
     def first_claim(far_scores):
         ps = per_seed(far_scores)
-        return memory.claims(memory.aggregate(ps), 4, ps)[0]
+        return memory.claims(memory.aggregate(ps), 13, ps)[0]
 
     # hybrid ahead by 0.10 on every seed, seed-to-seed spread 0.04: shown
     shown = first_claim({0: (0.40, 0.30), 1: (0.44, 0.34)})
@@ -181,7 +255,14 @@ def test_memory_claim_uses_paired_gaps_per_seed():
     # a gap below 0.05: not shown; a gap inside the spread of the scores: not shown
     assert first_claim({0: (0.33, 0.30), 1: (0.34, 0.31)}).endswith("-> not shown")
     assert first_claim({0: (0.30, 0.24), 1: (0.50, 0.44)}).endswith("-> not shown")
-    assert memory.paired_gaps(per_seed({0: (0.4, 0.3)}), memory.LONG_RETRACE, ">16") == pytest.approx([0.1])
+    assert memory.paired_gaps(per_seed({0: (0.4, 0.3)}), memory.LONG_RETRACE, "13+") == pytest.approx([0.1])
+    # memory beyond the window: the whole context minus the context cut to k, per model and seed
+    ps = per_seed({0: (0.40, 0.30), 1: (0.44, 0.34)})
+    ps[1][memory.LONG_RETRACE_CUT]["models"][memory.HYBRID]["bins"]["13+"]["ssim"] = 0.40
+    assert memory.memory_used(ps, memory.HYBRID, "13+") == pytest.approx([0.0, 0.04])
+    assert memory.claims(memory.aggregate(ps), 13, ps)[4].split(";")[0].endswith("+0.000, +0.040 -> not used")
+    ps[0][memory.LONG_RETRACE_CUT]["models"][memory.HYBRID]["bins"]["13+"]["ssim"] = 0.35
+    assert "+0.050, +0.040 -> used" in memory.claims(memory.aggregate(ps), 13, ps)[4]
 
 
 def test_recall_clip_layout():
@@ -294,3 +375,41 @@ def test_profile_benchmark_times_both_types_side_by_side():
     assert list(res["models"]["tiny"]["speedup"]) == ["this tree bf16 vs this tree fp32"]
     with pytest.raises(SystemExit):
         train_step.main(["--autocast", "fp16"])
+
+
+def test_memory_horizons_match_the_decay_of_the_scan(tiny_data, tmp_path):
+    """With the step size independent of the input (its projection zeroed), a head's memory in frames is exactly
+    1 / (softplus(dt_bias) * exp(A_log) * the scan steps per frame); with ssm_dt_init=frame every layer starts
+    with the same range per frame. The CLI prints one line per scan layer beside the attention's reach."""
+    import torch
+
+    from lssvwm.checkpoint import load_run, save_pretrained
+    from lssvwm.config import RunConfig, TrainConfig, model_preset
+    from lssvwm.data.episodes import episode_files, episode_tensors, load_episode
+    from lssvwm.evaluation import memory_horizons
+    from lssvwm.models.world_model import WorldModel
+
+    torch.manual_seed(0)
+    cfg = RunConfig(model=model_preset("tiny", "hybrid"), train=TrainConfig(data=str(tiny_data)))
+    model = WorldModel(cfg.model)
+    with torch.no_grad():
+        for blk in model.blocks:
+            mamba = blk.ssm.mamba
+            mamba.in_proj.weight[-mamba.nheads:] = 0  # dt = softplus(dt_bias), whatever the input
+    run = load_run(save_pretrained(model, cfg, tmp_path / "w"))
+    clip = episode_tensors(load_episode(episode_files(tiny_data)[0]))
+    got = memory_horizons(run, clip["frames"][None, :6], clip["actions"][None, :6])
+    grid = cfg.model.frame_size // cfg.model.patch_size  # 4 x 4 tokens: the full scan takes 16 steps, (2, 2) 4
+    assert [(h["block"], h["steps_per_frame"]) for h in got] == [("full", grid * grid), ([2, 2], 4)]
+    for h, blk in zip(got, model.blocks):
+        m = blk.ssm.mamba
+        want = 1 / (torch.nn.functional.softplus(m.dt_bias) * m.A_log.exp() * h["steps_per_frame"])
+        assert h["horizon"] == pytest.approx(want.tolist(), rel=1e-4)
+
+    r = subprocess.run([sys.executable, "-m", "lssvwm", "eval", "horizon", "--ckpt", str(tmp_path / "w"), "--clips",
+                        "2", "--frames", "6"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "the attention reaches 5 frames" in r.stdout and r.stdout.count("longer than the attention's reach") == 2
+    r = subprocess.run([sys.executable, "-m", "lssvwm", "eval", "horizon", "--ckpt", str(tmp_path / "w"), "--data",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "no episode files (*.npz)" in r.stderr

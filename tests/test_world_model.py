@@ -88,6 +88,52 @@ def test_attention_window():
     assert torch.equal(y[:, 7], y2[:, 7])
 
 
+@pytest.mark.parametrize("variant, prev_frame, window", [("window-transformer", False, 3),
+                                                       ("window-transformer", True, 2), ("mamba2-local", True, 3),
+                                                       ("mamba2", False, None), ("hybrid", False, 3)])
+def test_attention_reach_is_what_a_frame_sees_without_the_scans(variant, prev_frame, window):
+    """The last frame's output changes with the frame attention_reach() - 1 before it and, without a scan, not with
+    the one before that; a model with scans depends on both."""
+    m = make(variant, window=window, prev_frame=prev_frame)
+    r = m.cfg.attention_reach()
+    assert r == 1 + prev_frame + len(m.cfg.layers) * ((window or 1) - 1) * (variant != "mamba2")
+    x, lv, a = clip(b=1, t=r + 2)
+    with torch.no_grad():
+        y, _ = m(x, lv, a)
+        for frame, inside in ((x.shape[1] - r, True), (x.shape[1] - r - 1, False)):
+            x2 = x.clone()
+            x2[:, frame] += 1.0
+            changed = (m(x2, lv, a)[0][:, -1] - y[:, -1]).abs().max() > 1e-9
+            assert changed == (inside or variant in ("hybrid", "mamba2", "mamba2-local")), (frame, r)
+    assert model_preset("tiny", "full-transformer").attention_reach() is None
+
+
+def test_model_info_says_how_far_the_attention_reaches(capsys):
+    from lssvwm.cli import main
+
+    for variant, says in (("window-transformer", "depends on its last 5 frames"), ("mamba2", "depends on itself only"),
+                          ("full-transformer", "depends on every past frame")):
+        assert main(["model", "info", "tiny", "--variant", variant]) == 0
+        assert says in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dt_init", ["token", "frame"])
+def test_ssm_dt_init_per_scan_step_or_per_frame(dt_init):
+    """At init every head's step size lies in Mamba's [1e-3, 1e-1] per scan step ("token"), or per frame ("frame":
+    divided by the steps a frame takes in the layer's blocks: 64 for a full 8 x 8 frame, 16 for 4 x 4 blocks, 4 for
+    2 x 2), so that the state's memory in frames starts the same in every layer."""
+    torch.manual_seed(0)
+    m = WorldModel(model_preset("small", "hybrid", ssm_dt_init=dt_init))
+    steps = {"full": 64, (4, 4): 16, (2, 2): 4}
+    seen = set()
+    for blk, spec in zip(m.blocks, m.cfg.layers):
+        dt = torch.nn.functional.softplus(blk.ssm.mamba.dt_bias.detach().double())
+        per = dt * (steps[spec.ssm] if dt_init == "frame" else 1)
+        assert per.min() >= 1e-3 * (1 - 1e-5) and per.max() <= 1e-1 * (1 + 1e-5), (spec.ssm, per)
+        seen.add(spec.ssm)
+    assert seen == set(steps)
+
+
 def test_adaln_zero_block_is_identity():
     cfg = model_preset("tiny")
     for spec in cfg.layers:

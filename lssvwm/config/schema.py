@@ -168,6 +168,12 @@ class ModelConfig:
     expand: int = ranged(2, POSITIVE_INT)
     ssm_headdim: int = ranged(32, POSITIVE_INT)
     ssm_chunk: int = ranged(64, POSITIVE_INT)
+    # The scans' step size (dt) at init. "token": Mamba's, log-uniform in [1e-3, 1e-1] per scan step. A block of
+    # b_h x b_w tokens takes b_h * b_w steps per frame, so its state forgets that many times faster per frame: a
+    # full-frame scan of 8 x 8 tokens starts with most heads forgetting within one frame. "frame": the same range
+    # per frame (dt divided by the block's tokens per frame), so every layer's heads start with memories of about
+    # one to a thousand frames, whatever the block size.
+    ssm_dt_init: str = ranged("token", Allowed(choices=("token", "frame")))
     # frames per attention chunk of the sdpa backend; None = half the window
     attn_chunk: int | None = ranged(None, Allowed(1, integer=True, none_ok=True, text="null or a positive integer"))
     num_actions: int = ranged(6, POSITIVE_INT)  # discrete action ids (plus -1 = none); ignored when action_dim > 0
@@ -194,6 +200,15 @@ class ModelConfig:
     def __post_init__(self):
         if isinstance(self.layers, (list, tuple)):  # parsed once, here; YAML gives mappings
             self.layers = [LayerSpec.parse(layer, f"model.layers[{i}]") for i, layer in enumerate(self.layers)]
+
+    def attention_reach(self) -> int | None:
+        """How many frames (the current one included) a frame's output can depend on without the SSM scans: the
+        previous-frame input and each windowed attention layer (a window of k adds k - 1, since a layer attends to
+        the frames the layer below already mixed). None when a layer attends over every past frame. A model given
+        only the last ``attention_reach()`` frames of a history loses exactly what its scans carried from before."""
+        if any(spec.attn == "all" for spec in self.layers):
+            return None
+        return 1 + int(self.prev_frame) + sum(spec.attn - 1 for spec in self.layers if spec.attn is not None)
 
     def validate(self) -> None:
         check_allowed(self, "model")

@@ -71,6 +71,16 @@ class Mamba2(nn.Module):
         return SSMState(torch.zeros(batch, self.d_conv - 1, self.conv_dim, device=device, dtype=dtype),
                         torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device))
 
+    def step_size(self, dt_raw: torch.Tensor) -> torch.Tensor:
+        """dt = softplus(dt_raw + dt_bias): each head's step size (b, L, nheads) from the input's projection."""
+        return F.softplus(dt_raw + self.dt_bias.to(dt_raw.dtype))
+
+    def log_decay(self, u: torch.Tensor) -> torch.Tensor:
+        """u (b, L, d_model) -> dt * A (b, L, nheads), <= 0: after these L steps the state keeps exp(sum) of what it
+        held before them (what it added since decays from when it was added)."""
+        dt = self.step_size(self.in_proj(u)[..., -self.nheads:])
+        return dt * -torch.exp(self.A_log.to(dt.dtype))
+
     def forward(self, u: torch.Tensor, state: SSMState | None = None) -> tuple[torch.Tensor, SSMState]:
         """u (b, L, d_model) -> (y (b, L, d_model), the state after u)."""
         b, L, _ = u.shape
@@ -84,7 +94,7 @@ class Mamba2(nn.Module):
         new_conv = packed((torch.cat([state.conv.to(xbc.dtype), xbc], 1) if L < keep else xbc)[:, -keep:])
         xbc = causal_conv1d_silu(xbc, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv)  # (b, L, conv_dim)
         x, B, C = torch.split(xbc, [self.d_inner, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(dt.to(xbc.dtype) + self.dt_bias.to(xbc.dtype))  # (b, L, nheads)
+        dt = self.step_size(dt.to(xbc.dtype))  # (b, L, nheads)
         A = -torch.exp(self.A_log.to(xbc.dtype))  # (nheads,)
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         y, ssm = ssd_scan(x, dt, A, B, C, self.D, state.ssm, self.chunk_size, self.backend)
@@ -116,10 +126,21 @@ class BlockwiseSSM(nn.Module):
         self.block = None if block is None or block == "full" else tuple(block)
         self.mamba = Mamba2(d_model, **mamba_kwargs)
 
+    def _sequences(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Tokens (B, T, H, W, D) -> one sequence per (batch, block): ((B nh nw), (T bh bw), D), and bh, bw."""
+        _, _, H, W, _ = x.shape
+        bh, bw = resolve_block(self.block, H, W)
+        return rearrange(x, "b t (nh bh) (nw bw) d -> (b nh nw) (t bh bw) d", bh=bh, bw=bw), bh, bw
+
+    def log_decay_per_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, H, W, D) -> (B * blocks, T, nheads): the log-decay each frame applies to each block's state
+        (the sum of dt * A over the frame's b_h * b_w scan steps). -1 / its mean is a head's memory in frames."""
+        seq, bh, bw = self._sequences(x)
+        return rearrange(self.mamba.log_decay(seq), "s (t k) h -> s t k h", k=bh * bw).sum(2)
+
     def forward(self, x: torch.Tensor, state: SSMState | None = None) -> tuple[torch.Tensor, SSMState]:
         _, _, H, W, _ = x.shape  # (B, T, H, W, D)
-        bh, bw = resolve_block(self.block, H, W)
-        seq = rearrange(x, "b t (nh bh) (nw bw) d -> (b nh nw) (t bh bw) d", bh=bh, bw=bw)
+        seq, bh, bw = self._sequences(x)
         y, state = self.mamba(seq, state)
         y = rearrange(y, "(b nh nw) (t bh bw) d -> b t (nh bh) (nw bw) d", nh=H // bh, nw=W // bw, bh=bh, bw=bw)
         return y, state

@@ -105,6 +105,17 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+def ssm_dt_range(cfg: ModelConfig, spec: LayerSpec) -> dict:
+    """The Mamba2 step-size init range of a layer (``cfg.ssm_dt_init``): Mamba's per scan step ("token"), or the
+    same per frame ("frame": divided by the scan steps a frame takes in this layer's blocks)."""
+    steps = 1
+    if cfg.ssm_dt_init == "frame":
+        grid = cfg.frame_size // cfg.patch_size
+        bh, bw = resolve_block(spec.ssm, grid, grid)
+        steps = bh * bw
+    return dict(dt_min=1e-3 / steps, dt_max=1e-1 / steps, dt_init_floor=1e-4 / steps)
+
+
 class Block(nn.Module):
     """adaLN-Zero(cond) -> [block-wise SSM] -> adaLN -> [frame-local attention] -> adaLN -> MLP, residuals."""
 
@@ -113,7 +124,7 @@ class Block(nn.Module):
         d = cfg.d_model
         self.ssm = None if spec.ssm is None else BlockwiseSSM(
             d, block=spec.ssm, d_state=cfg.d_state, expand=cfg.expand, headdim=cfg.ssm_headdim,
-            chunk_size=cfg.ssm_chunk)
+            chunk_size=cfg.ssm_chunk, **ssm_dt_range(cfg, spec))
         self.attn = None if spec.attn is None else FrameLocalAttention(
             d, cfg.n_heads, window=None if spec.attn == "all" else int(spec.attn), chunk=cfg.attn_chunk,
             backend=cfg.attn_backend)
