@@ -189,7 +189,8 @@ def _generate(a):
     from .video import write_video
 
     _check_output_file(a.out)
-    run = load_run(a.ckpt, device=_device(a.device))
+    device = _device(a.device)
+    run = load_run(a.ckpt, device=device)
     sampler = run.sampler(_sampling_overrides(a), compile=a.compile)
     ep = start_episode(run, a.data, a.split, a.episode)
     ctx, gt, pred = episode_rollout(sampler, ep, a.context, a.frames, start=a.start, progress=True,
@@ -253,15 +254,16 @@ def _eval_horizon(a):
     from .data.episodes import episode_files, episode_tensors, load_episode
     from .evaluation import memory_horizons
 
-    run = load_run(a.ckpt, device=_device(a.device))
+    device = _device(a.device)
+    run = load_run(a.ckpt, device=device)
     data = a.data or next((str(d) for d in (run.checkpoint / "data", Path(run.cfg.train.data)) if d.is_dir()), None)
     if data is None:
         raise ConfigError(f"--data: give a data folder with episodes (the run's {run.cfg.train.data} is not here)")
     files = episode_files(data)[:a.clips]  # (none: its error names the folder)
     clips = [episode_tensors(load_episode(f)) for f in files]
     t = min(a.frames, *(len(c["actions"]) for c in clips))
-    frames = torch.stack([c["frames"][:t] for c in clips]).to(_device(a.device))
-    actions = torch.stack([c["actions"][:t] for c in clips]).to(_device(a.device))
+    frames = torch.stack([c["frames"][:t] for c in clips]).to(device)
+    actions = torch.stack([c["actions"][:t] for c in clips]).to(device)
     reach = run.cfg.model.attention_reach()
     print(f"{a.ckpt}: each scan head's memory in frames (1/e of its state left after that many frames), measured on "
           f"{len(files)} clips of {t} frames from {data}; the attention reaches "

@@ -155,9 +155,12 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     lines = [header] + [f"{n:<24} {r['ssim']:>7.3f} {('%.3f' % r['lpips']) if r['lpips'] is not None else 'n/a':>7} "
                         f"{r['psnr']:>7.2f}" for n, r in results["models"].items()]
     results["table"] = "\n".join(lines)
-    cut = "" if not context_limit else f" (the models given only its last {context_limit})" if isinstance(
-        context_limit, int) else " (each model given only the frames its attention reaches: " + ", ".join(
-        f"{n} {r['context_limit'] or 'all'}" for n, r in results["models"].items()) + ")"
+    cut = ""
+    if context_limit == "reach":
+        cut = " (each model given only the frames its attention reaches: " + ", ".join(
+            f"{n} {r['context_limit'] or 'all'}" for n, r in results["models"].items()) + ")"
+    elif context_limit:
+        cut = f" (the models given only its last {context_limit})"
     print(f"{task}: {episodes} episodes, {context} context frames{cut}, {frames} generated ({lp_note})")
     print(results["table"])
     print(f"results: {out / 'results.json'}\nplots: {out / 'psnr_vs_distance.png'}, {out / 'ssim_vs_distance.png'}\n"
@@ -172,6 +175,8 @@ def memory_horizons(run, frames, actions) -> list[dict]:
     frames the attention reaches (:meth:`~lssvwm.config.ModelConfig.attention_reach`): memory beyond the attention
     needs heads that remember longer."""
     import torch
+
+    from .models.ssm import resolve_block
 
     model = run.model
     inputs: dict[int, list] = {}
@@ -189,7 +194,7 @@ def memory_horizons(run, frames, actions) -> list[dict]:
         for i, xs in inputs.items():
             ssm = model.blocks[i].ssm
             rate = torch.cat([-ssm.log_decay_per_frame(x).float().flatten(0, 1) for x in xs]).mean(0)  # (heads,)
-            bh, bw = (grid, grid) if ssm.block is None else ssm.block
+            bh, bw = resolve_block(ssm.block, grid, grid)
             out.append({"layer": i, "block": "full" if ssm.block is None else list(ssm.block),
                         "steps_per_frame": bh * bw, "horizon": (1 / rate).tolist()})
     return out

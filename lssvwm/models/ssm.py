@@ -42,11 +42,15 @@ class RMSNormGated(nn.Module):
         return rmsnorm_gated(y, z, self.weight, self.eps)
 
 
+# Mamba's step-size init: dt log-uniform in [DT_MIN, DT_MAX] per scan step, at least DT_FLOOR
+DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
+
+
 class Mamba2(nn.Module):
     """Mamba2 mixer over sequences (b, L, d_model) with a functional recurrent state (ngroups = 1)."""
 
     def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 32,
-                 chunk_size: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
+                 chunk_size: int = 64, dt_min: float = DT_MIN, dt_max: float = DT_MAX, dt_init_floor: float = DT_FLOOR,
                  A_init_range: tuple[float, float] = (1.0, 16.0), backend: str = "auto"):
         super().__init__()
         d_inner = expand * d_model

@@ -21,7 +21,7 @@ from ..config import ConfigError, LayerSpec, ModelConfig
 from ..resources import available_memory, check_fits
 from .attention import FrameLocalAttention, KVCache
 from .fused import packed
-from .ssm import BlockwiseSSM, SSMState, resolve_block
+from .ssm import DT_FLOOR, DT_MAX, DT_MIN, BlockwiseSSM, SSMState, resolve_block
 
 
 class LayerCache(NamedTuple):
@@ -113,7 +113,7 @@ def ssm_dt_range(cfg: ModelConfig, spec: LayerSpec) -> dict:
         grid = cfg.frame_size // cfg.patch_size
         bh, bw = resolve_block(spec.ssm, grid, grid)
         steps = bh * bw
-    return dict(dt_min=1e-3 / steps, dt_max=1e-1 / steps, dt_init_floor=1e-4 / steps)
+    return dict(dt_min=DT_MIN / steps, dt_max=DT_MAX / steps, dt_init_floor=DT_FLOOR / steps)
 
 
 class Block(nn.Module):
