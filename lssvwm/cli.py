@@ -1,6 +1,6 @@
 """The ``lssvwm`` command line.
 
-    lssvwm data maze --episodes N --steps T --resolution 64 --out DIR [--workers W] [--seed S]
+    lssvwm data maze --episodes N --steps T --resolution 64 --out DIR [--workers W] [--seed S] [--spin-prob P]
     lssvwm data memory-maze --maze 9x9 --episodes N --steps T --out DIR [--workers W] [--mazes K]
     lssvwm data preview DIR [--episode i] [--out preview.mp4]
     lssvwm train-ae --data DIR --out RUN [--preset memory-maze] [--set train.steps=2000 ...] [--resume]
@@ -8,7 +8,7 @@
     lssvwm train [--config run.yaml] [--preset small] [--variant hybrid] [--data DIR] [--out RUN] [--resume]
                  [--set train.steps=500 ...]
     lssvwm generate --ckpt RUN --data DIR --context N --frames M --out video.mp4
-    lssvwm eval memory --ckpt A [--ckpt B ...] --task retrieval|reasoning --context N --frames M
+    lssvwm eval memory --ckpt A [--ckpt B ...] --task retrieval|reasoning|look-around --context N --frames M
                        [--context-limit N|reach]
     lssvwm eval follow --ckpt A [--ckpt B ...] [--context 32] [--frames 48] [--long 200] [--windows 8]
     lssvwm eval horizon --ckpt A [--data DIR] [--clips 4] [--frames 32]
@@ -87,7 +87,8 @@ def _check_output_file(path: Path) -> None:
 def _data_maze(a):
     from .data.episodes import generate_dataset
 
-    out = generate_dataset(a.out, a.episodes, a.steps, a.resolution, a.size, a.seed, a.workers, mazes=a.mazes)
+    out = generate_dataset(a.out, a.episodes, a.steps, a.resolution, a.size, a.seed, a.workers, mazes=a.mazes,
+                           policy={"spin_prob": a.spin_prob, "spin_turns": a.spin_turns})
     print(f"dataset: {out} ({a.episodes} episodes x {a.steps + 1} frames at {a.resolution}x{a.resolution})")
 
 
@@ -395,6 +396,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import MODEL_PRESETS
+    from .data.maze import POLICY_DEFAULTS
+    from .data.memory_tasks import TASKS
 
     p = _Parser(prog="lssvwm", description="Long-context state-space video world models", formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"lssvwm {__version__}")
@@ -412,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--steps", type=POSITIVE, default=1000, help="steps per episode (an episode has steps+1 frames)")
     m.add_argument("--resolution", type=_even_resolution, default=64, help="frame size in pixels (even, 8-1024)")
     m.add_argument("--size", type=_odd_size, default=9, help="maze grid size in cells (odd, 5-101)")
+    m.add_argument("--spin-prob", type=_float_in(0.0, 1.0), default=POLICY_DEFAULTS["spin_prob"],
+                   help="chance the agent looks around (turns in place) at each goal it reaches: views come back "
+                        "after a turn's frames, data that asks for memory (0-1, default 0)")
+    m.add_argument("--spin-turns", type=_int_at_least(1, 8), default=POLICY_DEFAULTS["spin_turns"],
+                   help="full turns per look-around (1-8, default 2: from the second on, every view repeats)")
     _generation_args(m)
     mm = cmd(data, "memory-maze", _data_memory_maze, help="generate real Memory Maze episodes (extra: "
                                                           "lssvwm[memory-maze])")
@@ -484,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     em = cmd(ev, "memory", _eval_memory, help="spatial retrieval / reasoning, models side by side (built-in maze, or "
                                               "the real Memory Maze when the training data came from it)")
     em.add_argument("--ckpt", action="append", required=True, help="run or checkpoint folder; repeat to compare")
-    em.add_argument("--task", choices=["retrieval", "reasoning"], default="retrieval", help="memory task")
+    em.add_argument("--task", choices=list(TASKS), default="retrieval", help="memory task (look-around: the context "
+                                                                         "ends with a full turn in place, the "
+                                                                         "agent turns on: pure recall)")
     em.add_argument("--context", type=POSITIVE, default=64, help="context frames (the exploration)")
     em.add_argument("--context-limit", type=_context_limit, metavar="N|reach",
                     help="give the models only the last N context frames (memory distances stay the whole "

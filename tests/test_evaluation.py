@@ -40,6 +40,21 @@ def test_reasoning_revisits_context_places_and_sets_are_deterministic(tmp_path):
     assert json.loads((a / "meta.json").read_text())["seed"] == 1
 
 
+def test_look_around_repeats_the_contexts_last_turn():
+    turn = 24  # a full turn of 15-degree steps
+    ep = build_task_episode("look-around", seed=3, context=30, frames=30, resolution=16)
+    n = int(ep["context_length"])
+    acts = ep["action"].argmax(1)
+    assert len(set(acts[n - turn:])) == 1 and acts[-1] in (2, 3)  # the context's last turn, and on turning
+    assert np.allclose(ep["agent_pos"][n - turn - 1:], ep["agent_pos"][-1])  # in place
+    for i in range(n, n + 30):  # every generated frame shows what the context showed one turn earlier
+        assert np.abs(ep["image"][i].astype(int) - ep["image"][i - turn]).max() <= 1
+    # memory distance: frames since the same cell *and heading* in the context (one turn, then two)
+    assert ep["memory_distance"].tolist() == [turn] * 24 + [2 * turn] * 6
+    with pytest.raises(ValueError, match="longer than a full turn"):
+        build_task_episode("look-around", seed=3, context=24, frames=4, resolution=16)
+
+
 def test_memory_distance_and_curve():
     pos = np.array([[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [1.5, 0.5], [0.5, 0.5], [3.5, 0.5]])
     assert memory_distance(pos, 3).tolist() == [2, 4, -1]
@@ -413,3 +428,38 @@ def test_memory_horizons_match_the_decay_of_the_scan(tiny_data, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lssvwm", "eval", "horizon", "--ckpt", str(tmp_path / "w"), "--data",
                         str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "no episode files (*.npz)" in r.stderr
+
+
+def test_memory_need_counts_only_views_beyond_the_reach():
+    from benchmarks.memory_need import recall_share
+
+    turn = 12  # 30-degree steps; a 90-degree field of view: each step brings 1/3 of the view into sight
+    still = np.full((2 * turn + 1, 2), 0.5)
+    spin = (np.arange(2 * turn + 1) * 30.0) % 360  # two full turns in place
+    # each frame shows a new third of its view; it was in sight 4+ frames before for the second turn's 12 frames
+    # (one turn back) and for the first turn's last 3 (what frame 0 saw, 10-12 frames back)
+    share = recall_share(still, spin, 90.0, clip=2 * turn + 1, reach=4, columns=90)
+    assert share == pytest.approx((turn + 3) * (30 / 90) / (2 * turn), abs=0.01)
+    assert recall_share(still, spin, 90.0, clip=2 * turn + 1, reach=turn + 1, columns=90) == 0.0  # all in reach
+    walk = np.stack([np.arange(25) * 0.3 + 0.5, np.full(25, 0.5)], 1)  # straight on: nothing comes back
+    assert recall_share(walk, np.zeros(25), 90.0, clip=25, reach=2) == 0.0
+
+
+def test_look_around_experiment_smoke(tmp_path):
+    """Both models train on look-around data and are scored with the whole context and with it cut to the reach."""
+    from benchmarks import memory_look
+
+    memory_look.main(["--preset", "smoke", "--out", str(tmp_path / "m"), "--seeds", "0"])
+    res = json.loads((tmp_path / "memory_look_smoke.json").read_text())
+    meta = json.loads((tmp_path / "m" / "data" / "meta.json").read_text())
+    assert meta["policy"] == {"spin_prob": 0.5, "spin_turns": 2} and meta["world"]["turn_step_deg"] == 30.0
+    r = res["reach"]
+    for key in ("look-around", "retrieval"):
+        for model in memory_look.MODELS:
+            whole, cut = (res["per_seed"]["0"][key][model][p] for p in ("whole", "cut"))
+            assert 0 < whole["psnr"] < 60 and set(whole["bins"]) == {"<2", f"2..{r - 1}", f"{r}+", "never seen"}
+        control = res["per_seed"]["0"][key][memory_look.WINDOW]
+        assert control["whole"]["ssim"] == pytest.approx(control["cut"]["ssim"], abs=1e-4)  # sees R frames either way
+    # look-around: every generated frame repeats the context one turn (12 frames) back, beyond the reach
+    look = res["per_seed"]["0"]["look-around"][memory_look.HYBRID]["whole"]["bins"]
+    assert look[f"{r}+"]["frames"] == 6 and sum(b["frames"] for b in look.values()) == 6

@@ -94,3 +94,46 @@ def test_inverse_actions_undo_the_step_and_moves_have_none():
         env.step(inv)
         assert np.allclose(env.pos, pos) and np.isclose(np.cos(env.angle - angle), 1.0)
         assert np.array_equal(env.render(), image)
+
+
+def test_look_around_turns_in_place_and_every_view_comes_back_one_turn_later():
+    from lssvwm.data.episodes import generate_episode
+    from lssvwm.data.maze import turn_steps
+
+    turn = turn_steps(MazeEnv())
+    ep = generate_episode(1, 400, resolution=16, policy={"spin_prob": 1.0, "spin_turns": 2})
+    acts = ep["action"].argmax(1)
+    # the look-arounds: runs of 2 turns' worth of the same turn action, standing still
+    runs = [t for t in range(1, len(acts) - 2 * turn) if len(set(acts[t:t + 2 * turn])) == 1 and acts[t] in (2, 3)
+            and (t == 1 or acts[t - 1] != acts[t])]
+    assert len(runs) >= 2
+    for t in runs:
+        second = range(t + turn, t + 2 * turn)
+        assert np.allclose(ep["agent_pos"][t - 1:t + 2 * turn], ep["agent_pos"][t - 1])  # in place
+        for i in second:  # frame i shows exactly what frame i - turn showed
+            assert np.abs(ep["image"][i].astype(int) - ep["image"][i - turn]).max() <= 1
+    plain = generate_episode(1, 400, resolution=16)
+    assert not np.array_equal(plain["action"], ep["action"])
+
+
+def test_default_policy_is_the_one_datasets_were_made_with():
+    # the episodes of seed 7 as written before the look-around existed (no draw from the rng at spin_prob 0)
+    import hashlib
+
+    from lssvwm.data.episodes import generate_episode
+
+    acts = generate_episode(7, 300, resolution=8)["action"].argmax(1).astype(np.int64)
+    assert hashlib.sha256(acts.tobytes()).hexdigest()[:16] == "f8147498a28833d8"
+
+
+def test_policy_settings_are_checked():
+    from lssvwm.data.maze import POLICY_DEFAULTS, policy_settings
+
+    assert policy_settings(spin_prob=0.5) == {**POLICY_DEFAULTS, "spin_prob": 0.5}
+    with pytest.raises(ValueError, match="unknown exploration policy settings.*spin_speed"):
+        policy_settings(spin_speed=2)
+    env = MazeEnv(resolution=8)
+    with pytest.raises(ValueError, match="spin_prob must be in"):
+        ExplorationPolicy(env, np.random.default_rng(0), spin_prob=1.5)
+    with pytest.raises(ValueError, match="spin_turns must be at least 1"):
+        ExplorationPolicy(env, np.random.default_rng(0), spin_turns=0)

@@ -63,3 +63,24 @@ def test_world_names_and_unknown_settings():
         world_named("minecraft")
     with pytest.raises(ValueError, match="unknown maze settings"):
         maze_settings(gravity=9.8)
+
+
+def test_meta_records_the_exploration_policy_and_tasks_explore_the_same_way(tmp_path):
+    from lssvwm.data.maze import policy_settings
+    from lssvwm.data.memory_tasks import build_task_episode
+
+    look = {"spin_prob": 1.0, "spin_turns": 1}
+    generate_dataset(tmp_path / "d", 1, 150, resolution=16, progress=False, policy=look)
+    world = world_from_meta(read_meta(tmp_path / "d"))
+    assert world.policy == policy_settings(**look)
+    ep = world.episode(5, 150, None)
+    assert np.array_equal(ep["action"], generate_episode(5, 150, resolution=16, policy=look)["action"])
+    assert not np.array_equal(ep["action"], generate_episode(5, 150, resolution=16)["action"])
+    task = build_task_episode("reasoning", 5, 150, 4, 16, world=world)
+    plain = build_task_episode("reasoning", 5, 150, 4, 16)
+    assert not np.array_equal(task["action"], plain["action"])  # the context explored with the data's policy
+    with pytest.raises(Exception, match="different settings"):  # a folder made with another policy is refused
+        generate_dataset(tmp_path / "d", 1, 150, resolution=16, progress=False)
+    meta = read_meta(tmp_path / "d")
+    del meta["policy"]  # as an older version wrote it: the default policy
+    assert world_from_meta(meta).policy == policy_settings()

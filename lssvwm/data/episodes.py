@@ -31,7 +31,7 @@ import numpy as np
 
 from ..resources import available_memory
 from ..writer_lock import one_writer
-from .maze import ACTION_NAMES, NUM_ACTIONS, ExplorationPolicy, MazeEnv, maze_settings
+from .maze import ACTION_NAMES, NUM_ACTIONS, ExplorationPolicy, MazeEnv, maze_settings, policy_settings
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("image", "action")
@@ -55,12 +55,13 @@ def fixed_maze_seed(dataset_seed: int, mazes: int, index: int) -> int | None:
 
 
 def generate_episode(seed: int, steps: int, size: int = 9, resolution: int = 64, maze_seed: int | None = None,
-                     **env_kwargs) -> dict:
+                     policy: dict | None = None, **env_kwargs) -> dict:
     """Run the exploration policy for ``steps`` steps; returns the episode arrays. The maze comes from
-    ``maze_seed`` when given (else from ``seed``), the start pose and the policy's choices from ``seed``."""
+    ``maze_seed`` when given (else from ``seed``), the start pose and the policy's choices from ``seed``;
+    ``policy``: :class:`~lssvwm.data.maze.ExplorationPolicy` settings (:func:`~lssvwm.data.maze.policy_settings`)."""
     env = MazeEnv(size=size, resolution=resolution, max_steps=steps, **env_kwargs)
     obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
-    policy = ExplorationPolicy(env, np.random.default_rng(seed))
+    policy = ExplorationPolicy(env, np.random.default_rng(seed), **(policy or {}))
     images, positions, dirs = [obs["image"]], [obs["agent_pos"]], [obs["agent_dir"]]
     actions = np.zeros((steps + 1, NUM_ACTIONS), dtype=np.float32)
     rewards = np.zeros(steps + 1, dtype=np.float32)
@@ -274,32 +275,37 @@ def read_meta(root: str | os.PathLike) -> dict:
 
 
 def _generate_one(args):
-    path, seed, steps, settings, maze_seed = args
-    save_episode(path, generate_episode(seed, steps, maze_seed=maze_seed, **settings))
+    path, seed, steps, settings, maze_seed, policy = args
+    save_episode(path, generate_episode(seed, steps, maze_seed=maze_seed, policy=policy, **settings))
     return path
 
 
 def generate_dataset(out: str | os.PathLike, episodes: int, steps: int, resolution: int = 64, size: int = 9,
                      seed: int = 0, workers: int = 1, progress: bool = True, mazes: int = 0,
-                     world: dict | None = None) -> Path:
+                     world: dict | None = None, policy: dict | None = None) -> Path:
     """Generate ``episodes`` maze episodes into ``out``; complete episodes already there are kept.
 
     ``mazes=0``: every episode in its own maze. ``mazes=K``: episode i runs in maze ``i % K`` (seeded by
     (seed, K, i % K)), so the dataset revisits K fixed mazes along different trajectories. ``world``: other
     :class:`~lssvwm.data.maze.MazeEnv` settings (``move_step``, ``fov_deg``, ...); ``meta.json`` records every
     setting of the world under ``world``, so evaluations rebuild the same one (:mod:`lssvwm.data.worlds`).
+    ``policy``: the exploration policy's settings (:func:`~lssvwm.data.maze.policy_settings`, e.g. ``spin_prob``),
+    recorded under ``policy``; memory tasks built for the dataset's world explore the same way.
     """
     settings = maze_settings(**{**(world or {}), "size": size, "resolution": resolution})
+    policy = policy_settings(**(policy or {}))
     meta = {
         "generator": "lssvwm.data.maze", "format_version": FORMAT_VERSION, "seed": seed, "episodes": episodes,
         "steps": steps, "frames_per_episode": steps + 1, "resolution": resolution, "maze_size": size,
         "image_shape": [steps + 1, resolution, resolution, 3], "action_shape": [steps + 1, NUM_ACTIONS],
-        "action_names": list(ACTION_NAMES), "mazes": mazes, "world": settings,
+        "action_names": list(ACTION_NAMES), "mazes": mazes, "world": settings, "policy": policy,
     }
-    # a folder written before `world` was recorded was made with MazeEnv's defaults at its size and resolution
-    legacy = {"world": maze_settings(size=size, resolution=resolution)}
-    return write_dataset(out, meta, ("seed", "steps", "resolution", "maze_size", "mazes", "world"), _generate_one,
-                         lambda i: (episode_seed(seed, i), steps, settings, fixed_maze_seed(seed, mazes, i)),
+    # a folder written before `world` (`policy`) was recorded was made with MazeEnv's defaults at its size and
+    # resolution (and the default policy)
+    legacy = {"world": maze_settings(size=size, resolution=resolution), "policy": policy_settings()}
+    return write_dataset(out, meta, ("seed", "steps", "resolution", "maze_size", "mazes", "world", "policy"),
+                         _generate_one, lambda i: (episode_seed(seed, i), steps, settings,
+                                                   fixed_maze_seed(seed, mazes, i), policy),
                          workers, progress, "episodes", legacy)
 
 

@@ -310,15 +310,24 @@ class ExplorationPolicy:
     with ``right_turn_increases_angle = False`` (angles counter-clockwise, y up) gets its turns mirrored.
 
     With probability ``random_prob`` per step a burst of ``random_steps`` uniformly random actions starts.
-    A new goal is drawn on arrival or when no progress is made for ``patience`` steps.
+    A new goal is drawn on arrival or when no progress is made for ``patience`` steps. ``spin_prob``: on arrival,
+    the chance that the agent first looks around, ``spin_turns`` full turns in place (Memory Maze's policy never
+    does): from the second turn on every view comes back exactly, as many frames after it was in sight as a turn
+    takes (24 at 15 degrees a step), so such data asks a model to remember beyond a short attention window.
     """
 
     def __init__(self, env: MazeEnv, rng: np.random.Generator, random_prob: float = 0.02, random_steps: int = 5,
-                 patience: int = 40):
+                 patience: int = 40, spin_prob: float = 0.0, spin_turns: int = 2):
+        if not 0.0 <= spin_prob <= 1.0:
+            raise ValueError(f"spin_prob must be in [0, 1], got {spin_prob}")
+        if spin_turns < 1:
+            raise ValueError(f"spin_turns must be at least 1, got {spin_turns}")
         self.env, self.rng = env, rng
         self.random_prob, self.random_steps, self.patience = random_prob, random_steps, patience
+        self.spin_prob, self.spin_turns = spin_prob, spin_turns
         self.goal = None
         self.burst = 0
+        self.spin: list[int] = []  # the turn actions of a look-around still to do
 
     def _new_goal(self):
         cells = np.argwhere(self.env.layout == 0)
@@ -338,6 +347,8 @@ class ExplorationPolicy:
 
     def __call__(self) -> int:
         env = self.env
+        if self.spin:  # a look-around is done whole: no random actions inside it
+            return self.spin.pop()
         if self.burst > 0:
             self.burst -= 1
             return int(self.rng.integers(NUM_ACTIONS))
@@ -345,6 +356,11 @@ class ExplorationPolicy:
             self.burst = self.random_steps - 1
             return int(self.rng.integers(NUM_ACTIONS))
         here = env.cell()
+        # no draw from the rng at spin_prob 0: episodes made before the option stay the same
+        if self.spin_prob and here == self.goal and self.rng.random() < self.spin_prob:
+            self.spin = [int(self.rng.choice((2, 3)))] * (self.spin_turns * turn_steps(env))  # left or right
+            self.goal = None  # then a new goal
+            return self.spin.pop()
         if self.goal is None or here == self.goal or self.since_progress > self.patience:
             self._new_goal()
         d = self.dist[here]
@@ -368,6 +384,23 @@ class ExplorationPolicy:
         if abs(err) > np.deg2rad(10):
             return 5 if err > 0 else 4
         return 1
+
+
+def turn_steps(env) -> int:
+    """The steps a full turn in place takes in ``env``."""
+    return int(round(2 * np.pi / env.turn_step))
+
+
+# the exploration policy's settings a dataset records (``meta.json``'s ``policy``): the rest are Memory Maze's
+POLICY_DEFAULTS = {"spin_prob": 0.0, "spin_turns": 2}
+
+
+def policy_settings(**overrides) -> dict:
+    """:data:`POLICY_DEFAULTS`, then ``overrides`` (checked: only those names)."""
+    unknown = set(overrides) - set(POLICY_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown exploration policy settings {sorted(unknown)}; known: {sorted(POLICY_DEFAULTS)}")
+    return {**POLICY_DEFAULTS, **overrides}
 
 
 def maze_settings(**overrides) -> dict:

@@ -4,6 +4,9 @@
   backwards for M steps; a model gets the context frames and all actions and must regenerate what it saw.
 - **Reasoning**: after the context, the agent goes on exploring with goals drawn from cells it has already
   visited, so it passes seen places, often from other directions.
+- **Look-around**: the context ends with a full turn in place, and the agent keeps turning: every generated frame
+  shows exactly what the context showed one turn earlier (24 frames at 15 degrees a step), a pure recall of
+  frames beyond a short attention window (memory distance here: frames since the same cell *and heading*).
 
 The environment renders the ground truth along the executed actions, so it is exact even where a wall
 collision makes a reversed move differ from the original. A task set is stored as a dataset in the
@@ -23,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .episodes import episode_seed, save_episode
-from .maze import NUM_ACTIONS, ExplorationPolicy
+from .maze import NUM_ACTIONS, ExplorationPolicy, turn_steps
 from .worlds import World, world_named
 
-TASKS = ("retrieval", "reasoning")
+TASKS = ("retrieval", "reasoning", "look-around")
 # (move, turn) -> action id, Memory Maze's set: noop, forward, left, right, forward+left, forward+right
 _ACTION_OF = {(0, 0): 0, (1, 0): 1, (0, -1): 2, (0, 1): 3, (1, -1): 4, (1, 1): 5}
 _MOVE_TURN = {a: mt for mt, a in _ACTION_OF.items()}
@@ -48,9 +51,12 @@ def reverse_actions(actions: list[int], turn_steps_180: int) -> list[int]:
     return out
 
 
-def memory_distance(positions: np.ndarray, context: int) -> np.ndarray:
-    """For frames ``context..`` of a trajectory: frames since the agent was last in that cell in the context."""
+def memory_distance(positions: np.ndarray, context: int, headings: np.ndarray | None = None) -> np.ndarray:
+    """For frames ``context..`` of a trajectory: frames since the agent was last in that cell in the context
+    (``headings``: integer heading steps, then in that cell facing the same way)."""
     cells = [tuple(c) for c in np.floor(positions).astype(int)]
+    if headings is not None:
+        cells = [(*c, int(h)) for c, h in zip(cells, headings)]
     last_seen: dict[tuple, int] = {}
     for j in range(context):
         last_seen[cells[j]] = j
@@ -67,10 +73,14 @@ def build_task_episode(task: str, seed: int, context: int, frames: int, resoluti
     come from the positions reached."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    env = world_named(world, size).env(context + frames + 1, resolution)
+    world = world_named(world, size)
+    env = world.env(context + frames + 1, resolution)
     obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
     rng = np.random.default_rng(seed)
-    policy = ExplorationPolicy(env, rng)
+    policy = ExplorationPolicy(env, rng, **world.policy) if world.kind == "maze" else ExplorationPolicy(env, rng)
+    turn = turn_steps(env)
+    if task == "look-around" and context <= turn:
+        raise ValueError(f"look-around: the context ({context} steps) must be longer than a full turn ({turn} steps)")
     images, pos, ang, acts = [obs["image"]], [env.pos.copy()], [env.angle], []
 
     def do(a):
@@ -80,9 +90,13 @@ def build_task_episode(task: str, seed: int, context: int, frames: int, resoluti
         ang.append(env.angle)
         acts.append(a)
 
-    for _ in range(context):
+    for _ in range(context - turn if task == "look-around" else context):
         do(policy())
-    if task == "retrieval":
+    if task == "look-around":
+        way = int(rng.choice((2, 3)))  # turn left or right, in place
+        for _ in range(turn + frames):
+            do(way)
+    elif task == "retrieval":
         plan = reverse_actions(acts, int(round(np.pi / env.turn_step)))
         plan = (plan + [0] * frames)[:frames]
         for a in plan:
@@ -105,7 +119,8 @@ def build_task_episode(task: str, seed: int, context: int, frames: int, resoluti
         "agent_dir": np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32),
         "maze_layout": np.repeat(env.layout[None], len(images), 0),  # 1 = wall, in ``agent_pos``'s grid
         "context_length": np.array(context + 1),  # images 0..context are given to the model
-        "memory_distance": memory_distance(positions, context + 1),
+        "memory_distance": memory_distance(positions, context + 1, np.round(angles / env.turn_step).astype(int) % turn
+                                           if task == "look-around" else None),
     }
 
 
@@ -119,7 +134,7 @@ def build_task_set(out: str | os.PathLike, task: str, episodes: int, context: in
     out = Path(out)
     world = world_named(world, size, maze_dataset_seed, mazes)
     meta = {"task": task, "episodes": episodes, "context": context, "frames": frames, "resolution": resolution,
-            "seed": seed, "world": world.name, "settings": world.settings, "mazes": world.mazes,
+            "seed": seed, "world": world.name, "settings": world.settings, "policy": world.policy, "mazes": world.mazes,
             "maze_dataset_seed": world.seed, "generator": "lssvwm.evaluation"}
     if (out / "meta.json").exists() and json.loads((out / "meta.json").read_text()) == meta:
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .episodes import episode_seed, fixed_maze_seed
-from .maze import MazeEnv, maze_settings
+from .maze import MazeEnv, maze_settings, policy_settings
 
 # a maze seed stream the generators never use for training data: the follow benchmark's unseen mazes
 UNSEEN_MAZE_SEED = 7_777_777
@@ -19,12 +19,14 @@ UNSEEN_MAZE_SEED = 7_777_777
 class World:
     """``kind``: 'maze' (built-in, ``settings`` = MazeEnv's) or 'memory-maze' (``settings`` = {'maze': '9x9'});
     ``seed`` and ``mazes``: the dataset's seed and the number of fixed mazes it cycles through (0: one per
-    episode)."""
+    episode); ``policy``: how the built-in maze's exploration policy explores (:func:`~lssvwm.data.maze.policy_settings`),
+    in the dataset and in memory tasks built for it."""
 
     kind: str = "maze"
     settings: dict = field(default_factory=maze_settings)
     seed: int = 0
     mazes: int = 0
+    policy: dict = field(default_factory=policy_settings)
 
     @property
     def name(self) -> str:
@@ -63,7 +65,7 @@ class World:
             from .episodes import generate_episode
 
             s = {**self.settings, **({"resolution": resolution} if resolution else {})}
-            return generate_episode(seed, steps, maze_seed=maze_seed, **s)
+            return generate_episode(seed, steps, maze_seed=maze_seed, policy=self.policy, **s)
         from .memory_maze import generate_episode as memory_maze_episode
 
         if resolution not in (None, 64):
@@ -77,7 +79,7 @@ def world_from_meta(meta: dict) -> World | None:
     gen, seed, mazes = meta.get("generator"), int(meta.get("seed", 0)), int(meta.get("mazes", 0) or 0)
     if gen == "lssvwm.data.maze":
         recorded = meta.get("world") or {"size": meta.get("maze_size", 9), "resolution": meta.get("resolution", 64)}
-        return World("maze", maze_settings(**recorded), seed, mazes)
+        return World("maze", maze_settings(**recorded), seed, mazes, policy_settings(**meta.get("policy", {})))
     if gen == "memory_maze":
         return World("memory-maze", {"maze": meta.get("maze", "9x9")}, seed, mazes)
     return None
