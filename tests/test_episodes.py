@@ -8,7 +8,7 @@ import torch
 
 from lssvwm.data.dataset import EpisodeWindows
 from lssvwm.data.episodes import (EpisodeFormatError, episode_seed, generate_dataset, generate_episode,
-                                  load_episode, save_episode)
+                                  load_episode, read_meta, save_episode)
 
 
 def test_round_trip_exact(tmp_path):
@@ -124,6 +124,12 @@ def test_cli_data_and_preview(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lssvwm", "data", "preview", str(tmp_path / "empty")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "dataset folder not found" in bad.stderr
+    look = subprocess.run(cmd[:-1] + [str(tmp_path / "look"), "--spin-prob", "0.5", "--spin-turns", "1"],
+                          capture_output=True, text=True)
+    assert look.returncode == 0, look.stderr
+    assert read_meta(tmp_path / "look")["policy"] == {"spin_prob": 0.5, "spin_turns": 1}
+    bad = subprocess.run(cmd[:-1] + [str(tmp_path / "bad"), "--spin-prob", "2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--spin-prob" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 def test_top_down_reads_both_file_formats():

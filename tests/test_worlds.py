@@ -81,6 +81,10 @@ def test_meta_records_the_exploration_policy_and_tasks_explore_the_same_way(tmp_
     assert not np.array_equal(task["action"], plain["action"])  # the context explored with the data's policy
     with pytest.raises(Exception, match="different settings"):  # a folder made with another policy is refused
         generate_dataset(tmp_path / "d", 1, 150, resolution=16, progress=False)
-    meta = read_meta(tmp_path / "d")
+    generate_dataset(tmp_path / "old", 1, 20, resolution=16, progress=False)
+    meta = read_meta(tmp_path / "old")
     del meta["policy"]  # as an older version wrote it: the default policy
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
     assert world_from_meta(meta).policy == policy_settings()
+    generate_dataset(tmp_path / "old", 2, 20, resolution=16, progress=False)  # resumed, not refused
+    assert read_meta(tmp_path / "old")["episodes"] == 2

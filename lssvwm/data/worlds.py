@@ -19,8 +19,8 @@ UNSEEN_MAZE_SEED = 7_777_777
 class World:
     """``kind``: 'maze' (built-in, ``settings`` = MazeEnv's) or 'memory-maze' (``settings`` = {'maze': '9x9'});
     ``seed`` and ``mazes``: the dataset's seed and the number of fixed mazes it cycles through (0: one per
-    episode); ``policy``: how the built-in maze's exploration policy explores (:func:`~lssvwm.data.maze.policy_settings`),
-    in the dataset and in memory tasks built for it."""
+    episode); ``policy``: how the built-in maze's exploration policy explores
+    (:func:`~lssvwm.data.maze.policy_settings`), in the dataset and in the memory tasks built for it."""
 
     kind: str = "maze"
     settings: dict = field(default_factory=maze_settings)
