@@ -106,11 +106,13 @@ def run_config(s: dict, variant: str, lct: float, data: Path, run: Path, seed: i
                                        seed=seed, ckpt_every=max(1, s["steps"] // 4)))
 
 
-def train_models(s: dict, data: Path, out: Path, seed: int) -> dict[str, Path]:
+def train_models(s: dict, data: Path, out: Path, seed: int, models: dict | None = None) -> dict[str, Path]:
+    """Train (or resume, or reuse when done) each of ``models`` (default :data:`MODELS`; name -> (variant,
+    long-context training probability)) of preset ``s`` on ``data`` into ``out/seed<seed>/<variant>``."""
     from lssvwm.train import train
 
     runs = {}
-    for name, (variant, lct) in MODELS.items():
+    for name, (variant, lct) in (models or MODELS).items():
         run = out / f"seed{seed}" / (variant + ("" if lct else "-no-lct"))
         cfg = run_config(s, variant, lct, data, run, seed)
         if (run / "config.yaml").exists() and (diff := saved_run_differences(run, cfg)):

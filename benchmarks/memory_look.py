@@ -26,7 +26,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .memory import HYBRID, PRESETS, WINDOW, _step, binned, reach, run_config, saved_run_differences
+from .memory import HYBRID, PRESETS, WINDOW, _step, binned, reach, train_models
 
 # the cpu memory preset's models and recipe on 32-frame clips of look-around data; smoke: seconds, for the tests
 SETTINGS = {
@@ -36,35 +36,22 @@ SETTINGS = {
     "smoke": {**PRESETS["smoke"], "mazes": 0, "world": {"turn_step_deg": 30.0},
               "policy": {"spin_prob": 0.5, "spin_turns": 2}, "tasks": {"look-around": (14, 6), "retrieval": (8, 6)}},
 }
-MODELS = {HYBRID: "hybrid", WINDOW: "window-transformer"}
-
-
-def train_models(s: dict, data: Path, runs: Path, seed: int) -> dict[str, Path]:
-    from lssvwm.train import train
-
-    out = {}
-    for name, variant in MODELS.items():
-        run = runs / f"seed{seed}" / variant
-        cfg = run_config(s, variant, 0.5, data, run, seed)
-        if (run / "config.yaml").exists() and (diff := saved_run_differences(run, cfg)):
-            raise SystemExit(f"{run}: a saved run trained with other settings ({'; '.join(diff)}): pass another --out")
-        if not (run / "checkpoints" / "latest").exists() or _step(run) < s["steps"]:
-            print(f"== training {name}, seed {seed} ==", flush=True)
-            train(cfg, resume=(run / "checkpoints" / "latest").exists())
-        out[name] = run
-    return out
+MODELS = {HYBRID: ("hybrid", 0.5), WINDOW: ("window-transformer", 0.5)}  # name -> (variant, long-context prob.)
 
 
 def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:
     """{eval: {model: {"whole": scores, "cut": scores}}}, scores = SSIM, PSNR and distance bins; kept in
-    ``eval_seed<seed>/scores.json`` for the runs' steps."""
+    ``eval_seed<seed>/scores.json`` for the runs' steps and these settings."""
     from lssvwm.evaluation import evaluate_models
 
     saved = out / f"eval_seed{seed}" / "scores.json"
     steps = {name: _step(run) for name, run in runs.items()}
-    if saved.exists() and (old := json.loads(saved.read_text())).get("steps") == steps:
+    settings = json.loads(json.dumps(s))  # as saved (tuples as lists)
+    if saved.exists() and (old := json.loads(saved.read_text())).get("steps") == steps and \
+            old.get("settings") == settings:
         return old["scores"]
     r = reach(s)
+    names = {p.name: n for n, p in runs.items()}
     res = {}
     for key, (ctx, frames) in s["tasks"].items():
         res[key] = {name: {} for name in runs}
@@ -76,7 +63,7 @@ def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -
             for n, v in ev["models"].items():
                 res[key][names.get(n, n)][part] = {"ssim": v["ssim"], "psnr": v["psnr"],
                                                    "bins": binned(v["per_frame"], s["window"], r)}
-    saved.write_text(json.dumps({"steps": steps, "scores": res}))
+    saved.write_text(json.dumps({"settings": settings, "steps": steps, "scores": res}))
     return res
 
 
@@ -96,8 +83,10 @@ def report(per_seed: dict[int, dict], s: dict, r: int) -> str:
         for model in MODELS:
             cells = []
             for sd in seeds:
-                w, c = (per_seed[sd][key][model][p]["bins"][far]["ssim"] for p in ("whole", "cut"))
-                cells.append("n/a" if w is None or c is None else f"{w:.3f} | {c:.3f} | {w - c:+.3f}")
+                whole, cut = (per_seed[sd][key][model][p] for p in ("whole", "cut"))
+                used = memory_gap(whole, cut, far)
+                cells.append("n/a" if used is None else
+                             f"{whole['bins'][far]['ssim']:.3f} | {cut['bins'][far]['ssim']:.3f} | {used:+.3f}")
             lines.append(f"  {model:<30} " + "   ".join(f"{c:>25}" for c in cells))
         gaps = [memory_gap(per_seed[sd][key][HYBRID]["whole"], per_seed[sd][key][WINDOW]["whole"], far)
                 for sd in seeds]
@@ -120,7 +109,7 @@ def main(argv=None):
     out = Path(a.out) if a.out else RESULTS / f"memory_look_{a.preset}"
     data = generate_dataset(out / "data", s["episodes"], s["ep_steps"], s["res"], seed=0, workers=2,
                             mazes=s["mazes"], progress=False, world=s["world"], policy=s["policy"])
-    per_seed = {sd: evaluate(train_models(s, data, out / "runs", sd), s, data, out, sd) for sd in a.seeds}
+    per_seed = {sd: evaluate(train_models(s, data, out / "runs", sd, MODELS), s, data, out, sd) for sd in a.seeds}
     text = report(per_seed, s, reach(s))
     path = out.parent / f"memory_look_{a.preset}.json"
     path.write_text(json.dumps({"preset": a.preset, "settings": s, "seeds": a.seeds, "reach": reach(s),

@@ -190,8 +190,7 @@ def _generate(a):
     from .video import write_video
 
     _check_output_file(a.out)
-    device = _device(a.device)
-    run = load_run(a.ckpt, device=device)
+    run = load_run(a.ckpt, device=_device(a.device))
     sampler = run.sampler(_sampling_overrides(a), compile=a.compile)
     ep = start_episode(run, a.data, a.split, a.episode)
     ctx, gt, pred = episode_rollout(sampler, ep, a.context, a.frames, start=a.start, progress=True,

@@ -77,7 +77,7 @@ def build_task_episode(task: str, seed: int, context: int, frames: int, resoluti
     env = world.env(context + frames + 1, resolution)
     obs, _ = env.reset(seed=seed, options=None if maze_seed is None else {"maze_seed": maze_seed})
     rng = np.random.default_rng(seed)
-    policy = ExplorationPolicy(env, rng, **world.policy) if world.kind == "maze" else ExplorationPolicy(env, rng)
+    policy = ExplorationPolicy(env, rng, **world.policy)
     turn = turn_steps(env)
     if task == "look-around" and context <= turn:
         raise ValueError(f"look-around: the context ({context} steps) must be longer than a full turn ({turn} steps)")
