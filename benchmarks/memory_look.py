@@ -37,10 +37,13 @@ SETTINGS = {
               "policy": {"spin_prob": 0.5, "spin_turns": 2}, "tasks": {"look-around": (14, 6), "retrieval": (8, 6)}},
 }
 MODELS = {HYBRID: ("hybrid", 0.5), WINDOW: ("window-transformer", 0.5)}  # name -> (variant, long-context prob.)
+# eval memory's baselines (from the whole context), reported beside the models
+BASELINES = {"repeat_last_frame": "repeat the last context frame", "best_context_frame": "best context frame (oracle)"}
 
 
 def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:
-    """{eval: {model: {"whole": scores, "cut": scores}}}, scores = SSIM, PSNR and distance bins; kept in
+    """{eval: {model: {"whole": scores, "cut": scores}}} and, beside the models, eval memory's two baselines
+    ({"whole": scores}), scores = SSIM, PSNR and distance bins; kept in
     ``eval_seed<seed>/scores.json`` for the runs' steps and these settings."""
     from lssvwm.evaluation import evaluate_models
 
@@ -48,7 +51,7 @@ def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -
     steps = {name: _step(run) for name, run in runs.items()}
     settings = json.loads(json.dumps(s))  # as saved (tuples as lists)
     if saved.exists() and (old := json.loads(saved.read_text())).get("steps") == steps and \
-            old.get("settings") == settings:
+            old.get("settings") == settings and old.get("baselines"):
         return old["scores"]
     r = reach(s)
     names = {p.name: n for n, p in runs.items()}
@@ -59,11 +62,14 @@ def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -
             ev = evaluate_models([str(p) for p in runs.values()], key, ctx, frames,
                                  out / f"eval_seed{seed}" / f"{key}_{part}", s["eps"], seed, data=str(data),
                                  progress=False, context_limit=limit)
-            names = {p.name: n for n, p in runs.items()}
             for n, v in ev["models"].items():
                 res[key][names.get(n, n)][part] = {"ssim": v["ssim"], "psnr": v["psnr"],
                                                    "bins": binned(v["per_frame"], s["window"], r)}
-    saved.write_text(json.dumps({"settings": settings, "steps": steps, "scores": res}))
+            if part == "whole":
+                res[key] |= {BASELINES[b]: {"whole": {"ssim": v["ssim"], "psnr": v["psnr"],
+                                                      "bins": binned(v["per_frame"], s["window"], r)}}
+                             for b, v in ev["baselines"].items()}
+    saved.write_text(json.dumps({"settings": settings, "steps": steps, "baselines": True, "scores": res}))
     return res
 
 
@@ -71,6 +77,10 @@ def memory_gap(a: dict, b: dict, b_name: str) -> float | None:
     """SSIM of scores ``a`` minus scores ``b`` in distance bin ``b_name`` (None where a bin holds no frames)."""
     x, y = a["bins"][b_name]["ssim"], b["bins"][b_name]["ssim"]
     return None if x is None or y is None else x - y
+
+
+def _ssim(b: dict) -> str:
+    return "n/a" if b["ssim"] is None else f"{b['ssim']:.3f}"
 
 
 def report(per_seed: dict[int, dict], s: dict, r: int) -> str:
@@ -88,6 +98,9 @@ def report(per_seed: dict[int, dict], s: dict, r: int) -> str:
                 cells.append("n/a" if used is None else
                              f"{whole['bins'][far]['ssim']:.3f} | {cut['bins'][far]['ssim']:.3f} | {used:+.3f}")
             lines.append(f"  {model:<30} " + "   ".join(f"{c:>25}" for c in cells))
+        for name in BASELINES.values():
+            lines.append(f"  {'(' + name + ')':<30} " + "   ".join(
+                f"{_ssim(per_seed[sd][key][name]['whole']['bins'][far]):>25}" for sd in seeds))
         gaps = [memory_gap(per_seed[sd][key][HYBRID]["whole"], per_seed[sd][key][WINDOW]["whole"], far)
                 for sd in seeds]
         lines.append("  hybrid minus limited-context transformer, whole context: "

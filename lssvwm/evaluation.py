@@ -78,7 +78,9 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
                     context_limit: int | str | None = None) -> dict:
     """Score checkpoints on one task set; writes results.json, metric_vs_distance.png and grid.mp4 to ``out``.
 
-    Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, ...}. ``sampling``: overrides of each run's
+    Returns {"models": {name: {"psnr", "ssim", "lpips", ...}}, "baselines": {...}, ...}: the baselines
+    (:func:`_baselines`) are repeating the last context frame and the best context frame, printed under the
+    table and drawn in the plots. ``sampling``: overrides of each run's
     sampling settings (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). ``data``: the
     training data folder whose ``meta.json`` says which fixed mazes to use (default: the first checkpoint's
     training data).
@@ -116,6 +118,7 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
                "context_limit": context_limit, "task_set": str(tasks), "lpips": lp_note, "models": {}}
     grid_panels = None
     files = episode_files(tasks)
+    results["baselines"] = _baselines(files, frames)
     for name, sampler in samplers.items():
         limit = context_limit
         if limit == "reach":  # None (the whole context) for a model whose attention sees every past frame
@@ -147,13 +150,16 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     for metric in ("psnr", "ssim"):
         curves = {name: distance_curve(np.array(r["per_frame"]["distance"]), np.array(r["per_frame"][metric]))
-                  for name, r in results["models"].items()}
+                  for name, r in (results["models"] | {f"({BASELINES[k]})": v for k, v in
+                                                       results["baselines"].items()}).items()}
         plot_curves(curves, "memory distance (frames since the place was last seen in the context)",
                     metric.upper(), out / f"{metric}_vs_distance.png", f"{task}: {metric.upper()} vs memory distance")
     write_video(out / "grid.mp4", side_by_side(*grid_panels, gap=4), fps=8)
     header = f"{'model':<24} {'SSIM':>7} {'LPIPS':>7} {'PSNR':>7}"
     lines = [header] + [f"{n:<24} {r['ssim']:>7.3f} {('%.3f' % r['lpips']) if r['lpips'] is not None else 'n/a':>7} "
                         f"{r['psnr']:>7.2f}" for n, r in results["models"].items()]
+    lines += [f"({BASELINES[k]}, whole context): SSIM {r['ssim']:.3f}, PSNR {r['psnr']:.2f}"
+              for k, r in results["baselines"].items()]
     results["table"] = "\n".join(lines)
     cut = ""
     if context_limit == "reach":
@@ -166,6 +172,33 @@ def evaluate_models(ckpts: list[str], task: str, context: int, frames: int, out:
     print(f"results: {out / 'results.json'}\nplots: {out / 'psnr_vs_distance.png'}, {out / 'ssim_vs_distance.png'}\n"
           f"video (ground truth | " + " | ".join(results["models"]) + f"): {out / 'grid.mp4'}")
     return results
+
+
+BASELINES = {"repeat_last_frame": "repeat the last context frame",
+             "best_context_frame": "best context frame, picked with the truth"}
+
+
+def _baselines(files, frames: int) -> dict:
+    """The two baselines of the follow benchmark on a task set, from each episode's whole context: repeating its
+    last frame, and the best context frame for each true frame (the most a model could score by recalling its
+    context without rendering anything new; on the look-around task, where every frame was shown one turn back,
+    SSIM 1). {name: {"psnr", "ssim", "per_frame": {"psnr", "ssim", "distance"}}}."""
+    from .data.episodes import episode_tensors, load_episode
+    from .metrics import best_context_frames, psnr, ssim
+
+    per_frame = {k: {"psnr": [], "ssim": [], "distance": []} for k in BASELINES}
+    for f in files:
+        ep = load_episode(f)
+        n = int(ep["context_length"])
+        video = episode_tensors(ep)["frames"]
+        ctx, gt = video[:n], video[n:n + frames]  # (N, C, H, W), (M, C, H, W)
+        for k, guess in (("repeat_last_frame", ctx[-1:].expand_as(gt)),
+                         ("best_context_frame", best_context_frames(ctx[None], gt[None])[0])):
+            per_frame[k]["psnr"] += psnr(guess, gt).tolist()
+            per_frame[k]["ssim"] += ssim(guess, gt).tolist()
+            per_frame[k]["distance"] += ep["memory_distance"][:frames].tolist()
+    return {k: {"psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"])), "per_frame": v}
+            for k, v in per_frame.items()}
 
 
 def memory_horizons(run, frames, actions) -> list[dict]:

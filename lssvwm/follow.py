@@ -125,17 +125,6 @@ def score(pred: torch.Tensor, gt: torch.Tensor, lpips=None) -> dict:
     return out
 
 
-def best_context_frames(context: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(W, M, C, H, W): for each true frame, the context frame (of (W, N, C, H, W)) with the highest SSIM to it,
-    picked with the truth (an oracle baseline: retrieval from the context, no new view rendered)."""
-    from .metrics import ssim
-
-    rows = torch.arange(context.shape[0])
-    picks = [context[rows, ssim(context, truth[:, i:i + 1].expand_as(context)).argmax(1)]
-             for i in range(truth.shape[1])]
-    return torch.stack(picks, 1)
-
-
 def shuffled_actions(actions: torch.Tensor, seed: int = SHUFFLE_SEED) -> torch.Tensor:
     """Each window's actions ((W, M) ids or (W, M, A) vectors) in a fixed random order along time: the same
     actions (so the same amount of turning and moving), at the wrong times."""
@@ -176,6 +165,7 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). Returns the results."""
     from .resources import check_fits
     from .evaluation import common_resolution, load_runs, lpips_fn
+    from .metrics import best_context_frames
     from .follow_report import write_report
 
     if context < 1 or frames < 1 or long < frames or windows < 1:

@@ -1,5 +1,6 @@
 """Frame metrics in torch: PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01,
-K2 0.03), for frames in [-1, 1] shaped (..., C, H, W); both computed per frame on the [0, 1] scale."""
+K2 0.03), for frames in [-1, 1] shaped (..., C, H, W); both computed per frame on the [0, 1] scale. And the
+best-context-frame oracle that the follow benchmark and the memory tasks score as a baseline."""
 from __future__ import annotations
 
 import torch
@@ -62,3 +63,12 @@ def ssim_reference(pred: torch.Tensor, target: torch.Tensor, window: int = 11, s
         return lambda z: F.conv2d(z, k, groups=c)
 
     return _ssim(pred, target, window, sigma, conv_blur)
+
+
+def best_context_frames(context: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(W, M, C, H, W): for each true frame, the context frame (of (W, N, C, H, W)) with the highest SSIM to it,
+    picked with the truth (an oracle baseline: retrieval from the context, no new view rendered)."""
+    rows = torch.arange(context.shape[0])
+    picks = [context[rows, ssim(context, truth[:, i:i + 1].expand_as(context)).argmax(1)]
+             for i in range(truth.shape[1])]
+    return torch.stack(picks, 1)

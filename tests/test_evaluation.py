@@ -48,7 +48,7 @@ def test_look_around_repeats_the_contexts_last_turn():
     assert len(set(acts[n - turn:])) == 1 and acts[-1] in (2, 3)  # the context's last turn, and on turning
     assert np.allclose(ep["agent_pos"][n - turn - 1:], ep["agent_pos"][-1])  # in place
     for i in range(n, n + 30):  # every generated frame shows what the context showed one turn earlier
-        assert np.abs(ep["image"][i].astype(int) - ep["image"][i - turn]).max() <= 1
+        assert np.array_equal(ep["image"][i], ep["image"][i - turn])
     # memory distance: frames since the same cell *and heading* in the context (one turn, then two)
     assert ep["memory_distance"].tolist() == [turn] * 24 + [2 * turn] * 6
     with pytest.raises(ValueError, match="longer than a full turn"):
@@ -175,6 +175,32 @@ def test_context_cut_to_the_window_changes_only_models_with_memory_beyond_it(tin
     assert np.abs(np.subtract(full["hybrid"]["per_frame"]["psnr"], cut["hybrid"]["per_frame"]["psnr"])).max() > 0.01
     with pytest.raises(ValueError, match=r"context_limit must be 'reach' or in \[1, context = 12\]"):
         evaluate_models(runs, "retrieval", 12, 8, tmp_path / "bad", episodes=1, progress=False, context_limit=0)
+
+
+def test_memory_eval_scores_the_two_baselines(tiny_run, tmp_path, capsys):
+    """Beside the models, eval memory scores repeating the last context frame and the best context frame (picked
+    with the truth); on the look-around task every generated frame was shown one turn back, so the best context
+    frame is the truth itself."""
+    import torch
+
+    from lssvwm.data.episodes import episode_files, episode_tensors, load_episode
+    from lssvwm.evaluation import evaluate_models
+    from lssvwm.metrics import ssim
+
+    res = evaluate_models([str(tiny_run)], "look-around", 26, 4, tmp_path / "ev", episodes=2, progress=False)
+    rep, best = res["baselines"]["repeat_last_frame"], res["baselines"]["best_context_frame"]
+    expect = []
+    for f in episode_files(res["task_set"]):
+        ep = load_episode(f)
+        video, n = episode_tensors(ep)["frames"], int(ep["context_length"])
+        expect += ssim(video[n - 1:n].expand(4, -1, -1, -1), video[n:n + 4]).tolist()
+    assert rep["per_frame"]["ssim"] == pytest.approx(expect, abs=1e-6) and rep["ssim"] == pytest.approx(np.mean(expect))
+    assert min(best["per_frame"]["ssim"]) > 0.99 > max(expect)  # the view one turn back; not the last frame
+    assert best["per_frame"]["distance"] == res["models"][tiny_run.name]["per_frame"]["distance"] == [24] * 8
+    printed = capsys.readouterr().out
+    assert f"(best context frame, picked with the truth, whole context): SSIM {best['ssim']:.3f}" in printed
+    assert f"(repeat the last context frame, whole context): SSIM {rep['ssim']:.3f}" in printed
+    assert torch.isfinite(torch.tensor(rep["per_frame"]["psnr"])).all()
 
 
 def test_baselines_script_smoke(tmp_path, monkeypatch):
@@ -463,3 +489,5 @@ def test_look_around_experiment_smoke(tmp_path):
     # look-around: every generated frame repeats the context one turn (12 frames) back, beyond the reach
     look = res["per_seed"]["0"]["look-around"][memory_look.HYBRID]["whole"]["bins"]
     assert look[f"{r}+"]["frames"] == 6 and sum(b["frames"] for b in look.values()) == 6
+    oracle = res["per_seed"]["0"]["look-around"][memory_look.BASELINES["best_context_frame"]]["whole"]["bins"]
+    assert oracle[f"{r}+"]["ssim"] > 0.99  # the view one turn back is in the context

@@ -111,9 +111,30 @@ def test_look_around_turns_in_place_and_every_view_comes_back_one_turn_later():
         second = range(t + turn, t + 2 * turn)
         assert np.allclose(ep["agent_pos"][t - 1:t + 2 * turn], ep["agent_pos"][t - 1])  # in place
         for i in second:  # frame i shows exactly what frame i - turn showed
-            assert np.abs(ep["image"][i].astype(int) - ep["image"][i - turn]).max() <= 1
+            assert np.array_equal(ep["image"][i], ep["image"][i - turn])
     plain = generate_episode(1, 400, resolution=16)
     assert not np.array_equal(plain["action"], ep["action"])
+
+
+def test_a_heading_seen_again_renders_exactly_again():
+    """Turning in place, every view comes back bit for bit one full turn later, for any turn step dividing a full
+    turn (summed turn by turn, the heading drifted by ~1e-15 and 3.5% of such frames had a column rendered from the
+    other side of a wall's edge)."""
+    for deg in (15.0, 30.0, 45.0):
+        n = round(360 / deg)
+        for seed in range(6):
+            env = MazeEnv(resolution=16, turn_step_deg=deg)
+            frames = [env.reset(seed=seed)[0]["image"]]
+            for i in range(3 * n):
+                frames.append(env.step(3 if i % 7 else 2)[0]["image"])  # mostly right, some left
+            angles_back = [env.angle]
+            for _ in range(n):
+                env.step(3)
+            angles_back.append(env.angle)
+            assert angles_back[0] == angles_back[1]
+    env = MazeEnv(resolution=16, turn_step_deg=30.0)
+    frames = [env.reset(seed=3)[0]["image"]] + [env.step(3)[0]["image"] for _ in range(36)]
+    assert all(np.array_equal(frames[i], frames[i - 12]) for i in range(12, 37))
 
 
 def test_default_policy_is_the_one_datasets_were_made_with():

@@ -246,7 +246,8 @@ class MazeEnv(gym.Env):
         self.object_colors = OBJECT_COLORS[np.arange(self.n_objects) % len(OBJECT_COLORS)]
         r, c = open_cells[rng.integers(len(open_cells))]
         self.pos = np.array([c + 0.5, r + 0.5], dtype=np.float64)
-        self.angle = float(rng.integers(4) * np.pi / 2)
+        self._angle0, self._turns = float(rng.integers(4) * np.pi / 2), 0
+        self.angle = self._angle0
         self.target = int(rng.integers(self.n_objects)) if self.n_objects else -1
         self.t = 0
         self.caster = Raycaster(self.layout, self.wall_colors, self.objects, self.object_colors,
@@ -269,7 +270,14 @@ class MazeEnv(gym.Env):
         if not 0 <= action < NUM_ACTIONS:
             raise ValueError(f"action must be an integer in [0, {NUM_ACTIONS}), got {action}")
         move, turn = _ACTION_TABLE[action]
-        self.angle = float((self.angle + turn * self.turn_step) % (2 * np.pi))
+        # The heading from a count of turn steps, not summed turn by turn: the same heading is then the same float
+        # (summed, 180 degrees could come out as pi - 1e-15 one time and pi + 1e-15 the next, and a ray along a
+        # wall's edge renders either side of it), so a view seen again after a full turn is rendered exactly again.
+        self._turns += turn
+        full = 2 * np.pi / self.turn_step
+        if abs(full - round(full)) < 1e-9:  # the turn step divides a full turn: count modulo it
+            self._turns %= round(full)
+        self.angle = float((self._angle0 + self._turns * self.turn_step) % (2 * np.pi))
         if move:
             dx, dy = self.move_step * np.cos(self.angle), self.move_step * np.sin(self.angle)
             # Slide along walls: try each axis separately.
