@@ -26,6 +26,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lssvwm.evaluation import BASELINES  # eval memory's baselines (whole context), reported beside the models
+
 from .memory import HYBRID, PRESETS, WINDOW, _step, binned, reach, train_models
 
 # the cpu memory preset's models and recipe on 32-frame clips of look-around data; smoke: seconds, for the tests
@@ -37,8 +39,6 @@ SETTINGS = {
               "policy": {"spin_prob": 0.5, "spin_turns": 2}, "tasks": {"look-around": (14, 6), "retrieval": (8, 6)}},
 }
 MODELS = {HYBRID: ("hybrid", 0.5), WINDOW: ("window-transformer", 0.5)}  # name -> (variant, long-context prob.)
-# eval memory's baselines (from the whole context), reported beside the models
-BASELINES = {"repeat_last_frame": "repeat the last context frame", "best_context_frame": "best context frame (oracle)"}
 
 
 def evaluate(runs: dict[str, Path], s: dict, data: Path, out: Path, seed: int) -> dict:

@@ -124,9 +124,9 @@ def test_a_heading_seen_again_renders_exactly_again():
         n = round(360 / deg)
         for seed in range(6):
             env = MazeEnv(resolution=16, turn_step_deg=deg)
-            frames = [env.reset(seed=seed)[0]["image"]]
+            env.reset(seed=seed)
             for i in range(3 * n):
-                frames.append(env.step(3 if i % 7 else 2)[0]["image"])  # mostly right, some left
+                env.step(3 if i % 7 else 2)  # mostly right, some left
             angles_back = [env.angle]
             for _ in range(n):
                 env.step(3)

@@ -221,6 +221,8 @@ class MazeEnv(gym.Env):
         self.size, self.resolution, self.n_objects = size, resolution, n_objects
         self.loop_prob, self.max_steps = loop_prob, max_steps
         self.move_step, self.turn_step = move_step, np.deg2rad(turn_step_deg)
+        steps = 2 * np.pi / self.turn_step  # the heading is counted in turn steps, modulo a full turn where they fit
+        self._circle = round(steps) if abs(steps - round(steps)) < 1e-9 else 0
         self.radius, self.fov_deg = agent_radius, fov_deg
         self.render_mode = render_mode
         self.action_space = gym.spaces.Discrete(NUM_ACTIONS)
@@ -274,9 +276,8 @@ class MazeEnv(gym.Env):
         # (summed, 180 degrees could come out as pi - 1e-15 one time and pi + 1e-15 the next, and a ray along a
         # wall's edge renders either side of it), so a view seen again after a full turn is rendered exactly again.
         self._turns += turn
-        full = 2 * np.pi / self.turn_step
-        if abs(full - round(full)) < 1e-9:  # the turn step divides a full turn: count modulo it
-            self._turns %= round(full)
+        if self._circle:  # the turn step divides a full turn: count modulo it
+            self._turns %= self._circle
         self.angle = float((self._angle0 + self._turns * self.turn_step) % (2 * np.pi))
         if move:
             dx, dy = self.move_step * np.cos(self.angle), self.move_step * np.sin(self.angle)
