@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run maze ssm rollout inference training play profile
+	$(BIN)/python -m benchmarks.run maze ssm rollout inference training play profile processes
 
 clean:
 	rm -rf runs benchmarks/results

@@ -13,6 +13,7 @@ comes from its own process and the numbers compared in one table come from one r
 | training | training.py: tokens/s and memory vs clip length |
 | play | play.py: what a user plays, batch 1 (``--against REV`` there) |
 | profile | train_step.py: the training step against the measured peak (``--against REV`` there) |
+| processes | cpu_processes.py: training in 1 or 2 local processes sharing the CPU's threads (``lssvwm train --processes``) |
 | recall | recall.py: synthetic recall, hybrid vs windowed transformer |
 | gpu, gpu-quick, gpu-smoke | gpu.py: CUDA only (gpu-quick: eager steps only, about a minute) / the same code small on the CPU |
 """
@@ -24,7 +25,8 @@ import sys
 from benchmarks.common import save
 
 BENCHES = {"maze": ("maze_env", "run"), "ssm": ("ssm_scan", "run"), "rollout": ("rollout", "run"),
-           "play": ("play", "run"), "profile": ("train_step", "run_default"), "inference": ("inference", "run"),
+           "play": ("play", "run"), "profile": ("train_step", "run_default"),
+           "processes": ("cpu_processes", "run"), "inference": ("inference", "run"),
            "training": ("training", "run"), "recall": ("recall", "run"), "gpu": ("gpu", "run"),
            "gpu-quick": ("gpu", "run_quick"), "gpu-smoke": ("gpu", "run_smoke")}
 

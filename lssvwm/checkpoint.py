@@ -188,26 +188,47 @@ def load_model(path: str | os.PathLike, ema: bool = True, device="cpu"):
 RUNTIME_MODEL_FIELDS = ("gradient_checkpointing", "attn_backend", "attn_chunk")
 
 
-def architecture_differences(mine, theirs) -> list[str]:
-    """The model config fields (``ModelConfig``) in which two models differ, apart from how they run."""
+# what no weight depends on: the scans' step-size init range (the weights replace it) and their chunk length
+WEIGHT_FREE_MODEL_FIELDS = ("ssm_dt_init", "ssm_chunk")
+
+
+def _windows_only(mine: list[dict], theirs: list[dict] | None) -> bool:
+    """Whether two layer plans differ only in their attention windows: the same scans, attention in the same
+    layers (a window of k frames, or "all", has the same weights whatever k)."""
+    return theirs is not None and len(mine) == len(theirs) and all(
+        a["ssm"] == b["ssm"] and (a["attn"] is None) == (b["attn"] is None) for a, b in zip(mine, theirs))
+
+
+def architecture_differences(mine, theirs, same_weights_ok: bool = False) -> list[str]:
+    """The model config fields (``ModelConfig``) in which two models differ, apart from how they run. With
+    ``same_weights_ok`` (fine-tuning), also apart from what the weights do not depend on: the attention windows
+    (:func:`_windows_only`) and :data:`WEIGHT_FREE_MODEL_FIELDS`."""
     from dataclasses import asdict
 
     a, b = asdict(mine), asdict(theirs)
-    return [f"model.{k}: {a[k]!r} here, {b[k]!r} in the weights" for k in a
-            if k not in RUNTIME_MODEL_FIELDS and a[k] != b.get(k)]
+
+    def weight_free(k: str) -> bool:
+        return k in WEIGHT_FREE_MODEL_FIELDS or k == "layers" and _windows_only(a[k], b.get(k))
+
+    return [f"model.{k}: {a[k]!r} here, {b.get(k)!r} in the weights" for k in a
+            if k not in RUNTIME_MODEL_FIELDS and a[k] != b.get(k) and not (same_weights_ok and weight_free(k))]
 
 
 def init_from(model: torch.nn.Module, ema: torch.nn.Module, cfg: RunConfig, source: str | os.PathLike) -> Path:
     """Fine-tuning (``train.init``): copy the EMA weights of ``source`` (a run, checkpoint or exported folder, or a
-    shipped name) into ``model`` and ``ema``; the architectures must match. Returns the checkpoint folder used."""
+    shipped name) into ``model`` and ``ema``; the architectures must match, except in what no weight depends on
+    (the attention windows, the scans' init range and chunk length: each such change is printed as a note).
+    Returns the checkpoint folder used."""
     try:
         src, src_cfg, ckpt = load_model(source, ema=True)
     except CheckpointError as e:
         raise CheckpointError(f"train.init: {e}") from e
-    diff = architecture_differences(cfg.model, src_cfg.model)
+    diff = architecture_differences(cfg.model, src_cfg.model, same_weights_ok=True)
     if diff:
         raise CheckpointError(f"train.init={source}: its model differs from this run's: " + "; ".join(diff) +
                               " (lssvwm train --init without --config or --preset takes the model of the weights)")
+    for change in architecture_differences(cfg.model, src_cfg.model):  # the same weights, used differently
+        print(f"note: train.init={source}: {change}", flush=True)
     if cfg.train.autoencoder != src_cfg.train.autoencoder and (cfg.train.autoencoder or src_cfg.train.autoencoder):
         print(f"note: train.init={source} was trained with train.autoencoder={src_cfg.train.autoencoder!r}, this "
               f"run uses {cfg.train.autoencoder!r}", flush=True)

@@ -56,23 +56,32 @@ def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: i
                         **({"d_model": width} if width else {}))
 
 
+def demo_processes(batch_size: int, threads: int | None = None) -> int:
+    """Training processes for the demo: 2 on a CPU with at least 2 threads (each process half of them; on 2 cores
+    two 1-thread processes train the demo's model 1.2x faster than one with both threads, docs/speed.md), 1 on a
+    GPU, on one thread or for an odd batch."""
+    threads = threads or torch.get_num_threads()
+    return 2 if threads >= 2 and batch_size % 2 == 0 and not torch.cuda.is_available() else 1
+
+
 def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small", episodes: int = 64,
              steps_per_episode: int = 400, context: int = 32, frames: int = 48, mazes: int = 4,
              lr: float = RECIPE["lr"], window: int = RECIPE["window"], windows: int = 8,
              shipped: str | None = SHIPPED, d_model: int | None = None, n_layers: int | None = None,
-             data: str | None = None, seed: int = 0) -> dict:
+             data: str | None = None, seed: int = 0, processes: int | None = None) -> dict:
     """Built-in maze data (episodes cycle through ``mazes`` fixed mazes) -> train the ``small`` hybrid (at the
     recipe's width and the preset's depth, unless ``d_model``, ``n_layers`` or another ``preset`` says otherwise)
     for ``minutes`` on the CPU (training seed ``seed``) -> the
     follow benchmark on held-out trajectories in those mazes and in unseen ones (``context`` true frames, then
     ``frames`` generated), free and one step ahead, beside the shipped weights trained on the same mazes for hours.
     Writes videos, strips, the loss curve and ``metrics.json``. ``data``: where the episodes go (default
-    ``out/data``; complete episodes already there are kept, so several demos can share one folder)."""
+    ``out/data``; complete episodes already there are kept, so several demos can share one folder). ``processes``:
+    training processes (default :func:`demo_processes`; the same run as one process, at another pace)."""
     from .data.episodes import generate_dataset
     from .follow import evaluate_follow
     from .plots import plot_loss
     from .models.world_model import parameter_count
-    from .train import train
+    from .train import train_processes
 
     out = Path(out)
     t_start = time.time()
@@ -107,7 +116,11 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     else:
         print(f"[2/3] training {preset} hybrid for {minutes:g} min: {per_step:.2f} s/step -> ~{cfg.train.steps} steps "
               f"(fitted to the time after the warmup)")
-    train(cfg, resume=resume)
+    processes = processes or demo_processes(cfg.train.batch_size)
+    if processes > 1:
+        print(f"      in {processes} processes of {max(1, torch.get_num_threads() // processes)} thread(s) each "
+              f"(DDP over gloo, the batch of {cfg.train.batch_size} split between them)")
+    train_processes(cfg, processes, resume=resume)
 
     models = [str(run)] + ([shipped] if _comparable(shipped, cfg) else [])
     print(f"[3/3] follow benchmark: {context} context frames, {frames} generated, {windows} held-out trajectories in "
@@ -119,7 +132,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     metrics = {"train_steps": int(log[-1]["step"]) if log else 0,  # the time budget can end a run early
                "train_steps_planned": cfg.train.steps,  # the plan fitted to the time (train.fit_steps)
                "seconds_per_step": round(per_step, 4),  # the first guess's timing on random data
-               "threads": torch.get_num_threads(), "seed": cfg.train.seed,
+               "threads": torch.get_num_threads(), "processes": processes, "seed": cfg.train.seed,
                "model": {"preset": preset, "d_model": cfg.model.d_model, "layers": len(cfg.model.layers),
                          "parameters": parameter_count(cfg.model)},
                "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,

@@ -1,6 +1,7 @@
 """The training machinery both training loops share (world model: :mod:`lssvwm.train`, autoencoder:
-:mod:`lssvwm.train_ae`): process setup, stable seeds, the LR schedule, AdamW groups, the EMA/optimizer step,
-init and exact resume, the step batch sampler, and the loop skeleton (time budget, log, checkpoint cadence).
+:mod:`lssvwm.train_ae`): process setup (and local CPU processes in one DDP group), stable seeds, the LR schedule,
+AdamW groups, the EMA/optimizer step, init and exact resume, the step batch sampler, and the loop skeleton (time
+budget, log, checkpoint cadence).
 
 Every step draws its batch and its noise from generators seeded by (seed, step[, ...]); together with the saved
 optimizer/EMA state this makes a resume continue exactly: on CPU the loss sequence after a resume equals that of
@@ -40,6 +41,80 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         return rank, world, torch.device("cpu")
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with(parent: int) -> None:
+    """Be killed when the process ``parent`` ends (Linux; elsewhere nothing), so that a killed run's processes
+    do not go on training it. SIGKILL, not the SIGINT spawn asks for: a job started in the background of a
+    non-interactive shell ignores SIGINT."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # it ended before the line above
+        os._exit(1)
+
+
+def _cpu_rank(rank: int, world: int, port: int, threads: int, errors, fn, args, parent: int) -> None:
+    """One spawned process of :func:`run_cpu_processes`: the environment ``torchrun`` would give it, then ``fn``."""
+    _die_with(parent)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(threads)
+    try:
+        fn(*args)
+    except Exception as e:  # handed to the parent as it is, so that it can raise the error with its own type
+        try:
+            errors.put((rank, e))
+        except Exception:  # an exception that does not pickle: spawn's own report (its traceback) stands
+            pass
+        raise
+
+
+def run_cpu_processes(fn, args: tuple, processes: int, threads: int | None = None):
+    """``fn(*args)`` in ``processes`` new local processes that form one DDP group over gloo, as under ``torchrun
+    --standalone --nproc_per_node=processes`` (:func:`setup_distributed` finds them), the ``threads`` (default:
+    this process's) shared evenly between them. On a CPU with few cores, processes of one thread each run a
+    small model's step faster than one process with all the threads (docs/speed.md). When one process fails
+    the others are stopped and its exception is raised here (its own type and message). Returns None."""
+    import logging
+
+    import torch.multiprocessing as mp
+
+    if torch.cuda.is_available():
+        raise ConfigError("local processes are for training on the CPU; on GPUs use torchrun "
+                          "(--nproc_per_node = the number of GPUs)")
+    threads = threads or torch.get_num_threads()
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // processes))  # for the children's thread pools at start
+    quiet = logging.getLogger("torch.multiprocessing.spawn")  # its warning as it stops the others: not our error
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        mp.start_processes(_cpu_rank, nprocs=processes, join=True, start_method="spawn", args=(
+            processes, _free_port(), max(1, threads // processes), errors, fn, args, os.getpid()))
+    except mp.ProcessRaisedException:
+        if errors.empty():
+            raise
+        raise errors.get()[1] from None
+    finally:
+        quiet.setLevel(level)
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def decay_progress(step: int, loop: LoopConfig, anchor: tuple[int, float] | None = None) -> float:

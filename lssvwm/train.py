@@ -1,6 +1,7 @@
 """Training the world model: one loop for 1 CPU, 1 GPU, or N processes under ``torchrun`` (DDP; gloo on CPU,
-NCCL on GPU). The machinery it shares with the autoencoder's loop (seeds, LR schedule, EMA/AdamW step, exact resume,
-batch sampler, the loop skeleton) is in :mod:`lssvwm.loop`.
+NCCL on GPU) or started here (:func:`train_processes`: N local CPU processes). The machinery it shares with the
+autoencoder's loop (seeds, LR schedule, EMA/AdamW step, exact resume, batch sampler, the loop skeleton) is in
+:mod:`lssvwm.loop`.
 
 Every step draws its batch and its noise from generators seeded by (seed, step[, clip]); together with the
 saved optimizer/EMA state this makes ``--resume`` continue exactly: on CPU the loss sequence after a resume
@@ -20,7 +21,7 @@ from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
 from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, training_noise
 from .loop import (Loop, StepBatchSampler, autocast_dtype, check_data_folder, device_memory, init_training,
-                   optimizer_step, setup_distributed, stable_seed)
+                   optimizer_step, run_cpu_processes, setup_distributed, stable_seed)
 from .models.world_model import WorldModel, parameter_count
 from .resources import check_fits
 from .writer_lock import one_writer
@@ -84,6 +85,20 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     rank, world, device = setup_distributed()
     with one_writer(cfg.train.out, "training run") if rank == 0 else contextlib.nullcontext():
         return _train(cfg, resume, progress, stop_after, rank, world, device)
+
+
+def train_processes(cfg: RunConfig, processes: int = 1, resume: bool = False, progress: bool = True) -> Path:
+    """:func:`train` in ``processes`` local CPU processes (:func:`~lssvwm.loop.run_cpu_processes`: DDP over gloo,
+    ``train.batch_size`` split between them, this process's threads shared): the run one process makes, at the pace
+    of several. ``processes=1``: :func:`train` here. Returns the run folder."""
+    if processes == 1:
+        return train(cfg, resume, progress)
+    cfg.validate()
+    if cfg.train.batch_size % processes:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the number of processes "
+                          f"{processes}")
+    run_cpu_processes(train, (cfg, resume, progress), processes)
+    return Path(cfg.train.out)
 
 
 def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None, rank: int, world: int,

@@ -58,6 +58,31 @@ def test_ddp_two_cpu_processes_equal_one_process(tiny_data, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
 
 
+def test_train_processes_started_here_equal_one_process(tiny_data, tmp_path):
+    """`lssvwm train --processes 2` starts the DDP group itself (no torchrun) and trains what one process does,
+    in processes of half the threads each; failures inside the processes come back as the CLI's one-line errors."""
+    sets = ["train.steps=3", "train.ckpt_every=3"]
+    one = subprocess.run(_train_cmd(tiny_data, tmp_path / "one", *sets), capture_output=True, text=True, env=_env())
+    assert one.returncode == 0, one.stderr
+    cmd = _train_cmd(tiny_data, tmp_path / "two", *sets) + ["--processes", "2"]
+    two = subprocess.run(cmd, capture_output=True, text=True, env=_env(2))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "x2" in two.stdout and "run: " in two.stdout
+    np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5)
+    a = load_file(str(find_checkpoint(tmp_path / "one") / "ema.safetensors"))
+    b = load_file(str(find_checkpoint(tmp_path / "two") / "ema.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
+    # an error raised inside the processes (rank 0 alone here: the run exists) is the one-line error of one process
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(2))
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'two'} already holds a run: pass --resume to continue it, or choose another --out"]
+    odd = subprocess.run(_train_cmd(tiny_data, tmp_path / "odd", *sets, "train.batch_size=3") + ["--processes", "2"],
+                         capture_output=True, text=True, env=_env(2))
+    assert odd.returncode == 2 and "train.batch_size=3 must be divisible by the number of processes 2" in odd.stderr
+    assert "Traceback" not in odd.stderr + again.stderr
+
+
 def test_batches_do_not_repeat_or_skip_across_ranks():
     n, batch, world = 37, 8, 2
     steps_per_epoch_span = 3 * n // batch  # about three epochs
@@ -116,6 +141,37 @@ def test_sigkill_at_random_moments_then_resume_same_curve(tiny_data, tmp_path):
         res = subprocess.run(resume, capture_output=True, text=True, env=_env())  # the run's own config
         assert res.returncode == 0, res.stderr
         assert _losses(run) == _losses(tmp_path / "ref"), f"trial {trial}: killed after {ckpt.name}"
+
+
+def test_processes_die_with_a_killed_parent_and_the_run_resumes(tiny_data, tmp_path):
+    """SIGKILL to `lssvwm train --processes 2` stops its processes too, also when it was started with SIGINT
+    ignored (what a non-interactive shell does to a job in the background): the run does not go on without it,
+    and resuming it (in one process here) ends where an unbroken run does."""
+    sets = ["train.steps=400", "train.ckpt_every=2", "train.warmup=1000"]  # the LR of step s: the same for any steps
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_data, run, *sets) + ["--processes", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env(2),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    log = run / "log.jsonl"
+    deadline = time.time() + 600
+    while not (log.exists() and len(log.read_text().splitlines()) >= 4) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)  # the processes' own death (a step in flight may still end)
+    lines = len(log.read_text().splitlines())
+    assert 4 <= lines < 12, f"killed after {lines} steps; the test resumes to step 12"
+    time.sleep(3)
+    assert len(log.read_text().splitlines()) == lines, "the processes trained on after their parent was killed"
+    resume = [sys.executable, "-m", "lssvwm", "train", "--out", str(run), "--resume", "--no-progress", "--set",
+              "train.steps=12"]
+    res = subprocess.run(resume, capture_output=True, text=True, env=_env())
+    assert res.returncode == 0, res.stderr  # nobody holds the run any more
+    ref = subprocess.run(_train_cmd(tiny_data, tmp_path / "ref", "train.steps=12", "train.ckpt_every=2",
+                                    "train.warmup=1000"),
+                         capture_output=True, text=True, env=_env())
+    assert ref.returncode == 0, ref.stderr
+    np.testing.assert_allclose(_losses(run), _losses(tmp_path / "ref"), rtol=1e-5)
 
 
 def test_bad_files_stop_before_training_or_are_skipped(tiny_data, tmp_path):

@@ -350,7 +350,8 @@ def test_demo_path_end_to_end(tmp_path):
     from lssvwm.demo import run_demo
 
     m = run_demo(out=str(tmp_path / "demo"), minutes=0.05, preset="tiny", episodes=4, steps_per_episode=160,
-                 context=8, frames=8, windows=2)
+                 context=8, frames=8, windows=2, processes=2)  # as on a CPU with 2+ threads: DDP, 2 processes
+    assert m["processes"] == 2
     for name in ("rollout.gif", "next_frame.gif", "strip.png", "loss.png", "metrics.json", "follow/results.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 500
     assert len(m["psnr_per_frame"]) == 8 and set(m["baseline_repeat_last_frame"]) == {"train-mazes", "unseen-mazes"}
@@ -361,6 +362,13 @@ def test_demo_path_end_to_end(tmp_path):
     saved = load_config(tmp_path / "demo" / "run" / "config.yaml")  # the recipe's batch and lr reach the run
     assert saved.train.batch_size == RECIPE["batch_size"] == 4 and saved.train.lr == RECIPE["lr"]
     assert saved.train.fit_steps and saved.train.max_minutes == 0.05  # the step count is fitted to the budget
+
+
+def test_demo_trains_in_two_processes_where_there_are_two_threads():
+    from lssvwm.demo import demo_processes
+
+    assert [demo_processes(4, t) for t in (1, 2, 3, 16)] == [1, 2, 2, 2] or torch.cuda.is_available()
+    assert demo_processes(3, 2) == 1  # an odd batch does not split
 
 
 def test_demo_model_is_the_recipes_width_of_small():
@@ -481,10 +489,12 @@ def test_demo_shows_the_shipped_weights_beside_its_run(tmp_path, monkeypatch):
     assert set(m["follow"]["maze-tiny"]) == {"train-mazes", "unseen-mazes"}
 
 
-def test_init_starts_from_another_runs_weights(tiny_run, tiny_data, tmp_path):
+def test_init_starts_from_another_runs_weights(tiny_run, tiny_data, tmp_path, capsys):
     """Fine-tuning (train.init / --init): the new run starts from the source's EMA weights with a fresh optimizer;
-    the model must be the same (how it runs may differ); the CLI takes the source's model when none is given."""
+    the model must be the same (how it runs, and what no weight depends on, may differ); the CLI takes the
+    source's model when none is given."""
     import copy
+    from dataclasses import replace
 
     from lssvwm.checkpoint import CheckpointError, init_from, load_model
     from lssvwm.models.world_model import WorldModel
@@ -500,6 +510,23 @@ def test_init_starts_from_another_runs_weights(tiny_run, tiny_data, tmp_path):
     for m in (model, ema):
         for (name, a), b in zip(m.state_dict().items(), src.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # what no weight depends on may differ too, with a note: the attention windows, the scans' init and chunk
+    windows = copy.deepcopy(cfg)
+    windows.model.layers = [replace(spec, attn=1 if spec.attn is not None else None) for spec in cfg.model.layers]
+    windows.model.ssm_dt_init, windows.model.ssm_chunk = "frame", 8
+    assert windows.model.layers != cfg.model.layers and windows.model.attention_reach() == 1 + cfg.model.prev_frame
+    model = WorldModel(windows.model)
+    init_from(model, copy.deepcopy(model), windows, str(tiny_run))
+    out = capsys.readouterr().out
+    assert out.count("note: train.init=") == 3 and "model.layers" in out and "model.ssm_chunk: 8 here" in out
+    for (name, a), b in zip(model.state_dict().items(), src.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # ... but not the scans' blocks, nor where the attention is
+    for change in ({"ssm": (2, 2)}, {"attn": None}):
+        other = copy.deepcopy(cfg)
+        other.model.layers = [replace(cfg.model.layers[0], **change)] + cfg.model.layers[1:]
+        with pytest.raises(CheckpointError, match=r"model\.layers: "):
+            init_from(WorldModel(other.model), WorldModel(other.model), other, str(tiny_run))
     cfg.model.d_model = 64
     with pytest.raises(CheckpointError, match=r"model\.d_model: 64 here"):
         init_from(WorldModel(cfg.model), WorldModel(cfg.model), cfg, str(tiny_run))
