@@ -4,6 +4,12 @@
 #   bash benchmarks/gpu_session.sh bench              # CUDA-only tests + python -m benchmarks.run gpu (~8 min)
 #   bash benchmarks/gpu_session.sh train MINUTES      # configs/maze-small-gpu.yaml for MINUTES, then the follow
 #                                                     #   benchmark and an exported copy of the EMA weights
+#   bash benchmarks/gpu_session.sh memory MINUTES     # the memory claim at GPU scale: maze-small-v3 fine-tuned on
+#       look-around data in its 4 mazes (--spin-prob 1) for MINUTES, batch 32 x 48 frames, twice side by side: its
+#       attention windows as shipped (4) and cut to 1 frame (whatever it keeps from beyond 2 frames then comes through
+#       its scans); then eval memory (look-around, retrieval; 16 episodes) with the whole context, cut to each
+#       model's attention reach and cut to 14 frames, and the heads' memory (eval horizon). CPU runs of this at 90
+#       minutes: docs/results.md. Dry run: PY=.venv/bin/python SET="train.batch_size=2" EPISODES=8 EVAL_EPISODES=1
 #   bash benchmarks/gpu_session.sh session MINUTES    # all in one call, for a lease of ~15 minutes: the quick
 #       benchmark (benchmarks.run gpu-quick, eager steps, decoding, kernels), then configs/maze-small-gpu.yaml
 #       eager (as written) and compiled side by side on the GPU for MINUTES each (train.fit_steps: each LR schedule
@@ -112,8 +118,44 @@ session)
         cuda_tests $left
     fi
     ;;
+memory)
+    minutes=${2:?minutes of training}
+    look="$CARRY/look"
+    [ -f "$look/meta.json" ] || $PY -m lssvwm.cli data maze --episodes "${EPISODES:-256}" --steps 400 --resolution 32 \
+        --mazes 4 --seed 0 --spin-prob 1 --spin-turns 3 --out "$look" 2>&1 | tail -n 2
+    pids=()
+    for w in 4 1; do
+        layers="[{ssm: full, attn: $w}, {ssm: [4, 4], attn: $w}, {ssm: full, attn: $w}, {ssm: [2, 2], attn: $w}]"
+        $PY -m lssvwm.cli train --config configs/maze-small-v3.yaml --data "$look" --out runs/look-w$w --no-progress \
+            --set train.init=maze-small-v3 train.clip_len=48 train.batch_size=32 train.lr=2e-3 train.warmup=100 \
+            train.max_minutes="$minutes" train.fit_steps=true train.ckpt_every=500 "model.layers=$layers" ${SET:-} \
+            >"$RES/train_w$w.log" 2>&1 &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    echo "trained at $(elapsed) s"
+    for w in 4 1; do
+        run=runs/look-w$w
+        grep -v "^step" "$RES/train_w$w.log" | tail -n 4
+        [ -f $run/checkpoints/latest ] || continue
+        cp $run/log.jsonl "$RES/log_w$w.jsonl"
+        for task in "look-around 32 24" "retrieval 48 48"; do
+            read -r name ctx gen <<<"$task"
+            for cut in whole reach 14; do
+                limit=(); [ $cut = whole ] || limit=(--context-limit $cut)
+                $PY -m lssvwm.cli eval memory --ckpt $run --task $name --context $ctx --frames $gen --seed 0 \
+                    --episodes "${EVAL_EPISODES:-16}" --data "$look" "${limit[@]}" --out "$RES/memory_w$w/${name}_$cut" \
+                    2>&1 | grep -v "it/s" | tail -n 6
+                [ $cut = whole ] || rm -f "$RES/memory_w$w/${name}_$cut/grid.mp4"  # one video each: 16 MiB a file
+            done
+        done
+        $PY -m lssvwm.cli eval horizon --ckpt $run --data "$look" 2>&1 | tail -n 3 | tee "$RES/horizon_w$w.txt"
+        $PY -m lssvwm.cli model export --ckpt $run --out /tmp/export/look-w$w >/dev/null
+    done
+    [ -d /tmp/export ] && tar cf "$OUT/export.tar" -C /tmp export  # beside results.tar (16 MiB a file)
+    ;;
 *)
-    sed -n 2,18p "$0"; exit 2
+    sed -n 2,28p "$0"; exit 2
     ;;
 esac
 tar cf "$OUT/results.tar" --exclude="windows_*" -C "$RES" .
