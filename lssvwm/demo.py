@@ -121,6 +121,8 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
         print(f"      in {processes} processes of {max(1, torch.get_num_threads() // processes)} thread(s) each "
               f"(DDP over gloo, the batch of {cfg.train.batch_size} split between them)")
     train_processes(cfg, processes, resume=resume)
+    # the plan the training processes fitted (in their own copies of cfg): the last checkpoint's config has it
+    cfg.train.steps = _resume_point(run, cfg.train.steps)[1]
 
     models = [str(run)] + ([shipped] if _comparable(shipped, cfg) else [])
     print(f"[3/3] follow benchmark: {context} context frames, {frames} generated, {windows} held-out trajectories in "
