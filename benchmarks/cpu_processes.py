@@ -21,17 +21,16 @@ from pathlib import Path
 
 from benchmarks import common
 
-# the demo's recipe (lssvwm.demo), built in the child so that it is the tree's own
+# the demo's run (lssvwm.demo.demo_run_config), built in the child so that it is the tree's own, for a fixed number
+# of steps instead of a time budget, and no checkpoints to write on the way
 DRIVER = """
 import sys
-from lssvwm.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig
-from lssvwm.demo import RECIPE, demo_model
+from lssvwm.demo import demo_model, demo_run_config
 from lssvwm.train import train_processes
 
 data, out, steps, processes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-cfg = RunConfig(model=demo_model(), diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
-                train=TrainConfig(data=data, out=out, clip_len=16, batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
-                                  warmup=50, ckpt_every=10**6, steps=steps, seed=0))
+cfg = demo_run_config(demo_model(), data, out, minutes=0)
+cfg.train.steps, cfg.train.fit_steps, cfg.train.ckpt_every = steps, False, 10**6
 train_processes(cfg, processes, progress=False)
 """
 

@@ -56,6 +56,15 @@ def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: i
                         **({"d_model": width} if width else {}))
 
 
+def demo_run_config(model_cfg, data, out, minutes: float, lr: float = RECIPE["lr"], seed: int = 0) -> RunConfig:
+    """The demo's training run: ``model_cfg`` (:func:`demo_model`) on ``data`` into ``out``, the recipe's batch of
+    16-frame clips and sampler, ``minutes`` with the step count fitted to them (train.fit_steps)."""
+    return RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
+                     train=TrainConfig(data=str(data), out=str(out), clip_len=16, batch_size=RECIPE["batch_size"],
+                                       lr=lr, warmup=50, ckpt_every=100, max_minutes=minutes, fit_steps=True,
+                                       seed=seed))
+
+
 def demo_processes(batch_size: int, threads: int | None = None) -> int:
     """Training processes for the demo: 2 on a CPU with at least 2 threads (each process half of them; on 2 cores
     two 1-thread processes train the demo's model 1.2x faster than one with both threads, docs/speed.md), 1 on a
@@ -92,10 +101,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
           f"mazes -> {data}")
     generate_dataset(data, episodes, steps_per_episode, resolution=res, seed=0, workers=2, mazes=mazes)
 
-    cfg = RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
-                    train=TrainConfig(data=str(data), out=str(out / "run"), clip_len=16,
-                                      batch_size=RECIPE["batch_size"], lr=lr, warmup=50, ckpt_every=100,
-                                      max_minutes=minutes, fit_steps=True, seed=seed))
+    cfg = demo_run_config(model_cfg, data, out / "run", minutes, lr, seed)
     per_step = _seconds_per_step(cfg)
     # A first guess at the step count, from a timing on random data; the loop fits it to the time budget at the end
     # of the warmup (train.fit_steps), from the pace of the real steps on the machine as it is then.

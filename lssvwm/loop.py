@@ -94,17 +94,16 @@ def run_cpu_processes(fn, args: tuple, processes: int, threads: int | None = Non
     if torch.cuda.is_available():
         raise ConfigError("local processes are for training on the CPU; on GPUs use torchrun "
                           "(--nproc_per_node = the number of GPUs)")
-    threads = threads or torch.get_num_threads()
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
+    each = max(1, (threads or torch.get_num_threads()) // processes)
+    errors = mp.get_context("spawn").SimpleQueue()
     saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // processes))  # for the children's thread pools at start
+    os.environ["OMP_NUM_THREADS"] = str(each)  # for the children's thread pools at start
     quiet = logging.getLogger("torch.multiprocessing.spawn")  # its warning as it stops the others: not our error
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         mp.start_processes(_cpu_rank, nprocs=processes, join=True, start_method="spawn", args=(
-            processes, _free_port(), max(1, threads // processes), errors, fn, args, os.getpid()))
+            processes, _free_port(), each, errors, fn, args, os.getpid()))
     except mp.ProcessRaisedException:
         if errors.empty():
             raise

@@ -87,6 +87,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         return _train(cfg, resume, progress, stop_after, rank, world, device)
 
 
+def _check_batch_split(batch_size: int, processes: int) -> None:
+    if batch_size % processes:
+        raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes {processes}")
+
+
 def train_processes(cfg: RunConfig, processes: int = 1, resume: bool = False, progress: bool = True) -> Path:
     """:func:`train` in ``processes`` local CPU processes (:func:`~lssvwm.loop.run_cpu_processes`: DDP over gloo,
     ``train.batch_size`` split between them, this process's threads shared): the run one process makes, at the pace
@@ -94,9 +99,7 @@ def train_processes(cfg: RunConfig, processes: int = 1, resume: bool = False, pr
     if processes == 1:
         return train(cfg, resume, progress)
     cfg.validate()
-    if cfg.train.batch_size % processes:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by the number of processes "
-                          f"{processes}")
+    _check_batch_split(cfg.train.batch_size, processes)  # before any process starts
     run_cpu_processes(train, (cfg, resume, progress), processes)
     return Path(cfg.train.out)
 
@@ -113,8 +116,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
               "\n".join(f"  {reason}" for _, reason in ds.bad_files), flush=True)
     codec = frame_codec(cfg, device)  # pixels, or the latents of a frozen autoencoder
     check_data_matches(cfg, ds, codec)
-    if tc.batch_size % world:
-        raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the number of processes {world}")
+    _check_batch_split(tc.batch_size, world)
     per_rank = tc.batch_size // world
     check_fits(f"training (model.d_model={cfg.model.d_model}, {len(cfg.model.layers)} layers, "
                f"train.batch_size={per_rank} per process, train.clip_len={tc.clip_len})",
