@@ -42,7 +42,9 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # ahead +0.05 SSIM at the demo's budget, 2 seeds). batch_size: clips per step; at equal frames seen, twice the steps
 # at batch 4 beat batch 8 on every follow score (one step ahead +0.06 at the demo's budget, 2 seeds at 38 minutes).
 # lr: 8e-3 beat 5e-3 at batch 4 on 2 seeds, then 1.2e-2 beat 8e-3 on 2 seeds (docs/recipe.md).
-RECIPE = dict(lr=1.2e-2, window=4, d_model=96, prev_frame=True, batch_size=4,
+# optimizer: Muon on the hidden matrices beat AdamW one step ahead and over free frames 1-8 on 2 seeds (+0.02 to
+# +0.06 SSIM; free 48 ahead on one, tied on the other; docs/recipe.md), used where bf16 is fast (demo_optimizer).
+RECIPE = dict(lr=1.2e-2, window=4, d_model=96, prev_frame=True, batch_size=4, optimizer="muon",
               sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
 SHIPPED = "maze-small-v3"  # weights trained on the demo's mazes (weights/README.md), shown beside it
 
@@ -58,11 +60,22 @@ def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: i
 
 def demo_run_config(model_cfg, data, out, minutes: float, lr: float = RECIPE["lr"], seed: int = 0) -> RunConfig:
     """The demo's training run: ``model_cfg`` (:func:`demo_model`) on ``data`` into ``out``, the recipe's batch of
-    16-frame clips and sampler, ``minutes`` with the step count fitted to them (train.fit_steps)."""
+    16-frame clips, optimizer (:func:`demo_optimizer`) and sampler, ``minutes`` with the step count fitted to them
+    (train.fit_steps)."""
     return RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
                      train=TrainConfig(data=str(data), out=str(out), clip_len=16, batch_size=RECIPE["batch_size"],
                                        lr=lr, warmup=50, ckpt_every=100, max_minutes=minutes, fit_steps=True,
-                                       seed=seed))
+                                       seed=seed, optimizer=demo_optimizer()))
+
+
+def demo_optimizer() -> str:
+    """The recipe's optimizer (Muon) where the demo trains in bf16 (a GPU, or a CPU where bf16 matmuls are fast):
+    torch's Muon orthogonalises each update in bf16, which CPUs without fast bf16 emulate (its cost there was not
+    measured); AdamW on those."""
+    from .loop import autocast_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return RECIPE["optimizer"] if autocast_dtype(TrainConfig(), device) == torch.bfloat16 else "adamw"
 
 
 def demo_processes(batch_size: int, threads: int | None = None) -> int:
@@ -121,7 +134,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
         print(f"[2/3] training {preset} hybrid for {minutes:g} min: resuming at step {done} of the {planned} planned")
     else:
         print(f"[2/3] training {preset} hybrid for {minutes:g} min: {per_step:.2f} s/step -> ~{cfg.train.steps} steps "
-              f"(fitted to the time after the warmup)")
+              f"(fitted to the time after the warmup), optimizer {cfg.train.optimizer}")
     processes = processes or demo_processes(cfg.train.batch_size)
     if processes > 1:
         print(f"      in {processes} processes of {max(1, torch.get_num_threads() // processes)} thread(s) each "
@@ -141,6 +154,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
                "train_steps_planned": cfg.train.steps,  # the plan fitted to the time (train.fit_steps)
                "seconds_per_step": round(per_step, 4),  # the first guess's timing on random data
                "threads": torch.get_num_threads(), "processes": processes, "seed": cfg.train.seed,
+               "optimizer": cfg.train.optimizer,
                "model": {"preset": preset, "d_model": cfg.model.d_model, "layers": len(cfg.model.layers),
                          "parameters": parameter_count(cfg.model)},
                "train_minutes": round(log[-1]["time"] / 60, 2) if log else 0,

@@ -1,7 +1,7 @@
 """The training machinery both training loops share (world model: :mod:`lssvwm.train`, autoencoder:
 :mod:`lssvwm.train_ae`): process setup (and local CPU processes in one DDP group), stable seeds, the LR schedule,
-AdamW groups, the EMA/optimizer step, init and exact resume, the step batch sampler, and the loop skeleton (time
-budget, log, checkpoint cadence).
+the optimizers (AdamW, or Muon and AdamW), the EMA/optimizer step, init and exact resume, the step batch sampler,
+and the loop skeleton (time budget, log, checkpoint cadence).
 
 Every step draws its batch and its noise from generators seeded by (seed, step[, ...]); together with the saved
 optimizer/EMA state this makes a resume continue exactly: on CPU the loss sequence after a resume equals that of
@@ -153,7 +153,7 @@ def stable_seed(*parts) -> int:
 
 
 def init_training(model: torch.nn.Module, loop: LoopConfig, run: Path, resume: bool, truncate_log: bool = True):
-    """EMA copy and AdamW for ``model``; with ``resume``, both (and the model) from the run's latest checkpoint.
+    """EMA copy and optimizer for ``model``; with ``resume``, both (and the model) from the run's latest checkpoint.
 
     Returns (ema, optimizer, start step, saved state or None). A run folder that already holds a checkpoint is
     refused without ``resume``, so a finished run is never overwritten by accident."""
@@ -168,7 +168,11 @@ def init_training(model: torch.nn.Module, loop: LoopConfig, run: Path, resume: b
     load_weights(model, ckpt / "model.safetensors")
     load_weights(ema, ckpt / "ema.safetensors")
     state = load_state(ckpt / "state.pt")
-    opt.load_state_dict(state["optimizer"])
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{ckpt / 'state.pt'}: its optimizer state does not fit train.optimizer={loop.optimizer} "
+                          f"({e}); resume with the optimizer the run was started with") from None
     start = int(state["step"])
     if truncate_log:
         truncate_log_file(run / "log.jsonl", start)
@@ -186,17 +190,75 @@ def check_data_folder(loop: LoopConfig, resume: bool) -> None:
 
 
 def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """A fresh EMA copy of ``model`` and its AdamW (no weight decay on biases, norms and SSM parameters)."""
+    """A fresh EMA copy of ``model`` and its optimizer (``loop.optimizer``): AdamW (no weight decay on biases, norms
+    and SSM parameters), or Muon on the hidden matrices (:func:`muon_matrices`) and that AdamW on the rest."""
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     # one fused kernel for the whole update (CUDA and CPU); other devices take the foreach path
     fused = all(p.device.type in ("cuda", "cpu") for p in model.parameters())
-    return ema, torch.optim.AdamW(param_groups(model, loop.weight_decay), lr=loop.lr, betas=(0.9, 0.99), fused=fused)
+    if loop.optimizer == "adamw":
+        return ema, torch.optim.AdamW(param_groups(model, loop.weight_decay), lr=loop.lr, betas=(0.9, 0.99),
+                                      fused=fused)
+    matrices = muon_matrices(model)
+    if not matrices:  # e.g. the frame autoencoder: convolutions only
+        raise ConfigError(f"train.optimizer=muon: this {type(model).__name__} has no hidden matrices (nn.Linear "
+                          f"weights) for Muon to update; use train.optimizer=adamw")
+    ids = {id(p) for p in matrices}
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]}
+            for g in param_groups(model, loop.weight_decay)]
+    # match_rms_adamw scales each matrix's orthogonalised update to AdamW's typical RMS (Moonlight, Liu et al.
+    # 2025), so the one learning rate and schedule serve both parts
+    muon = torch.optim.Muon(matrices, lr=loop.lr, weight_decay=loop.weight_decay, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW([g for g in rest if g["params"]], lr=loop.lr, betas=(0.9, 0.99), fused=fused)
+    return ema, Optimizers(muon=muon, adamw=adamw)
 
+
+def muon_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The hidden matrices Muon updates: the weights of the ``nn.Linear`` layers, except one marked
+    ``_output_layer`` (the model's last layer, which stays with AdamW as in Jordan et al.'s Muon). Embeddings,
+    convolutions, biases, norms and the SSM's per-head parameters are not among them."""
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad
+            and not getattr(m.weight, "_output_layer", False)]
+
+
+class Optimizers:
+    """Several optimizers, each over its own parameters, used as one by the loops: ``param_groups`` (which the LR
+    schedule sets), ``state``, ``zero_grad``, ``step`` and a ``state_dict`` keyed by name, so a checkpoint of one
+    kind of optimizer refuses to resume another."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers.values() for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for o in self.optimizers.values() for k, v in o.state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers.values():
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers.values():
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {name: o.state_dict() for name, o in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"optimizer state holds {sorted(state)}, this run's optimizer is "
+                             f"{sorted(self.optimizers)}")
+        for name, o in self.optimizers.items():
+            o.load_state_dict(state[name])
 
 
 def optimizer_step(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
                    step: int, loop: LoopConfig) -> torch.Tensor:
-    """One update of the training loops: backward, gradient clipping, AdamW, EMA. Returns the gradient norm."""
+    """One update of the training loops: backward, gradient clipping, the optimizer, EMA. Returns the gradient
+    norm."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)

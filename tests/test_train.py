@@ -30,11 +30,12 @@ def losses(run):
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("autocast, own_rollout", [("none", None), ("bf16", None), ("none", "forward"),
-                                                   ("none", "reversed")])
-def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout):
+@pytest.mark.parametrize("autocast, own_rollout, optimizer", [("none", None, "adamw"), ("bf16", None, "adamw"),
+                                                              ("none", "forward", "adamw"),
+                                                              ("none", "reversed", "adamw"), ("none", None, "muon")])
+def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout, optimizer):
     def cfg(out):
-        c = tiny_cfg(tiny_data, out, autocast=autocast)
+        c = tiny_cfg(tiny_data, out, autocast=autocast, optimizer=optimizer)
         c.diffusion.own_rollout_prob = 0.5 if own_rollout else 0.0
         c.diffusion.own_rollout_reversed = own_rollout == "reversed"
         c.diffusion.inverse_actions = list(INVERSE_ACTIONS) if own_rollout == "reversed" else []
@@ -53,6 +54,45 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout)
     a = load_file(str(find_checkpoint(full) / "model.safetensors"))
     b = load_file(str(find_checkpoint(tmp_path / "part") / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_muon_updates_the_hidden_matrices_and_adamw_the_rest(tiny_data, tmp_path):
+    """train.optimizer=muon: every nn.Linear weight but the output layer's gets Muon's momentum (and an
+    orthogonalised update: the singular values of a step's change are alike whatever the gradient's), everything
+    else AdamW's moments; a Muon run refuses to resume as an AdamW one."""
+    from lssvwm.loop import Optimizers, ema_and_optimizer, muon_matrices
+
+    model = WorldModel(model_preset("tiny"))
+    matrices = muon_matrices(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(matrices) == len(linears) - 1 and all(p is not model.out.weight for p in matrices)
+    _, opt = ema_and_optimizer(model, TrainConfig(optimizer="muon", lr=1e-2))
+    assert isinstance(opt, Optimizers) and set(opt.state_dict()) == {"muon", "adamw"}
+    n_params = sum(1 for p in model.parameters())
+    assert sum(len(g["params"]) for g in opt.param_groups) == n_params  # each parameter in one group, once
+    fc1 = model.blocks[0].mlp.fc1.weight
+    before = fc1.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    m, n = fc1.shape
+    u, v = torch.linalg.qr(torch.randn(m, min(m, n)))[0], torch.linalg.qr(torch.randn(n, min(m, n)))[0]
+    fc1.grad = u @ torch.diag(torch.logspace(0, 1.5, min(m, n))) @ v.T  # singular values 1 to ~32
+    opt.step()
+    ids = {id(p) for p in matrices}
+    for p in model.parameters():
+        state = opt.state[p]
+        assert ("momentum_buffer" in state) == (id(p) in ids) and ("exp_avg" in state) == (id(p) not in ids)
+    change = torch.linalg.svdvals(fc1.detach() - before * (1 - 1e-2 * 0.01))  # less the decoupled weight decay
+    # orthogonalised (Newton-Schulz): of the gradient's spread of ~32, 1.7 is left (AdamW's sign-like step: 5.6)
+    assert change.max() / change.min() < 3
+
+    with pytest.raises(ConfigError, match="train.optimizer=muon: this Conv2d has no hidden matrices"):
+        ema_and_optimizer(torch.nn.Conv2d(3, 3, 3), TrainConfig(optimizer="muon"))
+
+    run = tmp_path / "muon"
+    train(tiny_cfg(tiny_data, run, steps=3, optimizer="muon"), progress=False)
+    with pytest.raises(ConfigError, match="state.pt.*train.optimizer=adamw"):
+        train(tiny_cfg(tiny_data, run, steps=6, optimizer="adamw"), resume=True, progress=False)
 
 
 class FakeClock:
@@ -457,9 +497,10 @@ def test_tensorboard_log_reads_back(tiny_data, tmp_path):
 
 def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
     """autocast 'auto': bf16 on a CPU with fast bf16, fp32 on one without (AVX2-only CPUs emulate bf16 ~80x
-    slower than fp32); 'bf16' and 'none' are obeyed as given."""
+    slower than fp32); 'bf16' and 'none' are obeyed as given. The demo trains with Muon only where 'auto' is bf16."""
     import lssvwm.loop as loop
     from lssvwm.config import TrainConfig
+    from lssvwm.demo import demo_model, demo_run_config
 
     cpu = torch.device("cpu")
     for fast in (True, False):
@@ -467,6 +508,8 @@ def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
         assert loop.autocast_dtype(TrainConfig(autocast="auto"), cpu) == (torch.bfloat16 if fast else None)
         assert loop.autocast_dtype(TrainConfig(autocast="bf16"), cpu) == torch.bfloat16
         assert loop.autocast_dtype(TrainConfig(autocast="none"), cpu) is None
+        if not torch.cuda.is_available():  # the demo's Muon only where it trains in bf16 (Muon's own type)
+            assert demo_run_config(demo_model(), "d", "o", 1.0).train.optimizer == ("muon" if fast else "adamw")
     monkeypatch.undo()
     loop.cpu_bf16_fast.cache_clear()
     assert loop.cpu_bf16_fast() in (True, False)  # measured on this machine

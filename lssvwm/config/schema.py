@@ -367,6 +367,8 @@ class LoopConfig:
     warmup: int = ranged(50, at_least(0))
     weight_decay: float = ranged(0.01, NONNEG_NUMBER)
     grad_clip: float = ranged(1.0, POSITIVE_NUMBER)
+    # adamw; muon: Muon (torch.optim.Muon, its update scaled to AdamW's RMS) on the hidden matrices, AdamW on the rest
+    optimizer: str = ranged("adamw", Allowed(choices=("adamw", "muon"), text="'adamw' or 'muon'"))
     ema_decay: float = ranged(0.999, FRACTION)
     seed: int = ranged(0, at_least(0))
     val_fraction: float = ranged(0.1, FRACTION)

@@ -193,6 +193,7 @@ class WorldModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, spec) for spec in cfg.layers)
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out = nn.Linear(d, p * p * cfg.channels)
+        self.out.weight._output_layer = True  # optimizers for hidden matrices (Muon) leave it to AdamW
         self.final_conv = nn.Conv2d(cfg.channels, cfg.channels, 3, padding=1) if cfg.final_conv else None
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self._init_weights()
