@@ -296,7 +296,9 @@ def _device(name: str | None) -> str:
     import torch
 
     if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        from .resources import default_device
+
+        return default_device().type
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError) as e:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, model_preset
+from .resources import default_device
 
 
 def _seconds_per_step(cfg: RunConfig) -> float:
@@ -74,8 +75,7 @@ def demo_optimizer() -> str:
     measured); AdamW on those."""
     from .loop import autocast_dtype
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return RECIPE["optimizer"] if autocast_dtype(TrainConfig(), device) == torch.bfloat16 else "adamw"
+    return RECIPE["optimizer"] if autocast_dtype(TrainConfig(), default_device()) == torch.bfloat16 else "adamw"
 
 
 def demo_processes(batch_size: int, threads: int | None = None) -> int:
@@ -83,7 +83,7 @@ def demo_processes(batch_size: int, threads: int | None = None) -> int:
     two 1-thread processes train the demo's model 1.2x faster than one with both threads, docs/speed.md), 1 on a
     GPU, on one thread or for an odd batch."""
     threads = threads or torch.get_num_threads()
-    return 2 if threads >= 2 and batch_size % 2 == 0 and not torch.cuda.is_available() else 1
+    return 2 if threads >= 2 and batch_size % 2 == 0 and default_device().type == "cpu" else 1
 
 
 def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small", episodes: int = 64,

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .checkpoint import clean_stale, find_checkpoint, load_state, load_weights
 from .config import ConfigError, LoopConfig
-from .resources import bf16_speedup
+from .resources import bf16_speedup, default_device
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -39,7 +39,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
             torch.cuda.set_device(local)
             return rank, world, torch.device("cuda", local)
         return rank, world, torch.device("cpu")
-    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return 0, 1, default_device()
 
 
 def _free_port() -> int:
@@ -135,11 +135,12 @@ def get_lr(step: int, loop: LoopConfig, anchor: tuple[int, float] | None = None)
 
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; never on biases, norms, embeddings' 1-d params, A_log, D, dt_bias."""
+def param_groups(model: torch.nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
+    """Weight decay on matrices only; never on biases, norms, embeddings' 1-d params, A_log, D, dt_bias. Parameters
+    whose ``id`` is in ``exclude`` (another optimizer's) are left out."""
     decay, no_decay = [], []
     for p in model.parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in exclude:
             continue
         (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -195,20 +196,17 @@ def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.n
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     # one fused kernel for the whole update (CUDA and CPU); other devices take the foreach path
     fused = all(p.device.type in ("cuda", "cpu") for p in model.parameters())
-    if loop.optimizer == "adamw":
-        return ema, torch.optim.AdamW(param_groups(model, loop.weight_decay), lr=loop.lr, betas=(0.9, 0.99),
-                                      fused=fused)
-    matrices = muon_matrices(model)
-    if not matrices:  # e.g. the frame autoencoder: convolutions only
+    matrices = muon_matrices(model) if loop.optimizer == "muon" else []
+    if loop.optimizer == "muon" and not matrices:  # e.g. the frame autoencoder: convolutions only
         raise ConfigError(f"train.optimizer=muon: this {type(model).__name__} has no hidden matrices (nn.Linear "
                           f"weights) for Muon to update; use train.optimizer=adamw")
-    ids = {id(p) for p in matrices}
-    rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]}
-            for g in param_groups(model, loop.weight_decay)]
+    adamw = torch.optim.AdamW(param_groups(model, loop.weight_decay, exclude={id(p) for p in matrices}),
+                              lr=loop.lr, betas=(0.9, 0.99), fused=fused)
+    if loop.optimizer == "adamw":
+        return ema, adamw
     # match_rms_adamw scales each matrix's orthogonalised update to AdamW's typical RMS (Moonlight, Liu et al.
     # 2025), so the one learning rate and schedule serve both parts
     muon = torch.optim.Muon(matrices, lr=loop.lr, weight_decay=loop.weight_decay, adjust_lr_fn="match_rms_adamw")
-    adamw = torch.optim.AdamW([g for g in rest if g["params"]], lr=loop.lr, betas=(0.9, 0.99), fused=fused)
     return ema, Optimizers(muon=muon, adamw=adamw)
 
 

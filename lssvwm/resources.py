@@ -1,7 +1,8 @@
 """What the machine can hold and do: the memory available to this process, and the one check every estimate goes
 through (``check_fits``), so that a job too big for the machine is refused before anything is allocated, with the
 estimate and the memory in the message; whether ``torch.compile`` can generate code here (``check_compiler``); and
-how much faster an op runs in bf16 than in fp32 on this CPU (``bf16_speedup``)."""
+how much faster an op runs in bf16 than in fp32 on this CPU (``bf16_speedup``); the device a job runs on when none
+is named (``default_device``)."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,6 +15,11 @@ from typing import Callable
 import torch
 
 from .config import ConfigError
+
+
+def default_device() -> torch.device:
+    """The device a job runs on when none is named: the (current) GPU where CUDA is available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def available_memory() -> int | None:

@@ -18,6 +18,7 @@ from .config import AERunConfig
 from .data.dataset import EpisodeWindows
 from .metrics import psnr
 from .models.autoencoder import Autoencoder
+from .resources import default_device
 from .loop import (Loop, StepBatchSampler, autocast_dtype, check_data_folder, init_training, optimizer_step,
                    stable_seed)
 from .writer_lock import one_writer
@@ -55,7 +56,7 @@ def train_autoencoder(cfg: AERunConfig, resume: bool = False, progress: bool = T
 def _train_autoencoder(cfg: AERunConfig, resume: bool, progress: bool, stop_after: int | None) -> Path:
     tc, a = cfg.train, cfg.autoencoder
     run = Path(tc.out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     check_data_folder(tc, resume)
     ds = EpisodeWindows(tc.data, 1, "train", tc.val_fraction, layout=tc.data_layout)
     h, w, _ = ds.frame_shape
