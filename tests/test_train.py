@@ -399,8 +399,9 @@ def test_demo_path_end_to_end(tmp_path):
     log = (tmp_path / "demo" / "run" / "log.jsonl").read_text().splitlines()
     assert m["train_steps"] == len(log) <= m["train_steps_planned"]  # steps trained, not planned
     from lssvwm.demo import RECIPE
-    saved = load_config(tmp_path / "demo" / "run" / "config.yaml")  # the recipe's batch and lr reach the run
+    saved = load_config(tmp_path / "demo" / "run" / "config.yaml")  # the recipe's batch, lr, decay reach the run
     assert saved.train.batch_size == RECIPE["batch_size"] == 4 and saved.train.lr == RECIPE["lr"]
+    assert saved.train.weight_decay == RECIPE["weight_decay"] == 0.1  # not train.weight_decay's default
     assert saved.train.fit_steps and saved.train.max_minutes == 0.05  # the step count is fitted to the budget
 
 
