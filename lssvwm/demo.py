@@ -62,8 +62,8 @@ def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: i
 
 def demo_run_config(model_cfg, data, out, minutes: float, lr: float = RECIPE["lr"], seed: int = 0) -> RunConfig:
     """The demo's training run: ``model_cfg`` (:func:`demo_model`) on ``data`` into ``out``, the recipe's batch of
-    16-frame clips, weight decay, optimizer (:func:`demo_optimizer`) and sampler, ``minutes`` with the step count fitted to them
-    (train.fit_steps)."""
+    16-frame clips, weight decay, optimizer (:func:`demo_optimizer`) and sampler, ``minutes`` with the step count
+    fitted to them (train.fit_steps)."""
     return RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
                      train=TrainConfig(data=str(data), out=str(out), clip_len=16, batch_size=RECIPE["batch_size"],
                                        lr=lr, weight_decay=RECIPE["weight_decay"], warmup=50, ckpt_every=100,
