@@ -45,7 +45,8 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # lr: 8e-3 beat 5e-3 at batch 4 on 2 seeds, then 1.2e-2 beat 8e-3 on 2 seeds (docs/recipe.md).
 # optimizer: Muon on the hidden matrices beat AdamW one step ahead and over free frames 1-8 on 2 seeds (+0.02 to
 # +0.06 SSIM; free 48 ahead on one, tied on the other; docs/recipe.md), used where bf16 is fast (demo_optimizer).
-# weight_decay: 0.1 beat train.weight_decay's default 0.01 with Muon on all six follow scores on 2 seeds.
+# weight_decay: 0.1 beat train.weight_decay's default 0.01 on 2 seeds, with Muon (all six follow scores) and with
+# AdamW (11 of 12, the other tied; both in bf16 on a Zen 4; docs/recipe.md).
 RECIPE = dict(lr=1.2e-2, window=4, d_model=96, prev_frame=True, batch_size=4, optimizer="muon", weight_decay=0.1,
               sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
 SHIPPED = "maze-small-v3"  # weights trained on the demo's mazes (weights/README.md), shown beside it
