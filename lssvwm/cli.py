@@ -348,6 +348,10 @@ def _sampling_args(p, seed: bool = True) -> None:
     option("history_guidance", "history guidance weight (0: off; costs a second model call per step)", metavar="W")
     option("history_guidance_level", "noise level of the history in the guidance's second call (1: none of it)",
            metavar="LEVEL")
+    option("action_guidance", "action guidance weight: pushes each step away from the null action's prediction "
+           "(0: off; costs a second model call per step)", metavar="W")
+    option("action_guidance_null", "the null action of action guidance: -1 = no action (a model trained with "
+           "diffusion.action_dropout), or an action id such as a no-op", metavar="ID")
     if seed:
         option("seed", "sampling seed")
 

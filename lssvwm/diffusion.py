@@ -72,6 +72,33 @@ def training_noise(shape: tuple, cfg: DiffusionConfig, generator: torch.Generato
     return levels, mask, noise
 
 
+def null_actions(actions: torch.Tensor, null_id: int = -1) -> torch.Tensor:
+    """"No action" in the shape of ``actions`` (ids of any shape, or vectors (..., A)): ``null_id`` everywhere
+    (default -1, the model's "no action" id), or zero vectors, continuous actions' "no action". Action guidance's
+    weak condition, action dropout's and the reversed clips' missing actions."""
+    if actions.is_floating_point():
+        return torch.zeros_like(actions)
+    return torch.full_like(actions, null_id)
+
+
+def action_dropout_mask(batch: int, frames: int, cfg: DiffusionConfig, generator: torch.Generator | None = None
+                        ) -> torch.Tensor | None:
+    """(B, T) True where a training frame's action is replaced by "no action" (:func:`drop_actions`), each frame
+    with probability ``cfg.action_dropout``; None (and nothing drawn) when that is 0. Drawn for the global batch."""
+    if cfg.action_dropout <= 0:
+        return None
+    return torch.rand(batch, frames, generator=generator) < cfg.action_dropout
+
+
+def drop_actions(actions: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+    """``actions`` (B, T) ids or (B, T, A) vectors with the frames where ``drop`` (B, T) is True set to "no
+    action": id -1, or a zero vector. ``drop`` None: unchanged."""
+    if drop is None:
+        return actions
+    drop = drop.to(actions.device)
+    return torch.where(drop[..., None] if actions.is_floating_point() else drop, null_actions(actions), actions)
+
+
 def own_rollout_plan(frames: int, cfg: DiffusionConfig, generator: torch.Generator | None = None
                      ) -> tuple[int, int] | None:
     """Whether this training step trains on the model's own rollout (probability ``own_rollout_prob``) and, if so,
@@ -108,13 +135,11 @@ def reversed_actions(actions: torch.Tensor, inverse: list[int] | tuple[int, ...]
     frame ``s`` (frame ``T-1-s``) is reached from frame ``T-s`` by undoing ``actions[:, T-s]``: its action is
     ``inverse[actions[:, T-s]]``, -1 ("no action") where ``inverse`` gives none or is empty, and for the first frame.
     Continuous actions (B, T, A) reverse to zero vectors, their "no action"."""
-    if actions.is_floating_point():
-        return torch.zeros_like(actions)
-    if not inverse:
-        return torch.full_like(actions, -1)
+    if actions.is_floating_point() or not inverse:
+        return null_actions(actions)
     table = torch.tensor(list(inverse), dtype=actions.dtype, device=actions.device)
     undone = torch.where(actions < 0, -1, table[actions.clamp(min=0)])  # (B, T): undoes the step into frame t
-    return torch.cat([torch.full_like(actions[:, :1], -1), undone[:, 1:].flip(1)], dim=1)
+    return torch.cat([null_actions(actions[:, :1]), undone[:, 1:].flip(1)], dim=1)
 
 
 def own_rollout_batch(model, frames: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor,
@@ -163,8 +188,9 @@ def diffusion_loss(model, frames: torch.Tensor, actions: torch.Tensor, levels: t
 
 def training_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: DiffusionConfig,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Draw levels and noise for ``frames`` (B, T, C, H, W), then :func:`diffusion_loss`."""
+    """Draw levels, noise and dropped actions for ``frames`` (B, T, C, H, W), then :func:`diffusion_loss`."""
     levels, mask, noise = training_noise(tuple(frames.shape), cfg, generator)
+    actions = drop_actions(actions, action_dropout_mask(frames.shape[0], frames.shape[1], cfg, generator))
     dev = frames.device
     return diffusion_loss(model, frames, actions, levels.to(dev), mask.to(dev), noise.to(dev), cfg)
 
@@ -198,19 +224,26 @@ def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: Samplin
     (eta = 1: ancestral sampling). ``clamp``: the data's value range, applied to each x0 estimate; only for
     spaces whose range is known (pixels in [-1, 1]), never for latents. ``guide_cache``: the state after a
     history noised to ``cfg.history_guidance_level``; each step's prediction is then pushed away from that
-    history-poor prediction by ``cfg.history_guidance`` (history guidance)."""
+    history-poor prediction by ``cfg.history_guidance`` (history guidance). With ``cfg.action_guidance > 0`` each
+    step's prediction is also pushed away from the prediction for the null action (:func:`null_actions`) against the
+    same cache (classifier-free guidance on the action). Both guidances add up, each measured from the plain
+    prediction."""
     b = shape[0]
     dtype = _model_dtype(model)
     model = as_denoiser(model)
     x = randn(shape, generator, dtype, device)
     ts = sampling_grid(cfg.steps, cfg.schedule)
+    null = null_actions(action, cfg.action_guidance_null) if cfg.action_guidance > 0 else None
     for i in range(cfg.steps):
         t = torch.full((b,), float(ts[i]), device=device, dtype=dtype)
         v, _ = model.step(x, t, action, cache)
-        v = v.to(dtype)
+        v = v_cond = v.to(dtype)
         if guide_cache is not None and cfg.history_guidance > 0:
             v_weak, _ = model.step(x, t, action, guide_cache)
-            v = v + cfg.history_guidance * (v - v_weak.to(dtype))
+            v = v + cfg.history_guidance * (v_cond - v_weak.to(dtype))
+        if null is not None:
+            v_null, _ = model.step(x, t, null, cache)
+            v = v + cfg.action_guidance * (v_cond - v_null.to(dtype))
         x0, eps = x0_eps_from_v(x, v, t)
         if clamp is not None:
             x0 = x0.clamp(*clamp)
@@ -300,6 +333,10 @@ class Sampler:
         self.clamp = getattr(codec, "value_range", None) if codec is not None else clamp
         self.num_actions = getattr(getattr(model, "cfg", None), "num_actions", None)
         self.action_dim = getattr(getattr(model, "cfg", None), "action_dim", 0)
+        if (self.cfg.action_guidance > 0 and self.num_actions is not None and not self.action_dim
+                and self.cfg.action_guidance_null >= self.num_actions):
+            raise ValueError(f"sampling.action_guidance_null must be -1 (no action) or an action id in [0, "
+                             f"{self.num_actions}) for this model, got {self.cfg.action_guidance_null}")
         self.reseed(self.cfg.seed)
 
     def reseed(self, seed: int) -> None:

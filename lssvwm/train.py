@@ -19,7 +19,8 @@ import torch.distributed as dist
 from .checkpoint import frame_codec, init_from, save_checkpoint
 from .config import ConfigError, RunConfig
 from .data.dataset import EpisodeWindows
-from .diffusion import diffusion_loss, own_rollout_batch, own_rollout_plan, training_noise
+from .diffusion import (action_dropout_mask, diffusion_loss, drop_actions, own_rollout_batch, own_rollout_plan,
+                        training_noise)
 from .loop import (Loop, StepBatchSampler, autocast_dtype, check_data_folder, device_memory, init_training,
                    optimizer_step, run_cpu_processes, setup_distributed, stable_seed)
 from .models.world_model import WorldModel, parameter_count
@@ -167,6 +168,9 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
                 frames, actions, levels, mask = own_rollout_batch(  # global levels and mask
                     ddp, frames, actions, levels, mask, plan, cfg.sampling, clip_gens, codec.value_range,
                     cfg.diffusion.own_rollout_reversed, cfg.diffusion.inverse_actions)
+        drop = action_dropout_mask(tc.batch_size, clip_len, cfg.diffusion,
+                                   torch.Generator().manual_seed(stable_seed(tc.seed, step, 4)))
+        actions = drop_actions(actions, None if drop is None else drop[mine])  # after the own rollout's true actions
         normalizer = float(mask.sum().clamp(min=1)) / world  # DDP averages gradients over ranks
         with autocast():
             loss, stats = diffusion_loss(fwd, frames, actions, levels[mine].to(device), mask[mine].to(device),

@@ -414,6 +414,73 @@ def test_history_guidance_extrapolates_away_from_the_noised_history():
         Sampler(model, SamplingConfig(steps=1)).step(cache, acts[:, 5])
 
 
+# -- action guidance ----------------------------------------------------------------------------------------------
+def test_action_dropout_drops_each_frames_action_at_its_rate():
+    from lssvwm.diffusion import action_dropout_mask, drop_actions
+
+    assert action_dropout_mask(4, 16, DiffusionConfig()) is None  # off: nothing drawn
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    action_dropout_mask(4, 16, DiffusionConfig(), g)
+    assert torch.equal(g.get_state(), before)  # off leaves the random stream as it was
+    drop = action_dropout_mask(200, 50, DiffusionConfig(action_dropout=0.25), g)
+    assert drop.shape == (200, 50) and drop.dtype == torch.bool and abs(drop.float().mean().item() - 0.25) < 0.02
+    ids = torch.randint(0, 6, (200, 50), generator=g)
+    out = drop_actions(ids, drop)
+    assert (out[drop] == -1).all() and torch.equal(out[~drop], ids[~drop])
+    vec = torch.rand(200, 50, 3, generator=g) + 0.5
+    out = drop_actions(vec, drop)
+    assert (out[drop] == 0).all() and torch.equal(out[~drop], vec[~drop])
+    assert drop_actions(ids, None) is ids
+    # training_loss drops them too: at rate 1 every action is "no action", so the actions given do not matter
+    model = _noisy_tiny(1)
+    frames = torch.rand(2, 4, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    cfg = DiffusionConfig(action_dropout=1.0)
+    losses = [training_loss(model, frames, torch.full((2, 4), a), cfg, torch.Generator().manual_seed(5))[0]
+              for a in (0, 3, -1)]
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(losses[0], losses[2])
+    plain = training_loss(model, frames, torch.full((2, 4), 3), DiffusionConfig(), torch.Generator().manual_seed(5))
+    assert (plain[0] - losses[1]).abs() > 1e-8
+
+
+def test_action_guidance_extrapolates_away_from_the_null_action():
+    """One step from pure noise returns x0 = -v (t = 1); with action guidance w, v = v(a) + w (v(a) - v(null)),
+    both against the same state, which stays the plain sampler's (one state, committed with the true action)."""
+    model = _noisy_tiny(4)
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.rand(2, 5, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    acts = torch.randint(1, 6, (2, 7), generator=g)  # never the null id 0 of the second case
+    for w, null in ((1.5, -1), (0.5, 0)):
+        sampler = Sampler(model, SamplingConfig(steps=1, action_guidance=w, action_guidance_null=null, seed=3))
+        plain_sampler = Sampler(model, SamplingConfig(steps=1, seed=3))
+        cache = sampler.prefill(ctx, acts[:, :5])
+        for j in (5, 6):
+            gen = sampler.generator.get_state()
+            frame, new = sampler.step(cache, acts[:, j])
+            noise = torch.Generator()
+            noise.set_state(gen)
+            x = torch.randn((2, 3, 16, 16), generator=noise, dtype=torch.float64)  # the sampler's first draw
+            t = torch.ones(2, dtype=torch.float64)
+            with torch.no_grad():
+                v, _ = model.step(x, t, acts[:, j], cache)
+                v_null, _ = model.step(x, t, torch.full_like(acts[:, j], null), cache)
+            a, s = alpha_sigma(torch.tensor(1.0, dtype=torch.float64))
+            torch.testing.assert_close(frame, a * x - s * (v + w * (v - v_null)), rtol=1e-9, atol=1e-9)
+            assert (frame - (a * x - s * v)).abs().max() > 1e-4  # guidance changed the frame
+            plain_sampler.generator.set_state(gen)
+            _, plain_new = plain_sampler.step(cache, acts[:, j])
+            assert new.nbytes() == plain_new.nbytes() and new.frames == j + 1  # one state, of the plain size
+            # the state after the frame is the one the plain sampler's commit of the same frame gives
+            committed = commit_frame(model, cache, frame, acts[:, j])
+            for x1, x2 in zip(new.layers, committed.layers):
+                torch.testing.assert_close(x1.ssm.ssm, x2.ssm.ssm)
+            cache = new
+    with pytest.raises(ValueError, match="action_guidance_null"):
+        Sampler(model, SamplingConfig(steps=1, action_guidance=1.0, action_guidance_null=6))
+    Sampler(model, SamplingConfig(steps=1, action_guidance=0.0, action_guidance_null=6))  # off: not checked
+
+
 def test_history_guidance_keeps_the_state_fixed_size():
     model = WorldModel(model_preset("tiny")).eval()
     sampler = Sampler(model, SamplingConfig(steps=1, history_guidance=1.0))

@@ -56,6 +56,32 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_action_dropout_one_trains_as_if_the_data_had_no_actions(tiny_data, tmp_path):
+    """diffusion.action_dropout replaces the training frames' actions by "no action" (classifier-free guidance's
+    unconditional case): at rate 1 two datasets that differ only in their actions train the same weights, at rate
+    0 they do not, and at 0.5 the run is neither."""
+    import shutil
+
+    import numpy as np
+
+    other = tmp_path / "other-actions"
+    shutil.copytree(tiny_data, other)
+    for f in sorted(other.glob("*.npz")):
+        ep = dict(np.load(f))
+        ep["action"] = (ep["action"] + 1) % 6 if ep["action"].ndim == 1 else np.roll(ep["action"], 1, axis=-1)
+        np.savez_compressed(f, **ep)
+
+    def run(data, rate, name):
+        cfg = tiny_cfg(data, tmp_path / name, steps=3)
+        cfg.diffusion.action_dropout = rate
+        return losses(train(cfg, progress=False))
+
+    assert run(tiny_data, 1.0, "a1") == run(other, 1.0, "b1")
+    plain = run(tiny_data, 0.0, "a0")
+    assert plain != run(other, 0.0, "b0")
+    assert run(tiny_data, 0.5, "a5") not in (plain, run(tiny_data, 1.0, "a1b"))
+
+
 def test_muon_updates_the_hidden_matrices_and_adamw_the_rest(tiny_data, tmp_path):
     """train.optimizer=muon: every nn.Linear weight but the output layer's gets Muon's momentum (and an
     orthogonalised update: the singular values of a step's change are alike whatever the gradient's), everything

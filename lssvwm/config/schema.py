@@ -260,6 +260,10 @@ class DiffusionConfig:
     # every reversed step gets -1 ("no action"). The built-in maze: [0, -1, 3, 2, -1, -1] (turns undo each other,
     # moves have no inverse; lssvwm.data.maze.INVERSE_ACTIONS)
     inverse_actions: list[int] = field(default_factory=list)
+    # classifier-free guidance's unconditional case (not from the paper): each frame's action is replaced by "no
+    # action" (id -1, or a zero vector) with this probability, so that sampling.action_guidance has a null action
+    # to push away from
+    action_dropout: float = ranged(0.0, PROBABILITY)
     # Extras NOT in the paper; off by default.
     clean_frame_prob: float = ranged(0.0, PROBABILITY)  # each frame clean (no loss) with this probability
     state_penalty: float = ranged(0.0, NONNEG_NUMBER)
@@ -301,6 +305,13 @@ class SamplingConfig:
     # 1: the history removed (vanilla); < 1: only its detail (fractional)
     history_guidance_level: float = field(default=1.0, metadata={"allowed": Allowed(0.0, 1.0, low_open=True,
                                                                                       what="a noise level")})
+    # action guidance (classifier-free, on the new frame's action): v = v(a) + w * (v(a) - v(action_guidance_null));
+    # 0 = off, w > 0 costs a second model call per step against the same state. The null action: -1 ("no action",
+    # learnt with diffusion.action_dropout > 0) or an action id such as a no-op; continuous actions use zeros
+    action_guidance: float = field(default=0.0, metadata={"allowed": Allowed(0.0, 100.0, what="a guidance weight",
+                                                                                note=" (0 = off)")})
+    action_guidance_null: int = field(default=-1, metadata={"allowed": Allowed(-1, integer=True, what="an action id",
+                                                                                  note=" (-1 = no action)")})
 
     def validate(self) -> None:
         check_allowed(self, "sampling")
@@ -324,6 +335,8 @@ class SamplingOverrides:
     seed: int | None = None
     history_guidance: float | None = None
     history_guidance_level: float | None = None
+    action_guidance: float | None = None
+    action_guidance_null: int | None = None
 
     def __post_init__(self):
         for f in fields(self):
