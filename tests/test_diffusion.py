@@ -373,6 +373,17 @@ def test_own_rollout_loss_touches_only_the_frames_after_the_rollout():
     assert zero < 1e-20
 
 
+def _one_step_with_its_noise(sampler, cache, action):
+    """A 1-step sampler's frame and state for ``action`` (B,), the pure noise x it started from (replayed from its
+    generator), the level t = 1 of that step, and the generator state before it."""
+    gen = sampler.generator.get_state()
+    frame, new = sampler.step(cache, action)
+    noise = torch.Generator()
+    noise.set_state(gen)
+    x = torch.randn((action.shape[0],) + sampler.frame_shape, generator=noise, dtype=torch.float64)  # its first draw
+    return frame, new, x, torch.ones(action.shape[0], dtype=torch.float64), gen
+
+
 # -- history guidance ---------------------------------------------------------------------------------------------
 def test_history_guidance_extrapolates_away_from_the_noised_history():
     """One step from pure noise returns x0 = -v (t = 1); with guidance w, v = v(history) + w (v(history) -
@@ -392,12 +403,7 @@ def test_history_guidance_extrapolates_away_from_the_noised_history():
         torch.testing.assert_close(a.ssm.ssm, b.ssm.ssm)
     assert (cache.weak.layers[0].ssm.ssm - plain.layers[0].ssm.ssm).abs().max() > 1e-6  # the weak one did not
     for j in (5, 6):
-        gen = sampler.generator.get_state()
-        frame, new = sampler.step(cache, acts[:, j])
-        noise = torch.Generator()
-        noise.set_state(gen)
-        x = torch.randn((2, 3, 16, 16), generator=noise, dtype=torch.float64)  # the sampler's first draw
-        t = torch.ones(2, dtype=torch.float64)
+        frame, new, x, t, gen = _one_step_with_its_noise(sampler, cache, acts[:, j])
         with torch.no_grad():
             v_main, _ = model.step(x, t, acts[:, j], cache.main)
             v_weak, _ = model.step(x, t, acts[:, j], cache.weak)
@@ -456,12 +462,7 @@ def test_action_guidance_extrapolates_away_from_the_null_action():
         plain_sampler = Sampler(model, SamplingConfig(steps=1, seed=3))
         cache = sampler.prefill(ctx, acts[:, :5])
         for j in (5, 6):
-            gen = sampler.generator.get_state()
-            frame, new = sampler.step(cache, acts[:, j])
-            noise = torch.Generator()
-            noise.set_state(gen)
-            x = torch.randn((2, 3, 16, 16), generator=noise, dtype=torch.float64)  # the sampler's first draw
-            t = torch.ones(2, dtype=torch.float64)
+            frame, new, x, t, gen = _one_step_with_its_noise(sampler, cache, acts[:, j])
             with torch.no_grad():
                 v, _ = model.step(x, t, acts[:, j], cache)
                 v_null, _ = model.step(x, t, torch.full_like(acts[:, j], null), cache)
