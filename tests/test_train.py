@@ -58,8 +58,8 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout,
 
 def test_action_dropout_one_trains_as_if_the_data_had_no_actions(tiny_data, tmp_path):
     """diffusion.action_dropout replaces the training frames' actions by "no action" (classifier-free guidance's
-    unconditional case): at rate 1 two datasets that differ only in their actions train the same weights, at rate
-    0 they do not, and at 0.5 the run is neither."""
+    unconditional case): at rate 1 two datasets that differ only in their actions train with the same losses, at
+    rate 0 they do not, and at 0.5 the run is neither."""
     import shutil
 
     import numpy as np
@@ -68,7 +68,7 @@ def test_action_dropout_one_trains_as_if_the_data_had_no_actions(tiny_data, tmp_
     shutil.copytree(tiny_data, other)
     for f in sorted(other.glob("*.npz")):
         ep = dict(np.load(f))
-        ep["action"] = (ep["action"] + 1) % 6 if ep["action"].ndim == 1 else np.roll(ep["action"], 1, axis=-1)
+        ep["action"] = np.roll(ep["action"], 1, axis=-1)  # one-hot (T, 6): each action id + 1 (mod 6)
         np.savez_compressed(f, **ep)
 
     def run(data, rate, name):
