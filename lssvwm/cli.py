@@ -280,7 +280,7 @@ def _eval_follow(a):
 
     _writable_dir(a.out, "--out")
     evaluate_follow(a.ckpt, a.data, a.out, a.context, a.frames, a.long, a.windows, a.seed, _sampling_overrides(a),
-                    _device(a.device), lpips=a.lpips)
+                    _device(a.device), lpips=a.lpips, pose=a.pose, pose_grid=a.pose_grid)
 
 
 def _demo(a):
@@ -528,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("--windows", type=POSITIVE, default=8, help="held-out trajectories per window set")
     ef.add_argument("--seed", type=NONNEG, default=0, help="window-set seed")
     ef.add_argument("--out", default="runs/follow", help="output folder")
+    ef.add_argument("--pose", action="store_true", help="built-in maze data only: also find where each generated "
+                    "frame puts the agent (the best-matching view of the maze) and how far that is from the truth")
+    ef.add_argument("--pose-grid", type=_float_in(0.02, 1.0), default=0.2, help="spacing in cells of the poses searched")
     _device_arg(ef)
     _lpips_arg(ef)
     _sampling_args(ef, seed=False)

@@ -62,7 +62,8 @@ def window_sets(data: str | os.PathLike, out: str | os.PathLike, context: int, f
         for name in ("train-mazes", "unseen-mazes"):
             folder = Path(out) / f"windows_{name}_c{context}_f{frames}_w{windows}_s{seed}_r{res}"
             _build_window_set(folder, name, world, windows, steps, res, seed)
-            sets[name] = _load_windows(folder, context + frames)
+            sets[name] = _load_windows(folder, context + frames) | {
+                "world": world, "resolution": res, "maze_seeds": _set_mazes(world, name, windows)}
         return sets
     return {"val": _val_windows(data, context + frames, windows, val_fraction, layout)}
 
@@ -77,21 +78,33 @@ def _build_window_set(folder: Path, name: str, world, windows: int, steps: int, 
     if (folder / "spec.json").exists() and json.loads((folder / "spec.json").read_text()) == spec:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    maze = world.unseen_maze if name == "unseen-mazes" else world.training_maze
-    for i in range(windows):
-        ep = world.episode(episode_seed(TRAJECTORY_SEED + seed, i), steps, maze(i), res)
+    for i, maze_seed in enumerate(_set_mazes(world, name, windows)):
+        ep = world.episode(episode_seed(TRAJECTORY_SEED + seed, i), steps, maze_seed, res)
         save_episode(folder / f"ep_{i:06d}.npz", ep)
     tmp = folder / "spec.json.tmp"
     tmp.write_text(json.dumps(spec, indent=2))
     os.replace(tmp, folder / "spec.json")
 
 
+def _set_mazes(world, name: str, windows: int) -> list[int]:
+    """The maze seed of each held-out trajectory of a window set: the training episodes' mazes, or unseen ones."""
+    maze = world.unseen_maze if name == "unseen-mazes" else world.training_maze
+    return [maze(i) for i in range(windows)]
+
+
 def _load_windows(folder: Path, length: int) -> dict:
+    """The set's frames (W, length, C, H, W) and actions; with ``poses`` (W, length, 3) as x, y, heading (radians)
+    where every episode recorded its agent's position and heading."""
     from .data.episodes import episode_files, episode_tensors, load_episode
 
-    eps = [episode_tensors(load_episode(f)) for f in episode_files(folder)]
-    return {"frames": torch.stack([e["frames"][:length] for e in eps]),
-            "actions": torch.stack([e["actions"][:length] for e in eps])}
+    raw = [load_episode(f) for f in episode_files(folder)]
+    eps = [episode_tensors(e) for e in raw]
+    out = {"frames": torch.stack([e["frames"][:length] for e in eps]),
+           "actions": torch.stack([e["actions"][:length] for e in eps])}
+    if all("agent_pos" in e and "agent_dir" in e for e in raw):
+        out["poses"] = np.stack([np.concatenate([e["agent_pos"][:length], np.arctan2(
+            e["agent_dir"][:length, 1:], e["agent_dir"][:length, :1])], 1) for e in raw]).astype(np.float64)
+    return out
 
 
 def _val_windows(data, length: int, windows: int, val_fraction: float, layout: str) -> dict:
@@ -156,13 +169,16 @@ def summarize(per_frame: dict, short: int) -> dict:
 def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.PathLike = "runs/follow",
                     context: int = 32, frames: int = 48, long: int = 200, windows: int = 8, seed: int = 0,
                     sampling=None, device: str = "cpu", progress: bool = True,
-                    videos: bool = True, lpips: str = "local") -> dict:
+                    videos: bool = True, lpips: str = "local", pose: bool = False, pose_grid: float = 0.2) -> dict:
     """Score checkpoints side by side on the follow windows; writes ``results.json`` (binned scores and
     per-frame curves), ``strip_<set>.png`` (ground truth, then each model's free rollout and teacher-forced
     frames at frames 1, 2, 4, ... 200), ``ssim_vs_frame.png`` and, with ``videos``, ``rollout_<set>.gif`` and
     ``next_frame_<set>.gif`` (the first window: ground truth beside each model's free rollout / one-step-ahead
     predictions) to ``out``. ``sampling``: overrides of each run's sampling settings
-    (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). Returns the results."""
+    (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). ``pose`` (built-in maze data only):
+    also where each free, one-step-ahead and shuffled-actions frame puts the agent (:mod:`~lssvwm.pose_search`,
+    a bank of views on a ``pose_grid``-spaced grid), and the same for the true frames as the search's calibration;
+    adds ``pose`` entries to the results and writes ``pose_vs_frame.png``. Returns the results."""
     from .resources import check_fits
     from .evaluation import common_resolution, load_runs, lpips_fn
     from .metrics import best_context_frames
@@ -185,6 +201,7 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     data = data or first.train.data
     sets = window_sets(data, out, context, long, windows, seed, resolution, first.train.val_fraction,
                        first.train.data_layout)
+    pose_sets = _pose_sets(sets, data, context, long, pose_grid) if pose else {}
     lp, lp_note = lpips_fn(download=lpips == "download")
     results = {"data": str(data), "context": context, "frames": frames, "long": long, "seed": seed,
                "lpips": lp_note, "sets": {}, "models": {}}
@@ -223,10 +240,54 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
                 "per_frame": {"free": _rounded(free_pf), "teacher_forced": _rounded(tf_pf),
                               "shuffled_actions": _rounded(ctl_pf)}}
             strips[set_name] += [(f"{name}: free", f), (f"{name}: one step ahead", t)]
+            if set_name in pose_sets:
+                pose_sets[set_name]["videos"] |= {(name, "free"): f, (name, "teacher_forced"): t,
+                                                  (name, "shuffled_actions"): c}
+    for set_name, p in pose_sets.items():  # one maze's bank of views at a time, for every model's frames
+        from .pose_search import track_all
+
+        tracked = {k: _pose_summary(v, frames) for k, v in track_all(p["videos"], p["envs"], p["poses"],
+                                                                        pose_grid).items()}
+        results["sets"][set_name]["pose"] = tracked.pop("truth")
+        for (name, kind), summary in tracked.items():
+            results["models"][name]["sets"][set_name].setdefault("pose", {})[kind] = summary
     (out / "results.json").write_text(json.dumps(results, indent=1))
     first_context = {set_name: win["frames"][0, :context] for set_name, win in sets.items()}
     results["table"] = write_report(results, strips, first_context, out, videos)
     return results
+
+
+def _pose_sets(sets: dict, data, context: int, long: int, grid: float) -> dict[str, dict]:
+    """Per window set: the environments of its trajectories' mazes, the true poses (W, long, 3) of the frames to
+    generate, and the videos to locate (the truth so far; each model's rollouts are added). Only for held-out
+    trajectories that the built-in maze rebuilt (its ``meta.json`` names it); checked before any rollout."""
+    from .pose_search import bank_bytes
+    from .resources import check_fits
+
+    out = {}
+    for name, win in sets.items():
+        world = win.get("world")
+        if world is None or world.kind != "maze" or "poses" not in win:
+            raise ValueError(f"{data}: pose tracking (--pose) needs data made by the built-in maze (`lssvwm data "
+                             f"maze`), whose meta.json lets the benchmark rebuild its mazes; this dataset's "
+                             f"window set '{name}' has no maze to search")
+        envs = []
+        for maze_seed in win["maze_seeds"]:
+            env = world.env(1, win["resolution"])
+            env.reset(seed=0, options={"maze_seed": maze_seed})
+            envs.append(env)
+        check_fits(f"the pose search's views of one maze (grid {grid} cells)", bank_bytes(envs[0], grid),
+                   "use a coarser --pose-grid")
+        out[name] = {"envs": envs, "poses": win["poses"][:, context:context + long],
+                     "videos": {"truth": win["frames"][:, context:context + long]}}
+    return out
+
+
+def _pose_summary(per_window: dict[str, np.ndarray], short: int) -> dict:
+    """Pose tracking of one video ({metric: (W, M)}): per frame the means over the windows (``per_frame``), and
+    their means over each bin's frames."""
+    per_frame = {k: v.mean(0) for k, v in per_window.items()}
+    return summarize(per_frame, short) | {"per_frame": _rounded(per_frame)}
 
 
 def _rounded(per_frame: dict) -> dict:

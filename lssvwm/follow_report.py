@@ -24,10 +24,14 @@ def write_report(results: dict, strips: dict, first_context: dict, out: Path, vi
             write_side_by_side(first_context[set_name], tf_rows, out / f"next_frame_{set_name}.gif", frames=frames)
     _plot(results, out / "ssim_vs_frame.png")
     table = follow_table(results)
+    pictures = [out / f"strip_{s}.png" for s in strips] + [out / "ssim_vs_frame.png"]
+    if any("pose" in r for r in results["sets"].values()):
+        table += "\n\n" + pose_table(results)
+        _plot_pose(results, out / "pose_vs_frame.png")
+        pictures.append(out / "pose_vs_frame.png")
     print(f"follow: {results['context']} context frames, then {frames} and {long} generated ({results['lpips']})")
     print(table)
-    print(f"results: {out / 'results.json'}\npictures: " + ", ".join(str(out / f"strip_{s}.png") for s in strips) +
-          f", {out / 'ssim_vs_frame.png'}")
+    print(f"results: {out / 'results.json'}\npictures: " + ", ".join(str(p) for p in pictures))
     return table
 
 
@@ -53,6 +57,35 @@ def follow_table(results: dict) -> str:
     lines.append("† the same model and context, each window's actions shuffled in time: where its SSIM meets the model's "
                  "row, the rollout no longer follows the actions")
     lines.append("* picked with the truth: per true frame, the context frame most like it (an oracle of recall)")
+    return "\n".join(lines)
+
+
+def pose_table(results: dict) -> str:
+    """A text table of where the frames put the agent (``evaluate_follow(pose=True)``): per model and window set,
+    the share of frames on the true pose by bin, and over the first 48 frames the mean SSIM of the best-matching
+    view of the maze, the mean position error (cells) and heading error (degrees)."""
+    from .pose_search import ON_POSE_CELLS, ON_POSE_DEGREES, WALL_AHEAD_CELLS
+
+    head = (f"{'model':<22} {'windows':<13} {'on pose 1-8':>11} {'9-24':>6} {'25-48':>6} {'all48':>6} "
+            f"{'view SSIM':>9} {'cells':>6} {'degrees':>7} {'at wall':>7}")
+    rows = [("ground truth‡", s, r["pose"]) for s, r in results["sets"].items() if "pose" in r]
+    for n, m in results["models"].items():
+        rows += [(n, s, r["pose"]["free"]) for s, r in m["sets"].items() if "pose" in r]
+        rows += [(f"{n[:12]} one step ahead", s, r["pose"]["teacher_forced"]) for s, r in m["sets"].items()
+                 if "pose" in r]
+        rows += [(f"{n[:12]} shuffled†", s, r["pose"]["shuffled_actions"]) for s, r in m["sets"].items() if "pose" in r]
+    lines = [head]
+    for name, set_name, p in rows:
+        on = p["on_pose"]
+        lines.append(f"{name[:22]:<22} {set_name:<13} {on.get('1-8', float('nan')):11.3f} "
+                     f"{on.get('9-24', float('nan')):6.3f} {on.get('25-48', float('nan')):6.3f} {on['all']:6.3f} "
+                     f"{p['view_ssim']['all']:9.3f} {p['position_error']['all']:6.2f} {p['heading_error']['all']:7.1f} "
+                     f"{p['at_wall']['all']:7.3f}")
+    lines.append(f"on pose: the best-matching view of the maze lies within {ON_POSE_CELLS} cells and "
+                 f"{ON_POSE_DEGREES:g} degrees of the agent's true pose; view SSIM: how much the frame looks like that "
+                 f"view; cells, degrees: mean errors of its pose; at wall: share of frames facing a wall within "
+                 f"{WALL_AHEAD_CELLS} cells")
+    lines.append("‡ the true frames located the same way: how often the search itself finds the right pose")
     return "\n".join(lines)
 
 
@@ -114,3 +147,25 @@ def _plot(results: dict, path: Path) -> None:
             curves[label] = (list(range(1, len(v) + 1)), v, {"color": "0.5", "ls": ls})
         panels[set_name] = curves
     plot_curve_panels(panels, "generated frame", "SSIM", path, "follow: SSIM vs generated frame")
+
+
+def _plot_pose(results: dict, path: Path) -> None:
+    """Share of the windows on the true pose vs generated frame, a panel per window set: each model's free rollout
+    (solid), one-step-ahead frames (dotted) and shuffled-actions control (dashed), and the true frames located the
+    same way (grey)."""
+    from .plots import plot_curve_panels
+
+    panels = {}
+    for set_name, base in results["sets"].items():
+        curves = {}
+        for i, (name, m) in enumerate(results["models"].items()):
+            pose = m["sets"][set_name]["pose"]
+            for key, label, ls in (("free", "", "-"), ("teacher_forced", ", one step ahead", ":"),
+                                   ("shuffled_actions", ", actions shuffled", "--")):
+                v = pose[key]["per_frame"]["on_pose"]
+                curves[name + label] = (list(range(1, len(v) + 1)), v, {"color": f"C{i % 10}", "ls": ls})
+        v = base["pose"]["per_frame"]["on_pose"]
+        curves["ground truth (the search's own hits)"] = (list(range(1, len(v) + 1)), v, {"color": "0.5", "ls": "-."})
+        panels[set_name] = curves
+    plot_curve_panels(panels, "generated frame", "share of windows on the true pose", path,
+                      "follow: does the rollout keep the agent's pose?")

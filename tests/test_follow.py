@@ -143,3 +143,26 @@ def test_cli_eval_follow(tiny_run, maze_data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train-mazes" in printed and "repeat last frame" in printed
     assert (out / "results.json").exists()
+
+
+def test_follow_pose_tracking(tiny_run, maze_data, tmp_path):
+    res = evaluate_follow([str(tiny_run)], data=str(maze_data), out=tmp_path, context=4, frames=8, long=10,
+                          windows=2, sampling={"steps": 1}, progress=False, videos=False, pose=True)
+    for set_name in ("train-mazes", "unseen-mazes"):
+        truth = res["sets"][set_name]["pose"]  # the calibration: true frames found at their own poses
+        assert truth["on_pose"]["all"] >= 0.8 and truth["view_ssim"]["all"] > 0.8
+        r = next(iter(res["models"].values()))["sets"][set_name]["pose"]
+        assert set(r) == {"free", "teacher_forced", "shuffled_actions"}
+        for k in ("on_pose", "view_ssim", "position_error", "heading_error", "at_wall"):
+            assert set(r["free"][k]) == {"1-8", "all"}
+        # an untrained model's frames are no views of the maze: worse matches than the truth's
+        assert r["free"]["view_ssim"]["all"] < truth["view_ssim"]["all"]
+    assert "on pose 1-8" in res["table"] and "ground truth‡" in res["table"]
+    assert len(r["free"]["per_frame"]["on_pose"]) == 10 and len(r["shuffled_actions"]["per_frame"]["on_pose"]) == 8
+    assert (tmp_path / "pose_vs_frame.png").stat().st_size > 1000
+    copy = tmp_path / "videos_like"
+    shutil.copytree(maze_data, copy)
+    (copy / "meta.json").unlink()  # your own videos: no maze to search
+    with pytest.raises(ValueError, match="pose tracking .*--pose.* needs data made by the built-in maze"):
+        evaluate_follow([str(tiny_run)], data=str(copy), out=tmp_path / "v", context=4, frames=8, long=10,
+                        windows=2, progress=False, videos=False, pose=True)
