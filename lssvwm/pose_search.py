@@ -58,7 +58,7 @@ def grid_poses(env: MazeEnv, grid: float = 0.2) -> np.ndarray:
         raise ValueError(f"grid must be in [{GRID_RANGE[0]}, {GRID_RANGE[1]}] cells, got {grid}")
     size = env.layout.shape[0]
     ticks = np.arange(grid / 2, size, grid)
-    points = [(x, y) for y in ticks for x in ticks if env._free(x, y)]
+    points = [(x, y) for y in ticks for x in ticks if env.fits(x, y)]
     turns = turn_steps(env)
     exact = abs(turns * env.turn_step - 2 * np.pi) < 1e-9 and (turns % 4 == 0)
     headings = np.arange(turns) * env.turn_step if exact else np.arange(24) * (2 * np.pi / 24)
@@ -70,8 +70,8 @@ def view_bank(env: MazeEnv, grid: float = 0.2) -> ViewBank:
     """Every view of ``env``'s maze at :func:`grid_poses` (rendered by the environment's own raycaster)."""
     poses = grid_poses(env, grid)
     views = np.stack([env.render_view(p[:2], float(p[2])) for p in poses])  # (N, H, W, 3) uint8
-    frames = image_to_frames(views)  # (N, 3, H, W) in [-1, 1]
-    return ViewBank(poses, torch.from_numpy(views).permute(0, 3, 1, 2).contiguous(), _coarse(frames), grid, env)
+    coarse = torch.cat([_coarse(image_to_frames(views[i:i + 4096])) for i in range(0, len(views), 4096)])
+    return ViewBank(poses, torch.from_numpy(views).permute(0, 3, 1, 2).contiguous(), coarse, grid, env)
 
 
 def _coarse(frames: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ def locate(frames: torch.Tensor, bank: ViewBank, top: int = 32, refine: int = 3)
         seeds = np.take_along_axis(poses, best[..., None], 1)  # (F, r, 3)
         near = np.concatenate([seeds[:, :, None, :2] + offsets[None, None], np.broadcast_to(
             seeds[:, :, None, 2:], (*seeds.shape[:2], len(offsets), 1))], -1).reshape(len(frames), -1, 3)
-        free = np.array([[bank.env._free(x, y) for x, y, _ in row] for row in near])  # (F, r * 25)
+        free = np.array([[bank.env.fits(x, y) for x, y, _ in row] for row in near])  # (F, r * 25)
         views = image_to_frames(np.stack([bank.env.render_view(p[:2], float(p[2])) for p in near.reshape(-1, 3)])
                                 ).unflatten(0, near.shape[:2])
         near_scores = ssim(views, frames[:, None].expand_as(views)).masked_fill(~torch.from_numpy(free), -1.0)

@@ -23,7 +23,7 @@ def bank(maze):
 def test_grid_poses_are_free_and_on_the_turn_lattice(maze):
     poses = grid_poses(maze, grid=0.2)
     assert len(poses) > 100 and poses.shape[1] == 3
-    assert all(maze._free(x, y) for x, y, _ in poses)
+    assert all(maze.fits(x, y) for x, y, _ in poses)
     steps = poses[:, 2] / maze.turn_step  # 15-degree turns from a heading that is a multiple of 90 degrees
     assert np.allclose(steps, np.round(steps)) and set(np.round(steps).astype(int)) == set(range(24))
     with pytest.raises(ValueError, match="grid must be in"):

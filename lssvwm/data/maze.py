@@ -257,7 +257,8 @@ class MazeEnv(gym.Env):
         return self._obs(), {"target": self.target}
 
     # -- dynamics -------------------------------------------------------------------------------------
-    def _free(self, x: float, y: float) -> bool:
+    def fits(self, x: float, y: float) -> bool:
+        """Whether the agent (a square of half-side ``agent_radius``) fits at ``(x, y)`` without touching a wall."""
         r = self.radius
         for cx in (x - r, x + r):
             for cy in (y - r, y + r):
@@ -282,9 +283,9 @@ class MazeEnv(gym.Env):
         if move:
             dx, dy = self.move_step * np.cos(self.angle), self.move_step * np.sin(self.angle)
             # Slide along walls: try each axis separately.
-            if self._free(self.pos[0] + dx, self.pos[1]):
+            if self.fits(self.pos[0] + dx, self.pos[1]):
                 self.pos[0] += dx
-            if self._free(self.pos[0], self.pos[1] + dy):
+            if self.fits(self.pos[0], self.pos[1] + dy):
                 self.pos[1] += dy
         reward = 0.0
         if self.target >= 0 and np.linalg.norm(self.objects[self.target] - self.pos) < 0.45:
