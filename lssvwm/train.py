@@ -201,6 +201,11 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
             dist.barrier()
     loop.close()
     if world > 1 and dist.is_initialized():
+        # Every rank past its last write and collective before any tears the group down, and the DDP wrapper (which
+        # holds the group) gone first. Without them a rank was seen, twice in CI, to abort at exit ("terminate called
+        # without an active exception", SIGABRT) after a run that had trained correctly.
+        dist.barrier()
+        del fwd, ddp
         dist.destroy_process_group()
     return run_dir
 
