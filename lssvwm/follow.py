@@ -243,9 +243,9 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
             if set_name in pose_sets:
                 pose_sets[set_name]["videos"] |= {(name, "free"): f, (name, "teacher_forced"): t,
                                                   (name, "shuffled_actions"): c}
-    for set_name, p in pose_sets.items():  # one maze's bank of views at a time, for every model's frames
+    if pose_sets:
         from .pose_search import track_all
-
+    for set_name, p in pose_sets.items():  # one maze's bank of views at a time, for every model's frames
         tracked = {k: _pose_summary(v, frames) for k, v in track_all(p["videos"], p["envs"], p["poses"],
                                                                         pose_grid).items()}
         results["sets"][set_name]["pose"] = tracked.pop("truth")

@@ -37,11 +37,11 @@ GRID_RANGE = (0.02, 1.0)
 
 @dataclass(frozen=True)
 class ViewBank:
-    """Views of one maze at a grid of poses: ``poses`` (N, 3) as x, y, heading (radians); ``views`` (N, 3, H, W)
-    uint8; ``coarse`` (N, 3 * H/2 * W/2) the views in [-1, 1], 2x2-average-pooled and flattened; ``grid`` their
+    """Views of one maze at a grid of poses: ``poses`` (N, 3) as x, y, heading (radians); ``views`` (N, H, W, 3)
+    uint8 as rendered; ``coarse`` (N, 3 * H/2 * W/2) the views in [-1, 1], 2x2-average-pooled and flattened; ``grid`` their
     spacing in cells; ``env`` the environment that renders (and refines) them."""
     poses: np.ndarray
-    views: torch.Tensor
+    views: np.ndarray
     coarse: torch.Tensor
     grid: float
     env: MazeEnv
@@ -71,7 +71,7 @@ def view_bank(env: MazeEnv, grid: float = 0.2) -> ViewBank:
     poses = grid_poses(env, grid)
     views = np.stack([env.render_view(p[:2], float(p[2])) for p in poses])  # (N, H, W, 3) uint8
     coarse = torch.cat([_coarse(image_to_frames(views[i:i + 4096])) for i in range(0, len(views), 4096)])
-    return ViewBank(poses, torch.from_numpy(views).permute(0, 3, 1, 2).contiguous(), coarse, grid, env)
+    return ViewBank(poses, views, coarse, grid, env)
 
 
 def _coarse(frames: torch.Tensor) -> torch.Tensor:
@@ -83,14 +83,14 @@ def locate(frames: torch.Tensor, bank: ViewBank, top: int = 32, refine: int = 3)
     """The pose each of ``frames`` (F, 3, H, W) in [-1, 1] shows best: (poses (F, 3), SSIM (F,) with it). The
     ``top`` bank views nearest in squared distance at half size are scored by SSIM; then around the ``refine``
     best of them, the positions a quarter and half a grid spacing away (same heading) are rendered and scored."""
-    if frames.shape[-3:] != bank.views.shape[-3:]:
-        raise ValueError(f"frames of shape {tuple(frames.shape[-3:])} against a bank of views of shape "
-                         f"{tuple(bank.views.shape[-3:])}")
+    shape = (bank.views.shape[3], *bank.views.shape[1:3])  # (C, H, W)
+    if tuple(frames.shape[-3:]) != shape:
+        raise ValueError(f"frames of shape {tuple(frames.shape[-3:])} against a bank of views of shape {shape}")
     q = _coarse(frames)  # (F, D)
     dist = (q * q).sum(1, keepdim=True) - 2 * q @ bank.coarse.T + (bank.coarse * bank.coarse).sum(1)  # (F, N)
     k = min(top, bank.coarse.shape[0])
     cand = dist.topk(k, dim=1, largest=False).indices  # (F, k)
-    views = image_to_frames(bank.views[cand.flatten()].permute(0, 2, 3, 1).numpy()).unflatten(0, cand.shape)
+    views = image_to_frames(bank.views[cand.flatten().numpy()]).unflatten(0, cand.shape)
     scores = ssim(views, frames[:, None].expand_as(views))  # (F, k)
     poses = bank.poses[cand.numpy()]  # (F, k, 3)
     if refine > 0:

@@ -32,7 +32,7 @@ def test_grid_poses_are_free_and_on_the_turn_lattice(maze):
 
 def test_a_bank_view_is_found_at_its_own_pose(maze, bank):
     picks = np.random.default_rng(0).choice(len(bank.poses), 12, replace=False)
-    frames = image_to_frames(bank.views[picks].permute(0, 2, 3, 1).numpy())
+    frames = image_to_frames(bank.views[picks])
     found, score = locate(frames, bank)
     assert torch.allclose(score, torch.ones(12), atol=1e-5)
     # a view can repeat at another pose (a plain wall seen square-on); the one found must render the same view
