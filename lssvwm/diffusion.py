@@ -34,7 +34,7 @@ from .config import DiffusionConfig, SamplingConfig
 from .denoiser import Denoiser, as_denoiser, compiled_step
 from .models.world_model import check_action_ids
 from .resources import check_compiler
-from .schedule import add_noise, alpha_sigma, loss_weight, sampling_grid, v_target, x0_eps_from_v
+from .schedule import add_noise, alpha_sigma, loss_weight, sampling_grid, shift_levels, v_target, x0_eps_from_v
 
 
 def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: torch.Generator | None = None,
@@ -43,8 +43,12 @@ def training_levels(batch: int, frames: int, cfg: DiffusionConfig, generator: to
     probability ``long_context_prob`` a clean prefix of random length in [min_clean_prefix, T-1], no loss. Context
     frames are labelled (and noised) with ``context_level`` (0: clean; the sampler's stabilization level: as the
     context is seen at inference), or, with ``context_level_max`` above it, each with its own level drawn uniformly
-    between the two (GameNGen's context-noise augmentation)."""
+    between the two (GameNGen's context-noise augmentation). ``level_shift`` other than 1 moves the independent
+    levels' log-SNR by ``-2 ln(level_shift)`` (:func:`~lssvwm.schedule.shift_levels`; > 1: more training at high
+    noise), from the same draws."""
     levels = torch.rand(batch, frames, generator=generator)
+    if cfg.level_shift != 1.0:
+        levels = shift_levels(levels, cfg.level_shift)
     clean = torch.zeros(batch, frames, dtype=torch.bool)
     if frames > 1 and cfg.long_context_prob > 0:
         use = torch.rand(batch, generator=generator) < cfg.long_context_prob

@@ -41,6 +41,8 @@ BINS_SHORT = ((1, 8), (9, 24), (25, 48))
 BINS_LONG = ((49, 100), (101, 200))
 TRAJECTORY_SEED = 20_261_123  # held-out trajectories: never a training episode's seed
 SHUFFLE_SEED = 1234  # the fixed time shuffle of the control's actions
+# with --pose, the first free frames also scored against views from near the true pose (pose_search.near_truth)
+NEAR_FRAMES = 8
 
 
 def window_sets(data: str | os.PathLike, out: str | os.PathLike, context: int, frames: int, windows: int,
@@ -177,7 +179,8 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     predictions) to ``out``. ``sampling``: overrides of each run's sampling settings
     (:class:`~lssvwm.config.SamplingOverrides`, or a mapping of its fields). ``pose`` (built-in maze data only):
     also where each free, one-step-ahead and shuffled-actions frame puts the agent (:mod:`~lssvwm.pose_search`,
-    a bank of views on a ``pose_grid``-spaced grid), and the same for the true frames as the search's calibration;
+    a bank of views on a ``pose_grid``-spaced grid), and the same for the true frames as the search's calibration,
+    and how much the first free frames look like a view from near the true pose (``near_truth``);
     adds ``pose`` entries to the results and writes ``pose_vs_frame.png``. Returns the results."""
     from .resources import check_fits
     from .evaluation import common_resolution, load_runs, lpips_fn
@@ -250,6 +253,8 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
                                                                         pose_grid).items()}
         results["sets"][set_name]["pose"] = tracked.pop("truth")
         for (name, kind), summary in tracked.items():
+            if kind == "free":
+                summary["near_truth"] = _near_truth_summary(p["videos"][name, kind], p["envs"], p["poses"])
             results["models"][name]["sets"][set_name].setdefault("pose", {})[kind] = summary
     (out / "results.json").write_text(json.dumps(results, indent=1))
     first_context = {set_name: win["frames"][0, :context] for set_name, win in sets.items()}
@@ -288,6 +293,17 @@ def _pose_summary(per_window: dict[str, np.ndarray], short: int) -> dict:
     their means over each bin's frames."""
     per_frame = {k: v.mean(0) for k, v in per_window.items()}
     return summarize(per_frame, short) | {"per_frame": _rounded(per_frame)}
+
+
+def _near_truth_summary(video: torch.Tensor, envs: list, poses: np.ndarray) -> dict:
+    """How much each of the first :data:`NEAR_FRAMES` free frames (``video`` (W, M, 3, H, W)) looks like a view
+    from near the agent's true pose (:func:`~lssvwm.pose_search.near_truth`): the mean over the windows per frame
+    (``per_frame``), and over those ``frames`` (``mean``)."""
+    from .pose_search import near_truth
+
+    n = min(NEAR_FRAMES, video.shape[1])
+    fit = np.stack([near_truth(video[i, :n], env, poses[i, :n])[0] for i, env in enumerate(envs)]).mean(0)
+    return {"frames": n, "mean": float(fit.mean()), "per_frame": [round(float(x), 4) for x in fit]}
 
 
 def _rounded(per_frame: dict) -> dict:

@@ -37,8 +37,9 @@ def write_report(results: dict, strips: dict, first_context: dict, out: Path, vi
 
 def follow_table(results: dict) -> str:
     """A text table: per model and window set, free-rollout SSIM by bin, drift, PSNR, teacher-forced SSIM."""
-    head = (f"{'model':<22} {'windows':<13} {'SSIM 1-8':>8} {'9-24':>6} {'25-48':>6} {'all48':>6} {'drift':>6} "
-            f"{'PSNR48':>7} {'TF SSIM':>7} {'SSIM200':>7}")
+    shown, long = results["frames"], results["long"]
+    head = (f"{'model':<22} {'windows':<13} {'SSIM 1-8':>8} {'9-24':>6} {'25-48':>6} {f'all{shown}':>6} {'drift':>6} "
+            f"{f'PSNR{shown}':>7} {'TF SSIM':>7} {f'SSIM{long}':>7}")
     lines = [head]
     rows = []
     for n, m in results["models"].items():
@@ -62,12 +63,13 @@ def follow_table(results: dict) -> str:
 
 def pose_table(results: dict) -> str:
     """A text table of where the frames put the agent (``evaluate_follow(pose=True)``): per model and window set,
-    the share of frames on the true pose by bin, and over the first 48 frames the mean SSIM of the best-matching
+    the share of frames on the true pose by bin, and over the first ``frames`` (48) the mean SSIM of the best-matching
     view of the maze, the mean position error (cells) and heading error (degrees)."""
-    from .pose_search import ON_POSE_CELLS, ON_POSE_DEGREES, WALL_AHEAD_CELLS
+    from .pose_search import NEAR_CELLS, NEAR_DEGREES, ON_POSE_CELLS, ON_POSE_DEGREES, WALL_AHEAD_CELLS
 
-    head = (f"{'model':<22} {'windows':<13} {'on pose 1-8':>11} {'9-24':>6} {'25-48':>6} {'all48':>6} "
-            f"{'view SSIM':>9} {'cells':>6} {'degrees':>7} {'at wall':>7}")
+    shown = results["frames"]
+    head = (f"{'model':<22} {'windows':<13} {'on pose 1-8':>11} {'9-24':>6} {'25-48':>6} {f'all{shown}':>6} "
+            f"{'view SSIM':>9} {'cells':>6} {'degrees':>7} {'at wall':>7} {'view 1-8':>8} {'near 1-8':>8}")
     rows = [("ground truth‡", s, r["pose"]) for s, r in results["sets"].items() if "pose" in r]
     for n, m in results["models"].items():
         rows += [(n, s, r["pose"]["free"]) for s, r in m["sets"].items() if "pose" in r]
@@ -80,11 +82,15 @@ def pose_table(results: dict) -> str:
         lines.append(f"{name[:22]:<22} {set_name:<13} {on.get('1-8', float('nan')):11.3f} "
                      f"{on.get('9-24', float('nan')):6.3f} {on.get('25-48', float('nan')):6.3f} {on['all']:6.3f} "
                      f"{p['view_ssim']['all']:9.3f} {p['position_error']['all']:6.2f} {p['heading_error']['all']:7.1f} "
-                     f"{p['at_wall']['all']:7.3f}")
+                     f"{p['at_wall']['all']:7.3f} {p['view_ssim'].get('1-8', float('nan')):8.3f} "
+                     + (f"{p['near_truth']['mean']:8.3f}" if "near_truth" in p else f"{'':>8}"))
     lines.append(f"on pose: the best-matching view of the maze lies within {ON_POSE_CELLS} cells and "
                  f"{ON_POSE_DEGREES:g} degrees of the agent's true pose; view SSIM: how much the frame looks like that "
                  f"view; cells, degrees: mean errors of its pose; at wall: share of frames facing a wall within "
-                 f"{WALL_AHEAD_CELLS} cells")
+                 f"{WALL_AHEAD_CELLS} cells; view 1-8: view SSIM over frames 1-8; near 1-8 (free rollouts): how much "
+                 f"frames 1-8 look like a view from within {NEAR_CELLS} cells and {NEAR_DEGREES:g} degrees of the "
+                 "true pose (near the view SSIM: a degraded view from the right place; far below it: a view from "
+                 "elsewhere)")
     lines.append("‡ the true frames located the same way: how often the search itself finds the right pose")
     return "\n".join(lines)
 

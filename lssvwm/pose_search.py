@@ -31,6 +31,9 @@ ON_POSE_DEGREES = 15.0
 # a frame "faces a wall" when the wall straight ahead of its pose is this close (cells): the close-up view that
 # free rollouts tend to settle on (walking into it changes nothing)
 WALL_AHEAD_CELLS = 0.5
+# near_truth's neighbourhood of the true pose: positions within this many cells, headings within these degrees
+NEAR_CELLS = 0.2
+NEAR_DEGREES = 45.0
 # the pose grid's spacing in cells: finer than 0.02 would render hundreds of thousands of views per maze
 GRID_RANGE = (0.02, 1.0)
 
@@ -108,6 +111,31 @@ def locate(frames: torch.Tensor, bank: ViewBank, top: int = 32, refine: int = 3)
     best = scores.argmax(1)
     rows = torch.arange(frames.shape[0])
     return poses[rows.numpy(), best.numpy()], scores[rows, best]
+
+
+def near_truth(frames: torch.Tensor, env: MazeEnv, poses: np.ndarray, cells: float = NEAR_CELLS,
+               degrees: float = NEAR_DEGREES) -> tuple[np.ndarray, np.ndarray]:
+    """How much each of ``frames`` (M, 3, H, W) in [-1, 1] looks like a view from near its true pose (``poses``
+    (M, 3)): the best SSIM over views rendered at positions within ``cells`` (a 5 x 5 grid, where the agent fits)
+    and headings within ``degrees`` (31 evenly spaced) of the truth, and that view's offset (M, 3) (dx, dy in
+    cells, heading in degrees). Beside :func:`locate`'s view SSIM (the best view anywhere) it splits a bad frame
+    in two: a degraded view from the right place scores low on both, a clean view from the wrong place high on
+    view SSIM only. Position and heading trade off in a small frame (a step sideways looks like a slight turn), so
+    the offset is read as a whole."""
+    ticks = np.linspace(-cells, cells, 5)
+    turns = np.linspace(-degrees, degrees, 31)
+    grid = np.array([(dx, dy, d) for dx in ticks for dy in ticks for d in turns])  # (G, 3)
+    fit, offset = np.zeros(len(frames)), np.zeros((len(frames), 3))
+    for t, (frame, pose) in enumerate(zip(frames, poses)):
+        cand = grid[[env.fits(pose[0] + dx, pose[1] + dy) for dx, dy, _ in grid]]
+        if not len(cand):  # the true pose itself always fits; this only guards a wrong pose passed in
+            raise ValueError(f"pose {tuple(pose)} has no free point within {cells} cells")
+        views = image_to_frames(np.stack([env.render_view(pose[:2] + c[:2], float(pose[2] + np.radians(c[2])))
+                                          for c in cand]))
+        scores = ssim(views, frame.float()[None].expand_as(views))
+        best = int(scores.argmax())
+        fit[t], offset[t] = float(scores[best]), cand[best]
+    return fit, offset
 
 
 def pose_errors(found: np.ndarray, true_pos: np.ndarray, true_heading: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,16 @@ def loss_weight(t: torch.Tensor, gamma: float) -> torch.Tensor:
     return snr_plus_one.clamp(max=gamma) / snr_plus_one
 
 
+def shift_levels(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Levels ``t`` moved so that each one's log-SNR drops by ``2 ln(shift)``: the shifted cosine schedule of
+    Hoogeboom et al.'s simple diffusion (and SD3's timestep shift), ``tan(pi t' / 2) = shift * tan(pi t / 2)``.
+    ``shift`` > 1 moves levels toward pure noise (2: uniform t's median 0.5 goes to 0.705), < 1 toward clean, 1
+    changes nothing; 0 and 1 stay where they are (atan2 in fp64: tan's pole at t = 1 is not crossed)."""
+    half = 0.5 * math.pi * t.double()
+    moved = torch.atan2(shift * torch.sin(half), torch.cos(half)) * (2 / math.pi)
+    return moved.clamp(0.0, 1.0).to(t.dtype)
+
+
 EDM_SIGMA_MAX, EDM_SIGMA_MIN, EDM_RHO = 80.0, 0.002, 7.0  # Karras et al. (2022)
 LOGSNR_RANGE = 6.0  # the logsnr grid's interior levels span log-SNR in [-6, 6] (t from 0.97 down to 0.03)
 

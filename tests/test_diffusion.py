@@ -7,7 +7,7 @@ import torch
 
 from lssvwm.config import ConfigError, DiffusionConfig, SamplingConfig, model_preset
 from lssvwm.diffusion import (Sampler, add_noise, alpha_sigma, commit_frame, denoise_frame, loss_weight, prefill,
-                              sampling_grid, training_levels, training_loss, v_target, x0_eps_from_v)
+                              sampling_grid, shift_levels, training_levels, training_loss, v_target, x0_eps_from_v)
 from lssvwm.models.world_model import WorldModel
 
 
@@ -196,6 +196,37 @@ def test_long_context_prefix_is_clean_and_masked():
     assert ctx.min() >= 0.1 and ctx.max() <= 0.4 and ctx.max() - ctx.min() > 0.25 and len(set(ctx.tolist())) > 100
     with pytest.raises(ConfigError, match="context_level_max"):
         DiffusionConfig(context_level=0.3, context_level_max=0.2).validate()
+
+
+def test_level_shift_lowers_log_snr_by_twice_its_log():
+    t = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+
+    def log_snr(x):
+        a, s = alpha_sigma(x)
+        return 2 * torch.log(a / s)
+
+    for shift in (0.5, 2.0, 3.0):
+        moved = shift_levels(t, shift)
+        assert torch.allclose(log_snr(moved), log_snr(t) - 2 * math.log(shift), atol=1e-9)
+        assert (moved.diff() > 0).all()  # order kept
+        assert ((moved > t) if shift > 1 else (moved < t)).all()
+    assert torch.allclose(shift_levels(t, 1.0), t, atol=1e-12)
+    ends = shift_levels(torch.tensor([0.0, 1.0]), 2.0)  # fp32, where pi/2 rounds past the pole of tan
+    assert ends.tolist() == [0.0, 1.0]
+    assert shift_levels(torch.tensor(0.5, dtype=torch.float64), 2.0).item() == pytest.approx(2 / math.pi * math.atan(2))
+
+
+def test_training_levels_shifted_from_the_same_draws():
+    plain, mask = training_levels(256, 10, DiffusionConfig(), torch.Generator().manual_seed(3))
+    shifted, mask2 = training_levels(256, 10, DiffusionConfig(level_shift=2.0), torch.Generator().manual_seed(3))
+    noisy = mask == 1
+    assert torch.equal(mask, mask2) and (shifted[~noisy] == 0).all()  # the clean prefix stays clean
+    assert torch.allclose(shifted[noisy], shift_levels(plain[noisy], 2.0))
+    # uniform levels' median 0.5 -> 0.705 at shift 2: more of the training at high noise
+    assert plain[noisy].median() == pytest.approx(0.5, abs=0.03)
+    assert shifted[noisy].median() == pytest.approx(2 / math.pi * math.atan(2), abs=0.03)
+    with pytest.raises(ConfigError, match="level_shift"):
+        DiffusionConfig(level_shift=0.0).validate()
 
 
 class Fixed(torch.nn.Module):

@@ -157,7 +157,15 @@ def test_follow_pose_tracking(tiny_run, maze_data, tmp_path):
             assert set(r["free"][k]) == {"1-8", "all"}
         # an untrained model's frames are no views of the maze: worse matches than the truth's
         assert r["free"]["view_ssim"]["all"] < truth["view_ssim"]["all"]
+        # the first 8 free frames against views from near the true pose: no better than the best view anywhere
+        # can be by more than the finer headings near the truth allow
+        near = r["free"]["near_truth"]
+        assert near["frames"] == 8 and len(near["per_frame"]) == 8 and "near_truth" not in r["teacher_forced"]
+        assert 0 <= near["mean"] < truth["view_ssim"]["all"] and near["mean"] <= r["free"]["view_ssim"]["1-8"] + 0.1
     assert "on pose 1-8" in res["table"] and "ground truth‡" in res["table"]
+    # both tables' headers name the frames scored (8 and 10 here), not the defaults 48 and 200
+    heads = [line for line in res["table"].splitlines() if line.startswith("model")]
+    assert len(heads) == 2 and all("all8" in h and "all48" not in h for h in heads) and "SSIM10" in heads[0]
     assert len(r["free"]["per_frame"]["on_pose"]) == 10 and len(r["shuffled_actions"]["per_frame"]["on_pose"]) == 8
     assert (tmp_path / "pose_vs_frame.png").stat().st_size > 1000
     copy = tmp_path / "videos_like"

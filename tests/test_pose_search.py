@@ -5,7 +5,8 @@ import torch
 
 from lssvwm.data.episodes import generate_episode, image_to_frames
 from lssvwm.data.maze import MazeEnv
-from lssvwm.pose_search import grid_poses, locate, pose_errors, track, track_all, view_bank, wall_distance
+from lssvwm.pose_search import (grid_poses, locate, near_truth, pose_errors, track, track_all, view_bank,
+                                wall_distance)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,33 @@ def test_true_frames_of_an_episode_are_located_near_their_poses(maze, bank):
     on = (dist <= 0.5) & (turn <= 15 + 1e-6)
     assert on.mean() >= 0.9, (dist, turn)
     assert float(score.mean()) > 0.8
+
+
+def test_near_truth_finds_a_view_from_beside_the_true_pose():
+    ep = generate_episode(seed=11, steps=12, size=7, resolution=16, maze_seed=5)
+    env = MazeEnv(size=7, resolution=16)
+    env.reset(seed=0, options={"maze_seed": 5})
+    heading = np.arctan2(ep["agent_dir"][:, 1], ep["agent_dir"][:, 0])
+    poses = np.c_[ep["agent_pos"], heading]  # (M, 3)
+    frames = image_to_frames(ep["image"])
+    fit, offset = near_truth(frames, env, poses)
+    assert fit == pytest.approx(np.ones(len(frames)), abs=1e-5)
+    # the truth itself, or a neighbour that renders the same view
+    for pose, off, frame in zip(poses, offset, ep["image"]):
+        assert np.array_equal(env.render_view(pose[:2] + off[:2], pose[2] + np.radians(off[2])), frame)
+    # frames rendered 0.1 cells aside and 12 degrees turned (on the neighbourhood's grid): found there, SSIM 1
+    moved = [p + np.array([0.1, 0.0, np.radians(12)]) for p in poses if env.fits(p[0] + 0.1, p[1])]
+    shifted = image_to_frames(np.stack([env.render_view(p[:2], float(p[2])) for p in moved]))
+    true = np.stack([p for p in poses if env.fits(p[0] + 0.1, p[1])])
+    fit, offset = near_truth(shifted, env, true)
+    assert len(moved) >= 6 and fit == pytest.approx(np.ones(len(moved)), abs=1e-5)
+    for pose, off, frame in zip(true, offset, shifted):
+        assert np.array_equal(image_to_frames(env.render_view(pose[:2] + off[:2], pose[2] + np.radians(off[2]))[None])[0],
+                              frame)
+    # a frame turned further than the neighbourhood reaches, or noise: no view near the truth matches it
+    far = image_to_frames(np.stack([env.render_view(p[:2], float(p[2] + np.pi)) for p in poses]))
+    noise = torch.rand_like(frames) * 2 - 1
+    assert near_truth(far, env, poses)[0].mean() < 0.5 and near_truth(noise, env, poses)[0].max() < 0.3
 
 
 def test_pose_errors_wrap_the_heading():

@@ -237,6 +237,10 @@ class ModelConfig:
 class DiffusionConfig:
     # v-prediction, cosine schedule alpha=cos(pi t/2), sigma=sin(pi t/2), min-SNR-5 weighting: see diffusion.py
     min_snr_gamma: float = ranged(5.0, POSITIVE_NUMBER)
+    # the training levels' shift (not from the paper): each frame's uniform level t moved to t' with
+    # tan(pi t'/2) = level_shift * tan(pi t/2), i.e. log-SNR lowered by 2 ln(level_shift) (Hoogeboom et al.'s shifted
+    # cosine schedule); > 1 trains more at high noise, where a frame's layout is decided; 1: uniform t (off)
+    level_shift: float = ranged(1.0, POSITIVE_NUMBER)
     long_context_prob: float = ranged(0.5, PROBABILITY)  # the paper's long-context training: P(clean prefix)
     min_clean_prefix: int = ranged(1, at_least(1))
     # the level the context frames of training (the long-context prefix) are labelled and noised with; 0 = clean,
