@@ -79,6 +79,8 @@ def test_near_truth_finds_a_view_from_beside_the_true_pose():
     far = image_to_frames(np.stack([env.render_view(p[:2], float(p[2] + np.pi)) for p in poses]))
     noise = torch.rand_like(frames) * 2 - 1
     assert near_truth(far, env, poses)[0].mean() < 0.5 and near_truth(noise, env, poses)[0].max() < 0.3
+    with pytest.raises(ValueError, match="no free point within 0.2 cells"):  # a pose inside the outer wall
+        near_truth(frames[:1], env, np.array([[0.5, 0.5, 0.0]]))
 
 
 def test_pose_errors_wrap_the_heading():
