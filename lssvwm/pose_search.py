@@ -72,9 +72,14 @@ def grid_poses(env: MazeEnv, grid: float = 0.2) -> np.ndarray:
 def view_bank(env: MazeEnv, grid: float = 0.2) -> ViewBank:
     """Every view of ``env``'s maze at :func:`grid_poses` (rendered by the environment's own raycaster)."""
     poses = grid_poses(env, grid)
-    views = np.stack([env.render_view(p[:2], float(p[2])) for p in poses])  # (N, H, W, 3) uint8
+    views = render_poses(env, poses)  # (N, H, W, 3) uint8
     coarse = torch.cat([_coarse(image_to_frames(views[i:i + 4096])) for i in range(0, len(views), 4096)])
     return ViewBank(poses, views, coarse, grid, env)
+
+
+def render_poses(env: MazeEnv, poses: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8: ``env``'s view at each of ``poses`` (N, 3) (x, y, heading in radians)."""
+    return np.stack([env.render_view(p[:2], float(p[2])) for p in poses])
 
 
 def _coarse(frames: torch.Tensor) -> torch.Tensor:
@@ -104,8 +109,7 @@ def locate(frames: torch.Tensor, bank: ViewBank, top: int = 32, refine: int = 3)
         near = np.concatenate([seeds[:, :, None, :2] + offsets[None, None], np.broadcast_to(
             seeds[:, :, None, 2:], (*seeds.shape[:2], len(offsets), 1))], -1).reshape(len(frames), -1, 3)
         free = np.array([[bank.env.fits(x, y) for x, y, _ in row] for row in near])  # (F, r * 25)
-        views = image_to_frames(np.stack([bank.env.render_view(p[:2], float(p[2])) for p in near.reshape(-1, 3)])
-                                ).unflatten(0, near.shape[:2])
+        views = image_to_frames(render_poses(bank.env, near.reshape(-1, 3))).unflatten(0, near.shape[:2])
         near_scores = ssim(views, frames[:, None].expand_as(views)).masked_fill(~torch.from_numpy(free), -1.0)
         poses, scores = np.concatenate([poses, near], 1), torch.cat([scores, near_scores], 1)
     best = scores.argmax(1)
@@ -130,8 +134,7 @@ def near_truth(frames: torch.Tensor, env: MazeEnv, poses: np.ndarray, cells: flo
         cand = grid[[env.fits(pose[0] + dx, pose[1] + dy) for dx, dy, _ in grid]]
         if not len(cand):  # the true pose itself always fits; this only guards a wrong pose passed in
             raise ValueError(f"pose {tuple(pose)} has no free point within {cells} cells")
-        views = image_to_frames(np.stack([env.render_view(pose[:2] + c[:2], float(pose[2] + np.radians(c[2])))
-                                          for c in cand]))
+        views = image_to_frames(render_poses(env, pose + np.c_[cand[:, :2], np.radians(cand[:, 2])]))
         scores = ssim(views, frame.float()[None].expand_as(views))
         best = int(scores.argmax())
         fit[t], offset[t] = float(scores[best]), cand[best]
