@@ -443,7 +443,7 @@ def test_demo_model_is_the_recipes_width_of_small():
 
     small = demo_model()
     assert small.d_model == RECIPE["d_model"] == 96 and small.layers == model_preset("small", window=4).layers
-    assert small.prev_frame and demo_model("tiny").prev_frame  # the recipe's previous-frame input, every preset
+    assert not RECIPE["prev_frame"] and not small.prev_frame and not demo_model("tiny").prev_frame  # every preset
     assert demo_model(d_model=64).d_model == 64
     assert demo_model("tiny").d_model == model_preset("tiny").d_model  # other presets keep their width
 
