@@ -229,7 +229,7 @@ def test_preset_depth_and_width():
     assert deep.layers[:4] == base.layers and deep.layers[4:] == base.layers[:2]  # the plan goes on alternating
     assert parameter_count(deep) == WorldModel(deep).num_params()
     m = demo_model(d_model=128, n_layers=2)
-    assert (m.d_model, len(m.layers), m.prev_frame) == (128, 2, True)
+    assert (m.d_model, len(m.layers), m.prev_frame) == (128, 2, False)  # the recipe's input, too
     for bad in (0, -1, 2.5, True, 10**6):
         with pytest.raises(ConfigError, match="the number of layers must be 1 to"):
             model_preset("small", n_layers=bad)
@@ -443,9 +443,10 @@ def test_absurd_model_is_refused_before_anything_is_allocated():
 
 
 @pytest.mark.parametrize("past", [0, 2])
-def test_cpu_autocast_keeps_attention_in_fp32_where_bf16_attention_is_slow(monkeypatch, past):
-    """Under bf16 autocast on the CPU, SDPA computes in fp32 where its bf16 kernel is not faster: the result and
-    the gradients are exactly those of attention run without autocast; where it is faster, autocast applies."""
+def test_cpu_autocast_computes_attention_the_way_timed_fastest(monkeypatch, past):
+    """Under bf16 autocast on the CPU, attention computes in fp32 where no bf16 way is faster: the result and the
+    gradients are exactly those of attention run without autocast; in either bf16 way (SDPA on bf16 inputs, the
+    materialized matmuls) a bf16 result within bf16 rounding of it, gradients too."""
     from lssvwm.models import attention
 
     g = torch.Generator().manual_seed(0)
@@ -458,48 +459,82 @@ def test_cpu_autocast_keeps_attention_in_fp32_where_bf16_attention_is_slow(monke
         return out, torch.autograd.grad(out.float().square().sum(), leaves)
 
     ref, ref_grads = run(amp=False)
-    monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: False)
+    monkeypatch.setattr(attention, "cpu_bf16_attention", lambda: "sdpa-fp32")
     out, grads = run(amp=True)
     assert out.dtype == torch.float32 and torch.equal(out, ref)
     assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
-    monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: True)
-    out, _ = run(amp=True)
-    assert out.dtype == torch.bfloat16 and not torch.equal(out.float(), ref)
-    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    for way in ("sdpa-bf16", "matmul"):
+        monkeypatch.setattr(attention, "cpu_bf16_attention", lambda: way)
+        out, grads = run(amp=True)
+        assert out.dtype == torch.bfloat16 and not torch.equal(out.float(), ref)
+        torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("backend, window", [("window", 3), ("sdpa", 3), ("sdpa", None)])
 def test_every_cpu_attention_call_follows_the_bf16_choice(monkeypatch, backend, window):
-    """Each SDPA call of both CPU backends (masked first frames, dense windows, chunks, full causal) runs with
-    autocast lifted and fp32 inputs where bf16 attention is slow, and under autocast where it is fast."""
+    """Each attention call of both CPU backends (masked first frames, dense windows, chunks, full causal) runs with
+    autocast lifted, in the way picked: SDPA on fp32 or on bf16 inputs, or the materialized matmuls (no SDPA)."""
     from lssvwm.models import attention
 
     seen = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    sdpa, matmul = torch.nn.functional.scaled_dot_product_attention, attention.matmul_attention
 
     def spy(q, k, v, **kw):
-        seen.append((torch.is_autocast_enabled("cpu"), q.dtype, k.dtype, v.dtype))
+        seen.append(("sdpa", torch.is_autocast_enabled("cpu"), q.dtype, k.dtype, v.dtype))
         return sdpa(q, k, v, **kw)
 
+    def spy_matmul(q, k, v, mask=None):
+        seen.append(("matmul", torch.is_autocast_enabled("cpu"), q.dtype, k.dtype, v.dtype))
+        return matmul(q, k, v, mask)
+
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setitem(attention.CPU_BF16_ATTENTION, "matmul", spy_matmul)
     torch.manual_seed(0)
     attn = FrameLocalAttention(32, 2, window, chunk=2, backend=backend)
     x = torch.randn(2, 7, 5, 32, requires_grad=True)
-    for fast in (False, True):
-        monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: fast)
+    f32, bf16 = torch.float32, torch.bfloat16
+    for way, want in (("sdpa-fp32", ("sdpa", False, f32, f32, f32)), ("sdpa-bf16", ("sdpa", False, bf16, bf16, bf16)),
+                      ("matmul", ("matmul", False, f32, f32, f32))):
+        monkeypatch.setattr(attention, "cpu_bf16_attention", lambda: way)
         seen.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y, _ = attn(x)
         y.float().sum().backward()
-        assert seen and all(s == (fast, torch.float32, torch.float32, torch.float32) for s in seen), seen
+        assert seen and all(s == want for s in seen), (way, seen)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_matmul_attention_matches_sdpa_forward_and_backward(masked):
+    """The materialized bf16 attention against SDPA in fp64 (its reference): outputs and the gradients of q, k and
+    v within bf16 rounding, with and without a causal mask; the bf16 scores are not exact."""
+    from lssvwm.models.attention import matmul_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 8, generator=g, dtype=torch.float64) for n in (16, 16, 16))
+    mask = torch.ones(16, 16, dtype=torch.bool).tril() if masked else None
+    go = torch.randn(3, 2, 16, 8, generator=g, dtype=torch.float64)
+
+    def run(fn, dtype):
+        leaves = [t.detach().to(dtype).clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves, mask)
+        out.backward(go.to(out.dtype))
+        return [out.double()] + [t.grad.double() for t in leaves]
+
+    ref = run(lambda q, k, v, m: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m), torch.float64)
+    got = run(matmul_attention, torch.float32)
+    for a, b in zip(got, ref):
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        assert 1e-5 < err < 0.03, err  # bf16's rounding (8 bits), not fp32's, and no more
 
 
 def test_bf16_attention_timing_runs_anywhere():
     """The timing is made wherever it is first asked for: inside autocast, without gradients, in inference mode."""
-    from lssvwm.models.attention import cpu_bf16_attention_fast
+    from lssvwm.models.attention import CPU_BF16_ATTENTION, cpu_bf16_attention
 
-    cpu_bf16_attention_fast.cache_clear()
+    cpu_bf16_attention.cache_clear()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = cpu_bf16_attention_fast()
-    assert fast in (True, False)
-    cpu_bf16_attention_fast.cache_clear()
+        way = cpu_bf16_attention()
+    assert way in CPU_BF16_ATTENTION
+    cpu_bf16_attention.cache_clear()
