@@ -303,11 +303,16 @@ def _near_truth_summary(video: torch.Tensor, envs: list, poses: np.ndarray) -> d
 
     n = min(NEAR_FRAMES, video.shape[1])
     fit = np.stack([near_truth(video[i, :n], env, poses[i, :n])[0] for i, env in enumerate(envs)]).mean(0)
-    return {"frames": n, "mean": float(fit.mean()), "per_frame": [round(float(x), 4) for x in fit]}
+    return {"frames": n, "mean": float(fit.mean()), "per_frame": _round4(fit)}
+
+
+def _round4(values) -> list[float]:
+    """Per-frame values as JSON floats to 4 decimals."""
+    return [round(float(x), 4) for x in values]
 
 
 def _rounded(per_frame: dict) -> dict:
-    return {k: [round(float(x), 4) for x in v] for k, v in per_frame.items()}
+    return {k: _round4(v) for k, v in per_frame.items()}
 
 
 def _train_steps(run) -> int | None:

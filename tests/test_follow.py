@@ -167,6 +167,12 @@ def test_follow_pose_tracking(tiny_run, maze_data, tmp_path):
     heads = [line for line in res["table"].splitlines() if line.startswith("model")]
     assert len(heads) == 2 and all("all8" in h and "all48" not in h for h in heads) and "SSIM10" in heads[0]
     assert len(r["free"]["per_frame"]["on_pose"]) == 10 and len(r["shuffled_actions"]["per_frame"]["on_pose"]) == 8
+    assert "near 1-8" in heads[1]
+    from lssvwm.follow_report import pose_table
+    for m in res["models"].values():  # fewer free frames than near_truth takes: the header names those scored
+        for r in m["sets"].values():
+            r["pose"]["free"]["near_truth"]["frames"] = 5
+    assert "near 1-5" in pose_table(res).splitlines()[0] and "frames 1-5 look like" in pose_table(res)
     assert (tmp_path / "pose_vs_frame.png").stat().st_size > 1000
     copy = tmp_path / "videos_like"
     shutil.copytree(maze_data, copy)
