@@ -442,8 +442,43 @@ def test_absurd_model_is_refused_before_anything_is_allocated():
     assert time.time() - t < 5
 
 
+# start-up timings (seconds) under which cpu_bf16_attention picks each way
+TIMED = {"sdpa-fp32": {"sdpa-fp32": 1.0, "sdpa-bf16": 2.0, "matmul": 2.0},
+         "sdpa-bf16": {"sdpa-fp32": 1.0, "sdpa-bf16": 0.5, "matmul": 2.0},
+         "matmul": {"sdpa-fp32": 1.0, "sdpa-bf16": 2.0, "matmul": 0.5}}
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """Sets the attention timings (a dict of TIMED or your own) and clears the pick cached from them."""
+    from lssvwm.models import attention
+
+    def set_times(times: dict):
+        monkeypatch.setattr(attention, "_cpu_attention_times", lambda: times)
+        attention.cpu_bf16_attention.cache_clear()
+
+    yield set_times
+    attention.cpu_bf16_attention.cache_clear()
+
+
+def test_cpu_bf16_attention_picks_the_fastest_way_by_a_clear_margin(timed):
+    """fp32 SDPA unless a bf16 way is 1.2x faster, then the fastest bf16 way; the matmuls only where materializing
+    is allowed."""
+    from lssvwm.models.attention import cpu_bf16_attention
+
+    for way, times in TIMED.items():
+        timed(times)
+        assert cpu_bf16_attention() == way
+    timed({"sdpa-fp32": 1.0, "sdpa-bf16": 0.9, "matmul": 0.85})  # faster, but not by 1.2x
+    assert cpu_bf16_attention() == "sdpa-fp32"
+    timed({"sdpa-fp32": 1.0, "sdpa-bf16": 0.6, "matmul": 0.3})
+    assert cpu_bf16_attention() == "matmul" and cpu_bf16_attention(materialize=False) == "sdpa-bf16"
+    timed(TIMED["matmul"])
+    assert cpu_bf16_attention(materialize=False) == "sdpa-fp32"  # its fused bf16 kernel is the slow one
+
+
 @pytest.mark.parametrize("past", [0, 2])
-def test_cpu_autocast_computes_attention_the_way_timed_fastest(monkeypatch, past):
+def test_cpu_autocast_computes_attention_the_way_timed_fastest(timed, past):
     """Under bf16 autocast on the CPU, attention computes in fp32 where no bf16 way is faster: the result and the
     gradients are exactly those of attention run without autocast; in either bf16 way (SDPA on bf16 inputs, the
     materialized matmuls) a bf16 result within bf16 rounding of it, gradients too."""
@@ -459,12 +494,12 @@ def test_cpu_autocast_computes_attention_the_way_timed_fastest(monkeypatch, past
         return out, torch.autograd.grad(out.float().square().sum(), leaves)
 
     ref, ref_grads = run(amp=False)
-    monkeypatch.setattr(attention, "cpu_bf16_attention", lambda: "sdpa-fp32")
+    timed(TIMED["sdpa-fp32"])
     out, grads = run(amp=True)
     assert out.dtype == torch.float32 and torch.equal(out, ref)
     assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
     for way in ("sdpa-bf16", "matmul"):
-        monkeypatch.setattr(attention, "cpu_bf16_attention", lambda: way)
+        timed(TIMED[way])
         out, grads = run(amp=True)
         assert out.dtype == torch.bfloat16 and not torch.equal(out.float(), ref)
         torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
@@ -473,9 +508,10 @@ def test_cpu_autocast_computes_attention_the_way_timed_fastest(monkeypatch, past
 
 
 @pytest.mark.parametrize("backend, window", [("window", 3), ("sdpa", 3), ("sdpa", None)])
-def test_every_cpu_attention_call_follows_the_bf16_choice(monkeypatch, backend, window):
+def test_every_cpu_attention_call_follows_the_bf16_choice(monkeypatch, timed, backend, window):
     """Each attention call of both CPU backends (masked first frames, dense windows, chunks, full causal) runs with
-    autocast lifted, in the way picked: SDPA on fp32 or on bf16 inputs, or the materialized matmuls (no SDPA)."""
+    autocast lifted, in the way picked: SDPA on fp32 or on bf16 inputs, or the materialized matmuls (no SDPA);
+    spans with more scores than MATMUL_MAX_SCORES per head take the fused kernel instead of the matmuls."""
     from lssvwm.models import attention
 
     seen = []
@@ -497,12 +533,17 @@ def test_every_cpu_attention_call_follows_the_bf16_choice(monkeypatch, backend, 
     f32, bf16 = torch.float32, torch.bfloat16
     for way, want in (("sdpa-fp32", ("sdpa", False, f32, f32, f32)), ("sdpa-bf16", ("sdpa", False, bf16, bf16, bf16)),
                       ("matmul", ("matmul", False, f32, f32, f32))):
-        monkeypatch.setattr(attention, "cpu_bf16_attention", lambda: way)
+        timed(TIMED[way])
         seen.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y, _ = attn(x)
         y.float().sum().backward()
         assert seen and all(s == want for s in seen), (way, seen)
+    monkeypatch.setattr(attention, "MATMUL_MAX_SCORES", 4)  # every call here scores more: fp32 SDPA, the next best
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x)[0].float().sum().backward()
+    assert seen and all(s == ("sdpa", False, f32, f32, f32) for s in seen), seen
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -530,11 +571,13 @@ def test_matmul_attention_matches_sdpa_forward_and_backward(masked):
 
 
 def test_bf16_attention_timing_runs_anywhere():
-    """The timing is made wherever it is first asked for: inside autocast, without gradients, in inference mode."""
-    from lssvwm.models.attention import CPU_BF16_ATTENTION, cpu_bf16_attention
+    """The timing is made wherever it is first asked for: inside autocast, without gradients, in inference mode;
+    every way gets a time."""
+    from lssvwm.models.attention import CPU_BF16_ATTENTION, _cpu_attention_times, cpu_bf16_attention
 
+    _cpu_attention_times.cache_clear()
     cpu_bf16_attention.cache_clear()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         way = cpu_bf16_attention()
-    assert way in CPU_BF16_ATTENTION
-    cpu_bf16_attention.cache_clear()
+        times = _cpu_attention_times()
+    assert way in CPU_BF16_ATTENTION and set(times) == set(CPU_BF16_ATTENTION) and min(times.values()) > 0

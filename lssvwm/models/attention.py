@@ -152,23 +152,32 @@ CPU_BF16_ATTENTION = {  # how attention may compute on the CPU under bf16 autoca
         q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16), attn_mask=mask),
     "matmul": matmul_attention,
 }
+# The most scores (queries x keys) one (group, head) of matmul_attention may materialize; longer spans (full causal
+# attention over long clips) go to SDPA's fused kernels, which never hold them.
+MATMUL_MAX_SCORES = 1 << 20
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_bf16_attention() -> str:
+def cpu_bf16_attention(materialize: bool = True) -> str:
     """The key of :data:`CPU_BF16_ATTENTION` attention uses on the CPU under bf16 autocast: ``"sdpa-fp32"`` unless
-    one of the two bf16 ways runs clearly (1.2x) faster, then the faster of them. Timed once per process, forward
-    and backward (:func:`best_time`, at the thread count in use) on fp32 inputs at the shape of the demo model's
-    frame windows (64 tokens against 4 frames of keys, 4 heads of 24 channels). A fast bf16 matmul does not settle
-    it: on an AVX512-BF16 CPU without AMX the bf16 matmul is about twice as fast as fp32, the fused bf16 attention
-    kernel about half as fast, and the materialized bf16 attention faster than both (docs/speed.md)."""
+    one of the bf16 ways (``"sdpa-bf16"``, and ``"matmul"`` where ``materialize``) runs clearly (1.2x) faster, then
+    the fastest of them (:func:`_cpu_attention_times`). A fast bf16 matmul does not settle it: on an AVX512-BF16 CPU
+    without AMX the bf16 matmul is about twice as fast as fp32, the fused bf16 attention kernel about half as fast,
+    and the materialized bf16 attention faster than both (docs/speed.md)."""
+    times = _cpu_attention_times()
+    fastest = min(("sdpa-bf16", "matmul") if materialize else ("sdpa-bf16",), key=times.get)
+    return fastest if times["sdpa-fp32"] > 1.2 * times[fastest] else "sdpa-fp32"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_attention_times() -> dict[str, float]:
+    """Seconds of one forward + backward pass of each way (:func:`best_time`, at the thread count in use), timed
+    once per process on fp32 inputs at the shape of the demo model's frame windows (64 tokens against 4 frames of
+    keys, 4 heads of 24 channels)."""
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):  # wherever called
         qkv = [torch.randn(16, 4, n, 24, generator=g) for n in (64, 256, 256)]
-        times = {name: best_time(functools.partial(_attention_step, fn), qkv)
-                 for name, fn in CPU_BF16_ATTENTION.items()}
-    fastest = min(("sdpa-bf16", "matmul"), key=times.get)
-    return fastest if times["sdpa-fp32"] > 1.2 * times[fastest] else "sdpa-fp32"
+        return {name: best_time(functools.partial(_attention_step, fn), qkv) for name, fn in CPU_BF16_ATTENTION.items()}
 
 
 def _attention_step(fn, *qkv: torch.Tensor) -> None:
@@ -176,18 +185,19 @@ def _attention_step(fn, *qkv: torch.Tensor) -> None:
     fn(*(t.detach().requires_grad_() for t in qkv)).float().sum().backward()
 
 
-def _cpu_bf16_way(x: torch.Tensor) -> str | None:
-    """:func:`cpu_bf16_attention`'s pick where ``x`` is on the CPU under bf16 autocast; None elsewhere."""
-    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+def _cpu_bf16_way(q: torch.Tensor, k: torch.Tensor) -> str | None:
+    """:func:`cpu_bf16_attention`'s pick where ``q`` is on the CPU under bf16 autocast (materializing only up to
+    :data:`MATMUL_MAX_SCORES` scores per head); None elsewhere."""
+    if (q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        return cpu_bf16_attention()
+        return cpu_bf16_attention(q.shape[-2] * k.shape[-2] <= MATMUL_MAX_SCORES)
     return None
 
 
 def _attention(q, k, v, mask=None):
     """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` (q (G, h, Lq, d)), except on the CPU under bf16
     autocast: there autocast is lifted and the way :func:`cpu_bf16_attention` picked computes it."""
-    way = _cpu_bf16_way(q)
+    way = _cpu_bf16_way(q, k)
     if way is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     with torch.autocast("cpu", enabled=False):
