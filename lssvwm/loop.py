@@ -288,7 +288,7 @@ def cpu_bf16_fast() -> bool:
     the thread count in use), bf16 chosen only when 1.5x faster, since it costs precision. The CPU flags do not
     settle it: with AMX bf16 is several times faster, on AVX2-only CPUs PyTorch emulates it (far slower), and
     of two CPUs with AVX512-BF16 and no AMX one measured it slower than fp32, the other twice as fast (docs/speed.md
-    has the figures). Attention makes its own choice (``models.attention.cpu_bf16_attention``)."""
+    has the figures). Attention makes its own choice (``models.attention.cpu_bf16_attention_fast``)."""
     return bf16_speedup(lambda x: x @ x, [torch.randn(512, 512)]) > 1.5
 
 

@@ -1,7 +1,7 @@
 """What the machine can hold and do: the memory available to this process, and the one check every estimate goes
 through (``check_fits``), so that a job too big for the machine is refused before anything is allocated, with the
 estimate and the memory in the message; whether ``torch.compile`` can generate code here (``check_compiler``); and
-how much faster an op runs in bf16 than in fp32 on this CPU (``bf16_speedup``, ``best_time``); the device a job runs on when none
+how much faster an op runs in bf16 than in fp32 on this CPU (``bf16_speedup``); the device a job runs on when none
 is named (``default_device``)."""
 from __future__ import annotations
 
@@ -54,20 +54,17 @@ def check_compiler(device_type: str, what: str = "torch.compile") -> None:
                           f"was found: install one (e.g. apt install g++) or run without compiling")
 
 
-def best_time(fn: Callable[..., object], args: list[torch.Tensor], reps: int = 5) -> float:
-    """Seconds of the fastest of ``reps`` calls ``fn(*args)`` after one warm-up call, at the thread count in use."""
-    fn(*args)  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def bf16_speedup(fn: Callable[..., object], tensors: list[torch.Tensor], reps: int = 5) -> float:
-    """How many times faster ``fn(*tensors)`` runs with the tensors in bf16 than in fp32 (:func:`best_time` of
-    each)."""
-    best = {dtype: best_time(fn, [t.detach().to(dtype) for t in tensors], reps)  # own leaves per type
-            for dtype in (torch.float32, torch.bfloat16)}
+    """How many times faster ``fn(*tensors)`` runs with the tensors in bf16 than in fp32: the best of ``reps`` calls
+    in each type after one warm-up call, at the thread count in use."""
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        args = [t.detach().to(dtype) for t in tensors]  # own leaves per type: no backward into the other's
+        fn(*args)  # warm-up
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - t)
+        best[dtype] = min(times)
     return best[torch.float32] / best[torch.bfloat16]

@@ -442,46 +442,10 @@ def test_absurd_model_is_refused_before_anything_is_allocated():
     assert time.time() - t < 5
 
 
-# start-up timings (seconds) under which cpu_bf16_attention picks each way
-TIMED = {"sdpa-fp32": {"sdpa-fp32": 1.0, "sdpa-bf16": 2.0, "matmul": 2.0},
-         "sdpa-bf16": {"sdpa-fp32": 1.0, "sdpa-bf16": 0.5, "matmul": 2.0},
-         "matmul": {"sdpa-fp32": 1.0, "sdpa-bf16": 2.0, "matmul": 0.5}}
-
-
-@pytest.fixture
-def timed(monkeypatch):
-    """Sets the attention timings (a dict of TIMED or your own) and clears the pick cached from them."""
-    from lssvwm.models import attention
-
-    def set_times(times: dict):
-        monkeypatch.setattr(attention, "_cpu_attention_times", lambda: times)
-        attention.cpu_bf16_attention.cache_clear()
-
-    yield set_times
-    attention.cpu_bf16_attention.cache_clear()
-
-
-def test_cpu_bf16_attention_picks_the_fastest_way_by_a_clear_margin(timed):
-    """fp32 SDPA unless a bf16 way is 1.2x faster, then the fastest bf16 way; the matmuls only where materializing
-    is allowed."""
-    from lssvwm.models.attention import cpu_bf16_attention
-
-    for way, times in TIMED.items():
-        timed(times)
-        assert cpu_bf16_attention() == way
-    timed({"sdpa-fp32": 1.0, "sdpa-bf16": 0.9, "matmul": 0.85})  # faster, but not by 1.2x
-    assert cpu_bf16_attention() == "sdpa-fp32"
-    timed({"sdpa-fp32": 1.0, "sdpa-bf16": 0.6, "matmul": 0.3})
-    assert cpu_bf16_attention() == "matmul" and cpu_bf16_attention(materialize=False) == "sdpa-bf16"
-    timed(TIMED["matmul"])
-    assert cpu_bf16_attention(materialize=False) == "sdpa-fp32"  # its fused bf16 kernel is the slow one
-
-
 @pytest.mark.parametrize("past", [0, 2])
-def test_cpu_autocast_computes_attention_the_way_timed_fastest(timed, past):
-    """Under bf16 autocast on the CPU, attention computes in fp32 where no bf16 way is faster: the result and the
-    gradients are exactly those of attention run without autocast; in either bf16 way (SDPA on bf16 inputs, the
-    materialized matmuls) a bf16 result within bf16 rounding of it, gradients too."""
+def test_cpu_autocast_keeps_attention_in_fp32_where_bf16_attention_is_slow(monkeypatch, past):
+    """Under bf16 autocast on the CPU, SDPA computes in fp32 where its bf16 kernel is not faster: the result and
+    the gradients are exactly those of attention run without autocast; where it is faster, autocast applies."""
     from lssvwm.models import attention
 
     g = torch.Generator().manual_seed(0)
@@ -494,90 +458,48 @@ def test_cpu_autocast_computes_attention_the_way_timed_fastest(timed, past):
         return out, torch.autograd.grad(out.float().square().sum(), leaves)
 
     ref, ref_grads = run(amp=False)
-    timed(TIMED["sdpa-fp32"])
+    monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: False)
     out, grads = run(amp=True)
     assert out.dtype == torch.float32 and torch.equal(out, ref)
     assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
-    for way in ("sdpa-bf16", "matmul"):
-        timed(TIMED[way])
-        out, grads = run(amp=True)
-        assert out.dtype == torch.bfloat16 and not torch.equal(out.float(), ref)
-        torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
-        for a, b in zip(grads, ref_grads):
-            torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.05)
+    monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: True)
+    out, _ = run(amp=True)
+    assert out.dtype == torch.bfloat16 and not torch.equal(out.float(), ref)
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("backend, window", [("window", 3), ("sdpa", 3), ("sdpa", None)])
-def test_every_cpu_attention_call_follows_the_bf16_choice(monkeypatch, timed, backend, window):
-    """Each attention call of both CPU backends (masked first frames, dense windows, chunks, full causal) runs with
-    autocast lifted, in the way picked: SDPA on fp32 or on bf16 inputs, or the materialized matmuls (no SDPA);
-    spans with more scores than MATMUL_MAX_SCORES per head take the fused kernel instead of the matmuls."""
+def test_every_cpu_attention_call_follows_the_bf16_choice(monkeypatch, backend, window):
+    """Each SDPA call of both CPU backends (masked first frames, dense windows, chunks, full causal) runs with
+    autocast lifted and fp32 inputs where bf16 attention is slow, and under autocast where it is fast."""
     from lssvwm.models import attention
 
     seen = []
-    sdpa, matmul = torch.nn.functional.scaled_dot_product_attention, attention.matmul_attention
+    sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def spy(q, k, v, **kw):
-        seen.append(("sdpa", torch.is_autocast_enabled("cpu"), q.dtype, k.dtype, v.dtype))
+        seen.append((torch.is_autocast_enabled("cpu"), q.dtype, k.dtype, v.dtype))
         return sdpa(q, k, v, **kw)
 
-    def spy_matmul(q, k, v, mask=None):
-        seen.append(("matmul", torch.is_autocast_enabled("cpu"), q.dtype, k.dtype, v.dtype))
-        return matmul(q, k, v, mask)
-
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    monkeypatch.setitem(attention.CPU_BF16_ATTENTION, "matmul", spy_matmul)
     torch.manual_seed(0)
     attn = FrameLocalAttention(32, 2, window, chunk=2, backend=backend)
     x = torch.randn(2, 7, 5, 32, requires_grad=True)
-    f32, bf16 = torch.float32, torch.bfloat16
-    for way, want in (("sdpa-fp32", ("sdpa", False, f32, f32, f32)), ("sdpa-bf16", ("sdpa", False, bf16, bf16, bf16)),
-                      ("matmul", ("matmul", False, f32, f32, f32))):
-        timed(TIMED[way])
+    for fast in (False, True):
+        monkeypatch.setattr(attention, "cpu_bf16_attention_fast", lambda: fast)
         seen.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y, _ = attn(x)
         y.float().sum().backward()
-        assert seen and all(s == want for s in seen), (way, seen)
-    monkeypatch.setattr(attention, "MATMUL_MAX_SCORES", 4)  # every call here scores more: fp32 SDPA, the next best
-    seen.clear()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        attn(x)[0].float().sum().backward()
-    assert seen and all(s == ("sdpa", False, f32, f32, f32) for s in seen), seen
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_matmul_attention_matches_sdpa_forward_and_backward(masked):
-    """The materialized bf16 attention against SDPA in fp64 (its reference): outputs and the gradients of q, k and
-    v within bf16 rounding, with and without a causal mask; the bf16 scores are not exact."""
-    from lssvwm.models.attention import matmul_attention
-
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 2, n, 8, generator=g, dtype=torch.float64) for n in (16, 16, 16))
-    mask = torch.ones(16, 16, dtype=torch.bool).tril() if masked else None
-    go = torch.randn(3, 2, 16, 8, generator=g, dtype=torch.float64)
-
-    def run(fn, dtype):
-        leaves = [t.detach().to(dtype).clone().requires_grad_() for t in (q, k, v)]
-        out = fn(*leaves, mask)
-        out.backward(go.to(out.dtype))
-        return [out.double()] + [t.grad.double() for t in leaves]
-
-    ref = run(lambda q, k, v, m: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m), torch.float64)
-    got = run(matmul_attention, torch.float32)
-    for a, b in zip(got, ref):
-        err = ((a - b).abs().max() / b.abs().max()).item()
-        assert 1e-5 < err < 0.03, err  # bf16's rounding (8 bits), not fp32's, and no more
+        assert seen and all(s == (fast, torch.float32, torch.float32, torch.float32) for s in seen), seen
 
 
 def test_bf16_attention_timing_runs_anywhere():
-    """The timing is made wherever it is first asked for: inside autocast, without gradients, in inference mode;
-    every way gets a time."""
-    from lssvwm.models.attention import CPU_BF16_ATTENTION, _cpu_attention_times, cpu_bf16_attention
+    """The timing is made wherever it is first asked for: inside autocast, without gradients, in inference mode."""
+    from lssvwm.models.attention import cpu_bf16_attention_fast
 
-    _cpu_attention_times.cache_clear()
-    cpu_bf16_attention.cache_clear()
+    cpu_bf16_attention_fast.cache_clear()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        way = cpu_bf16_attention()
-        times = _cpu_attention_times()
-    assert way in CPU_BF16_ATTENTION and set(times) == set(CPU_BF16_ATTENTION) and min(times.values()) > 0
+        fast = cpu_bf16_attention_fast()
+    assert fast in (True, False)
+    cpu_bf16_attention_fast.cache_clear()

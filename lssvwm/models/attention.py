@@ -19,13 +19,13 @@ softmax, for tests):
 Layout: tokens (B, T, N, D) -> q, k, v (B, T, N, heads, head_dim), the order the qkv projection writes them in;
 the KV cache keeps the rotated keys and the values of the last ``k-1`` frames in the same layout.
 
-Under bf16 autocast on the CPU, autocast is lifted around the attention itself, which computes in the way timed
-fastest once per process (:func:`cpu_bf16_attention`): SDPA's fused kernel on its fp32 inputs (the type the normed
-and rotated q and k come in), the same kernel on bf16 inputs, or :func:`matmul_attention` (the scores materialized
-by two bf16 matmuls around a softmax; its reference is SDPA). The matmuls around it keep autocast.
+Under bf16 autocast on the CPU, SDPA runs in bf16 only where its fused kernel is faster in bf16 than in fp32
+(:func:`cpu_bf16_attention_fast`, timed once per process); elsewhere autocast is lifted around it and it takes
+its inputs in fp32, the type the normed and rotated q and k come in. The matmuls around it keep autocast.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..resources import best_time
+from ..resources import bf16_speedup
 from .fused import compute_dtype, packed
 
 
@@ -135,78 +135,38 @@ class _FrameWindows(torch.autograd.Function):
         return out, None, None, None
 
 
-def matmul_attention(q, k, v, mask=None):
-    """SDPA's result for q (G, h, Lq, d), k/v (G, h, Lk, d) and a boolean ``mask`` (True: may attend), computed in
-    bf16 as two matmuls around a softmax, the scores (G, h, Lq, Lk) materialized. Every query must see a key.
-    On CPUs whose bf16 matmuls are fast but whose fused bf16 attention kernel is slow this is the fastest way
-    (docs/speed.md); autograd gives its backward. Returns bf16."""
-    scores = (q * q.shape[-1] ** -0.5).to(torch.bfloat16) @ k.to(torch.bfloat16).transpose(-1, -2)  # (G, h, Lq, Lk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v.to(torch.bfloat16)  # softmax accumulates in fp32 on the CPU
-
-
-CPU_BF16_ATTENTION = {  # how attention may compute on the CPU under bf16 autocast (autocast lifted around it)
-    "sdpa-fp32": lambda q, k, v, mask=None: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-    "sdpa-bf16": lambda q, k, v, mask=None: F.scaled_dot_product_attention(
-        q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16), attn_mask=mask),
-    "matmul": matmul_attention,
-}
-# The most scores (queries x keys) one (group, head) of matmul_attention may materialize; longer spans (full causal
-# attention over long clips) go to SDPA's fused kernels, which never hold them.
-MATMUL_MAX_SCORES = 1 << 20
-
-
 @functools.lru_cache(maxsize=None)
-def cpu_bf16_attention(materialize: bool = True) -> str:
-    """The key of :data:`CPU_BF16_ATTENTION` attention uses on the CPU under bf16 autocast: ``"sdpa-fp32"`` unless
-    one of the bf16 ways (``"sdpa-bf16"``, and ``"matmul"`` where ``materialize``) runs clearly (1.2x) faster, then
-    the fastest of them (:func:`_cpu_attention_times`). A fast bf16 matmul does not settle it: on an AVX512-BF16 CPU
-    without AMX the bf16 matmul is about twice as fast as fp32, the fused bf16 attention kernel about half as fast,
-    and the materialized bf16 attention faster than both (docs/speed.md)."""
-    times = _cpu_attention_times()
-    fastest = min(("sdpa-bf16", "matmul") if materialize else ("sdpa-bf16",), key=times.get)
-    return fastest if times["sdpa-fp32"] > 1.2 * times[fastest] else "sdpa-fp32"
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_attention_times() -> dict[str, float]:
-    """Seconds of one forward + backward pass of each way (:func:`best_time`, at the thread count in use), timed
-    once per process on fp32 inputs at the shape of the demo model's frame windows (64 tokens against 4 frames of
-    keys, 4 heads of 24 channels)."""
+def cpu_bf16_attention_fast() -> bool:
+    """Whether SDPA's fused CPU kernel, forward and backward, runs clearly (1.2x) faster on bf16 inputs than on
+    fp32 ones: timed once per process (best of 5, at the thread count in use) at the shape of the demo model's
+    frame windows (64 tokens against 4 frames of keys, 4 heads of 24 channels). A fast bf16 matmul does not settle
+    it: on an AVX512-BF16 CPU without AMX the bf16 matmul is about twice as fast as fp32 and the bf16 attention
+    kernel about half as fast (docs/speed.md)."""
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):  # wherever called
         qkv = [torch.randn(16, 4, n, 24, generator=g) for n in (64, 256, 256)]
-        return {name: best_time(functools.partial(_attention_step, fn), qkv) for name, fn in CPU_BF16_ATTENTION.items()}
+        return bf16_speedup(_attention_step, qkv) > 1.2
 
 
-def _attention_step(fn, *qkv: torch.Tensor) -> None:
-    """One forward + backward pass of ``fn`` (what the timing above measures), on leaves of its own."""
-    fn(*(t.detach().requires_grad_() for t in qkv)).float().sum().backward()
+def _attention_step(*qkv: torch.Tensor) -> None:
+    """One SDPA forward + backward pass (what the timing above measures)."""
+    F.scaled_dot_product_attention(*(t.requires_grad_() for t in qkv)).sum().backward()
 
 
-def _cpu_bf16_way(q: torch.Tensor, k: torch.Tensor) -> str | None:
-    """:func:`cpu_bf16_attention`'s pick where ``q`` is on the CPU under bf16 autocast (materializing only up to
-    :data:`MATMUL_MAX_SCORES` scores per head); None elsewhere."""
-    if (q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        return cpu_bf16_attention(q.shape[-2] * k.shape[-2] <= MATMUL_MAX_SCORES)
-    return None
-
-
-def _attention(q, k, v, mask=None):
-    """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` (q (G, h, Lq, d)), except on the CPU under bf16
-    autocast: there autocast is lifted and the way :func:`cpu_bf16_attention` picked computes it."""
-    way = _cpu_bf16_way(q, k)
-    if way is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    with torch.autocast("cpu", enabled=False):
-        return CPU_BF16_ATTENTION[way](q, k, v, mask)
+def _sdpa_precision(x: torch.Tensor):
+    """The autocast state SDPA runs in: as it is, except on the CPU under bf16 autocast where bf16 attention is
+    not faster (:func:`cpu_bf16_attention_fast`): there autocast is lifted and SDPA computes in its inputs' type."""
+    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not cpu_bf16_attention_fast()):
+        return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()
 
 
 def _sdpa(q, k, v, mask=None):
     """q (G, Lq, h, d), k/v (G, Lk, h, d) (tokens before heads, as the projections lay them out) -> (G, Lq, h, d)."""
-    return _attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask).transpose(1, 2)
+    with _sdpa_precision(q):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
 
 
 def window_attention(q, k, v, window: int | None, past: int = 0):
@@ -316,7 +276,9 @@ class FrameLocalAttention(nn.Module):
         kj = torch.arange(t0 - past, t0 + t, device=q.device)
         if self.window is None:  # full causal attention over every frame (quadratic baseline)
             mask = (kj[None, :] <= qi[:, None]).repeat_interleave(n, 0).repeat_interleave(n, 1)
-            out = _attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3), mask)
+            with _sdpa_precision(q):
+                out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
+                                                     attn_mask=mask)
             return out.unflatten(2, (t, n))
         w, c = min(self.window, past + t), min(self.chunk, t)  # no key lies further back than past + t frames
         n_chunks = -(-t // c)
@@ -345,6 +307,7 @@ class FrameLocalAttention(nn.Module):
         allowed = (kf[:, None, :] <= qf[:, :, None]) & (kf[:, None, :] > qf[:, :, None] - w)  # (chunks, c, span)
         mask = allowed.repeat_interleave(n, 1).repeat_interleave(n, 2)  # (chunks, c*N, span*N)
         mask = mask[None].expand(b, -1, -1, -1).reshape(b * n_chunks, 1, c * n, span * n)
-        out = _attention(qc, kc, vc, mask)  # (B*chunks, h, c*N, d)
+        with _sdpa_precision(q):
+            out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask)  # (B*chunks, h, c*N, d)
         out = out.reshape(b, n_chunks, h, c, n, d).transpose(1, 2).flatten(2, 3)  # (B, h, chunks*c, N, d)
         return out[:, :, :t]
