@@ -39,10 +39,11 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 
 # The demo's recipe: picked side by side on the follow benchmark (docs/recipe.md has the table and the commands).
 # d_model: the width of the `small` preset in the demo (a 14-minute CPU budget favours a narrower, faster model);
-# other presets keep their own width. prev_frame: off; embedding the previous input frame in each frame's tokens paid
-# +0.05 one step ahead on the recipe of 2026-11-24, but on today's (Muon, weight decay 0.1) dropping it scored higher on
-# 20 of 24 follow cells (2 seeds x 2 window sets, mean +0.012 SSIM; docs/recipe.md). batch_size: clips per step; at equal frames seen, twice the steps
-# at batch 4 beat batch 8 on every follow score (one step ahead +0.06 at the demo's budget, 2 seeds at 38 minutes).
+# other presets keep their own width. prev_frame: off; embedding the previous input frame in each frame's tokens
+# paid +0.05 one step ahead on the recipe of 2026-11-24, but on today's (Muon, weight decay 0.1) dropping it scored
+# higher on 20 of 24 follow cells (2 seeds x 2 window sets, mean +0.012 SSIM; docs/recipe.md). batch_size: clips per
+# step; at equal frames seen, twice the steps at batch 4 beat batch 8 on every follow score (one step ahead +0.06 at
+# the demo's budget, 2 seeds at 38 minutes).
 # lr: 8e-3 beat 5e-3 at batch 4 on 2 seeds, then 1.2e-2 beat 8e-3 on 2 seeds (docs/recipe.md).
 # optimizer: Muon on the hidden matrices beat AdamW one step ahead and over free frames 1-8 on 2 seeds (+0.02 to
 # +0.06 SSIM; free 48 ahead on one, tied on the other; docs/recipe.md), used where bf16 is fast (demo_optimizer).

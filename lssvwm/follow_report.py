@@ -74,7 +74,8 @@ def pose_table(results: dict) -> str:
         rows += [(f"{n[:12]} one step ahead", s, r["pose"]["teacher_forced"]) for s, r in m["sets"].items()
                  if "pose" in r]
         rows += [(f"{n[:12]} shuffled†", s, r["pose"]["shuffled_actions"]) for s, r in m["sets"].items() if "pose" in r]
-    near = f"near 1-{next((p['near_truth']['frames'] for *_, p in rows if 'near_truth' in p), 8)}"  # frames scored
+    scored = next((p["near_truth"]["frames"] for *_, p in rows if "near_truth" in p), 8)  # free frames near_truth took
+    near = f"near 1-{scored}"
     head = (f"{'model':<22} {'windows':<13} {'on pose 1-8':>11} {'9-24':>6} {'25-48':>6} {f'all{shown}':>6} "
             f"{'view SSIM':>9} {'cells':>6} {'degrees':>7} {'at wall':>7} {'view 1-8':>8} {near:>8}")
     lines = [head]
@@ -89,9 +90,9 @@ def pose_table(results: dict) -> str:
                  f"{ON_POSE_DEGREES:g} degrees of the agent's true pose; view SSIM: how much the frame looks like that "
                  f"view; cells, degrees: mean errors of its pose; at wall: share of frames facing a wall within "
                  f"{WALL_AHEAD_CELLS} cells; view 1-8: view SSIM over frames 1-8; {near} (free rollouts): how much "
-                 f"frames {near[5:]} look like a view from within {NEAR_CELLS} cells and {NEAR_DEGREES:g} degrees of the "
-                 "true pose (near the view SSIM: a degraded view from the right place; far below it: a view from "
-                 "elsewhere)")
+                 f"frames 1-{scored} look like a view from within {NEAR_CELLS} cells and {NEAR_DEGREES:g} degrees of "
+                 "the true pose (near the view SSIM: a degraded view from the right place; far below it: a view "
+                 "from elsewhere)")
     lines.append("‡ the true frames located the same way: how often the search itself finds the right pose")
     return "\n".join(lines)
 

@@ -5,8 +5,8 @@ import torch
 
 from lssvwm.data.episodes import generate_episode, image_to_frames
 from lssvwm.data.maze import MazeEnv
-from lssvwm.pose_search import (grid_poses, locate, near_truth, pose_errors, track, track_all, view_bank,
-                                wall_distance)
+from lssvwm.pose_search import (grid_poses, locate, near_truth, pose_errors, render_poses, track, track_all,
+                                view_bank, wall_distance)
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +68,15 @@ def test_near_truth_finds_a_view_from_beside_the_true_pose():
         assert np.array_equal(env.render_view(pose[:2] + off[:2], pose[2] + np.radians(off[2])), frame)
     # frames rendered 0.1 cells aside and 12 degrees turned (on the neighbourhood's grid): found there, SSIM 1
     moved = [p + np.array([0.1, 0.0, np.radians(12)]) for p in poses if env.fits(p[0] + 0.1, p[1])]
-    shifted = image_to_frames(np.stack([env.render_view(p[:2], float(p[2])) for p in moved]))
+    shifted = image_to_frames(render_poses(env, np.stack(moved)))
     true = np.stack([p for p in poses if env.fits(p[0] + 0.1, p[1])])
     fit, offset = near_truth(shifted, env, true)
     assert len(moved) >= 6 and fit == pytest.approx(np.ones(len(moved)), abs=1e-5)
     for pose, off, frame in zip(true, offset, shifted):
-        assert np.array_equal(image_to_frames(env.render_view(pose[:2] + off[:2], pose[2] + np.radians(off[2]))[None])[0],
-                              frame)
+        view = render_poses(env, (pose + np.r_[off[:2], np.radians(off[2])])[None])
+        assert torch.equal(image_to_frames(view)[0], frame)
     # a frame turned further than the neighbourhood reaches, or noise: no view near the truth matches it
-    far = image_to_frames(np.stack([env.render_view(p[:2], float(p[2] + np.pi)) for p in poses]))
+    far = image_to_frames(render_poses(env, poses + np.r_[0.0, 0.0, np.pi]))
     noise = torch.rand_like(frames) * 2 - 1
     assert near_truth(far, env, poses)[0].mean() < 0.5 and near_truth(noise, env, poses)[0].max() < 0.3
     with pytest.raises(ValueError, match="no free point within 0.2 cells"):  # a pose inside the outer wall
