@@ -3,14 +3,16 @@
     python -m benchmarks.train_step                           # this tree: the demo's model and `base`
     python -m benchmarks.train_step --against 28b825b         # the same, side by side with that commit's code
     python -m benchmarks.train_step --models demo --rounds 9 --autocast fp32 --threads 1
+    python -m benchmarks.train_step --models demo --optimizer muon --against be99ff8  # the demo's optimizer
 
 For each model: one training step exactly as the training loop takes it (forward, backward, gradient clipping,
-AdamW, EMA) on random data at the model's training shape, timed in fresh processes, one per tree and round,
+the optimizer: AdamW, or Muon and AdamW with ``--optimizer muon``; EMA) on random data at the model's training shape, timed in fresh processes, one per tree and round,
 alternating between the trees (A B A B ...), so that a machine whose speed drifts (a shared VM) slows both alike.
 Step times vary by 10-30% from one minute to the next on a shared machine, so the table gives the
 median and the fastest step; the speed-up is the ratio of medians, with its range over the rounds. In the same
 process: the FLOPs of one step as ``torch.utils.flop_counter`` counts that tree's ops, the
-matmul rate in fp32 and bf16 (1024^3, one thread count) and the top ops of one step by self CPU time. The share
+matmul rate in fp32 and bf16 (1024^3, one thread count), the optimizer's update alone (``optimizer_ms``, the
+median of its calls) and the top ops of one step by self CPU time. The share
 of the peak is taken of the best matmul rate of the whole run (:func:`machine_peaks`) in the type training runs in
 (``autocast``: each tree's own ``auto`` choice unless forced). Prints a table and writes ``benchmarks/results/train_step.json``.
 """
@@ -29,6 +31,7 @@ else:
     from benchmarks import common
 # model -> (how to build its config, batch, clip frames): the demo's recipe at its training shape; `base` small
 # enough to time (one 8-frame clip of 64x64)
+OPTIMIZERS = {"adamw": "AdamW", "muon": "Muon + AdamW"}  # --optimizer: train.optimizer, as the table names it
 MODELS = {"demo": ("demo", 4, 16), "base": ("base", 1, 8), "small": ("small", 4, 16), "tiny": ("tiny", 2, 4)}
 
 
@@ -72,7 +75,7 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def worker(model: str, autocast: str, steps: int, top: int) -> dict:
+def worker(model: str, autocast: str, steps: int, top: int, optimizer: str = "adamw") -> dict:
     """Runs inside a fresh process whose ``lssvwm`` is the tree under test (PYTHONPATH); uses only the API that
     every tree compared here has (demo_model/model_preset, training_loss, ema_and_optimizer, optimizer_step)."""
     import torch
@@ -90,11 +93,20 @@ def worker(model: str, autocast: str, steps: int, top: int) -> dict:
         cfg = demo_model()
     else:
         cfg = model_preset(kind)
-    tc = TrainConfig(autocast="auto" if autocast == "auto" else {"fp32": "none", "bf16": "bf16"}[autocast])
+    tc = TrainConfig(autocast="auto" if autocast == "auto" else {"fp32": "none", "bf16": "bf16"}[autocast],
+                     **({} if optimizer == "adamw" else {"optimizer": optimizer}))  # trees before Muon: adamw only
     amp = autocast_dtype(tc, torch.device("cpu"))
     torch.manual_seed(0)
     net = WorldModel(cfg)
     ema, opt = ema_and_optimizer(net, tc)
+    opt_s, update = [], opt.step
+
+    def timed_update():
+        t = time.perf_counter()
+        update()
+        opt_s.append(time.perf_counter() - t)
+
+    opt.step = timed_update  # the optimizer's share of the step, timed where the loop calls it
     x = torch.randn(batch, clip, cfg.channels, cfg.frame_size, cfg.frame_size)
     a = torch.randint(0, cfg.num_actions, (batch, clip))
 
@@ -110,6 +122,7 @@ def worker(model: str, autocast: str, steps: int, top: int) -> dict:
         t = time.perf_counter()
         step(i)
         times.append(time.perf_counter() - t)
+    opt_s = opt_s[-steps:]  # the timed steps' updates
     flops = count_flops(lambda: step(0))
     from torch.profiler import ProfilerActivity, profile
 
@@ -121,7 +134,7 @@ def worker(model: str, autocast: str, steps: int, top: int) -> dict:
            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]]
     return {"tree": str(Path(lssvwm.__file__).parent.parent), "model": model, "batch": batch, "clip": clip,
             "params_M": round(net.num_params() / 1e6, 2), "autocast": "bf16" if amp == torch.bfloat16 else "fp32",
-            "threads": torch.get_num_threads(), "step_s": times, "flops": flops,
+            "threads": torch.get_num_threads(), "step_s": times, "optimizer_s": opt_s, "flops": flops,
             "peak_fp32_gflops": round(_time_matmul(torch.float32), 1),
             "peak_bf16_gflops": round(_time_matmul(torch.bfloat16), 1), "top_ops": ops}
 
@@ -142,6 +155,7 @@ def _summary(runs: list[dict], peaks: dict[str, float]) -> dict:
     gflops = first["flops"] / step / 1e9
     return {**{k: first[k] for k in ("model", "batch", "clip", "params_M", "autocast", "threads")},
             "ms_per_step": round(1000 * step, 1),
+            "optimizer_ms": round(1000 * statistics.median(t for r in runs for t in r["optimizer_s"]), 1),
             "ms_min": round(1000 * min(t for r in runs for t in r["step_s"]), 1),
             "gflop_per_step": round(first["flops"] / 1e9, 2),
             "achieved_gflops": round(gflops, 1), "peak_gflops": peak, "share_of_peak_%": round(100 * gflops / peak, 1),
@@ -151,7 +165,7 @@ def _summary(runs: list[dict], peaks: dict[str, float]) -> dict:
 
 
 def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, steps: int = 3, autocast: str = "auto",
-        threads: int = 1, top: int = 8) -> dict:
+        threads: int = 1, top: int = 8, optimizer: str = "adamw") -> dict:
     """``autocast``: one type for every tree, or several comma-separated (``fp32,bf16``): each tree is then timed in
     each, side by side, as variants named "TREE TYPE"."""
     types = autocast.split(",")
@@ -163,7 +177,8 @@ def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, st
         for r in range(rounds):
             for name, (tree, ac) in variants.items():  # alternate: A B A B ...
                 runs[name].append(common.run_worker(Path(__file__).resolve(), tree, [
-                    model, "--autocast", ac, "--steps", str(steps), "--top", str(top)], threads))
+                    model, "--autocast", ac, "--steps", str(steps), "--top", str(top), "--optimizer", optimizer],
+                    threads))
                 print(f"  {model} round {r + 1}/{rounds} {name}: "
                       f"{1000 * statistics.median(runs[name][-1]['step_s']):.0f} ms/step", flush=True)
         peaks = machine_peaks(list(runs.values()))
@@ -174,9 +189,9 @@ def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, st
         if pairs:  # the speed-up, per round (each round timed both back to back) and overall
             per_model[model]["speedup"] = {f"{b} vs {a}": _speedup(per_model[model][a], per_model[model][b])
                                            for a, b in pairs}
-    cols = ["model", "code", "autocast", "ms_per_step", "ms_min", "gflop_per_step", "achieved_gflops", "peak_gflops",
+    cols = ["model", "code", "autocast", "ms_per_step", "ms_min", "optimizer_ms", "gflop_per_step", "achieved_gflops", "peak_gflops",
             "share_of_peak_%"]
-    print(f"training step (forward, backward, clip, AdamW, EMA), {threads} thread(s), {common.cpu_name()} "
+    print(f"training step (forward, backward, clip, {OPTIMIZERS[optimizer]}, EMA), {threads} thread(s), {common.cpu_name()} "
           f"({common.cpu_kind()}); peak = the best 1024^3 matmul rate of this run's processes in the type training uses; "
           f"median of {rounds} rounds x {steps} steps, trees alternating")
     print(common.table(rows, cols))
@@ -188,7 +203,7 @@ def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, st
             if name != "speedup":
                 print(f"  top ops, {model}, {name}: " + ", ".join(f"{o['op']} {o['share_%']}%" for o in s["top_ops"]))
     return {"cpu": common.cpu_name(), "cpu_kind": common.cpu_kind(), "threads": threads, "rounds": rounds,
-            "steps": steps, "against": against, "models": per_model, "rows": rows}
+            "steps": steps, "optimizer": optimizer, "against": against, "models": per_model, "rows": rows}
 
 
 def _compared(names: list[str], against: str | None, types: list[str]) -> list[tuple[str, str]]:
@@ -222,6 +237,9 @@ def main(argv=None) -> None:
     p.add_argument("--autocast", default="auto", help="auto, fp32 or bf16, or several side by side: fp32,bf16")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--top", type=int, default=8)
+    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS),
+                   help="the update timed: adamw (every tree has it), or muon (Muon on the hidden matrices and AdamW on "
+                        "the rest: the demo's where bf16 is fast; trees from 2026-12-05 on)")
     a = p.parse_args(argv)
     if not set(a.autocast.split(",")) <= {"auto", "fp32", "bf16"}:
         p.error(f"--autocast: expected auto, fp32 or bf16 (or several, comma-separated), got {a.autocast!r}")
@@ -229,9 +247,9 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        print(json.dumps(worker(a.worker, a.autocast, a.steps, a.top)))
+        print(json.dumps(worker(a.worker, a.autocast, a.steps, a.top, a.optimizer)))
         return
-    res = run(tuple(a.models.split(",")), a.against, a.rounds, a.steps, a.autocast, a.threads, a.top)
+    res = run(tuple(a.models.split(",")), a.against, a.rounds, a.steps, a.autocast, a.threads, a.top, a.optimizer)
     print(f"-> {common.save('train_step', res)}")
 
 

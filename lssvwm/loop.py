@@ -25,6 +25,7 @@ import torch.distributed as dist
 from .checkpoint import clean_stale, find_checkpoint, load_state, load_weights
 from .config import ConfigError, LoopConfig
 from .resources import bf16_speedup, default_device
+from .muon import BatchedMuon
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -206,7 +207,7 @@ def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.n
         return ema, adamw
     # match_rms_adamw scales each matrix's orthogonalised update to AdamW's typical RMS (Moonlight, Liu et al.
     # 2025), so the one learning rate and schedule serve both parts
-    muon = torch.optim.Muon(matrices, lr=loop.lr, weight_decay=loop.weight_decay, adjust_lr_fn="match_rms_adamw")
+    muon = BatchedMuon(matrices, lr=loop.lr, weight_decay=loop.weight_decay, adjust_lr_fn="match_rms_adamw")
     return ema, Optimizers(muon=muon, adamw=adamw)
 
 

@@ -393,6 +393,7 @@ def test_profile_benchmark_times_this_tree_against_a_commit():
     assert set(rows) == {"HEAD", "this tree"}
     for r in rows.values():
         assert r["ms_per_step"] > 0 and r["gflop_per_step"] > 0 and 0 < r["share_of_peak_%"] < 100
+        assert 0 < r["optimizer_ms"] < r["ms_per_step"]  # the update, timed inside the step
     # one machine, one peak: both trees' shares are of the best rate any process of the run measured
     assert rows["HEAD"]["peak_gflops"] == rows["this tree"]["peak_gflops"] > 0
     assert train_step.machine_peaks([[{"peak_fp32_gflops": 50.0, "peak_bf16_gflops": 9.0}],
@@ -405,10 +406,12 @@ def test_profile_benchmark_times_this_tree_against_a_commit():
 
 def test_profile_benchmark_times_both_types_side_by_side():
     """`--autocast fp32,bf16`: this tree timed in each type in alternating processes, each row in its own type
-    with its share of that type's peak, and bf16's speed against fp32's reported."""
+    with its share of that type's peak, and bf16's speed against fp32's reported; `--optimizer muon` times the
+    demo's update."""
     from benchmarks import train_step
 
-    res = train_step.run(models=("tiny",), rounds=1, steps=1, autocast="fp32,bf16", top=3)
+    res = train_step.run(models=("tiny",), rounds=1, steps=1, autocast="fp32,bf16", top=3, optimizer="muon")
+    assert res["optimizer"] == "muon"
     rows = {r["code"]: r for r in res["rows"]}
     assert {c: r["autocast"] for c, r in rows.items()} == {"this tree fp32": "fp32", "this tree bf16": "bf16"}
     assert rows["this tree fp32"]["peak_gflops"] == rows["this tree fp32"]["peak_fp32_gflops"]
@@ -416,6 +419,8 @@ def test_profile_benchmark_times_both_types_side_by_side():
     assert list(res["models"]["tiny"]["speedup"]) == ["this tree bf16 vs this tree fp32"]
     with pytest.raises(SystemExit):
         train_step.main(["--autocast", "fp16"])
+    with pytest.raises(SystemExit):
+        train_step.main(["--optimizer", "sgd"])
 
 
 def test_memory_horizons_match_the_decay_of_the_scan(tiny_data, tmp_path):

@@ -87,6 +87,7 @@ def test_muon_updates_the_hidden_matrices_and_adamw_the_rest(tiny_data, tmp_path
     orthogonalised update: the singular values of a step's change are alike whatever the gradient's), everything
     else AdamW's moments; a Muon run refuses to resume as an AdamW one."""
     from lssvwm.loop import Optimizers, ema_and_optimizer, muon_matrices
+    from lssvwm.muon import BatchedMuon
 
     model = WorldModel(model_preset("tiny"))
     matrices = muon_matrices(model)
@@ -94,6 +95,7 @@ def test_muon_updates_the_hidden_matrices_and_adamw_the_rest(tiny_data, tmp_path
     assert len(matrices) == len(linears) - 1 and all(p is not model.out.weight for p in matrices)
     _, opt = ema_and_optimizer(model, TrainConfig(optimizer="muon", lr=1e-2))
     assert isinstance(opt, Optimizers) and set(opt.state_dict()) == {"muon", "adamw"}
+    assert isinstance(opt.optimizers["muon"], BatchedMuon)  # torch's update, batched (tests/test_muon.py)
     n_params = sum(1 for p in model.parameters())
     assert sum(len(g["params"]) for g in opt.param_groups) == n_params  # each parameter in one group, once
     fc1 = model.blocks[0].mlp.fc1.weight
