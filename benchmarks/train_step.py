@@ -5,16 +5,16 @@
     python -m benchmarks.train_step --models demo --rounds 9 --autocast fp32 --threads 1
     python -m benchmarks.train_step --models demo --optimizer muon --against be99ff8  # the demo's optimizer
 
-For each model: one training step exactly as the training loop takes it (forward, backward, gradient clipping,
-the optimizer: AdamW, or Muon and AdamW with ``--optimizer muon``; EMA) on random data at the model's training shape, timed in fresh processes, one per tree and round,
-alternating between the trees (A B A B ...), so that a machine whose speed drifts (a shared VM) slows both alike.
-Step times vary by 10-30% from one minute to the next on a shared machine, so the table gives the
-median and the fastest step; the speed-up is the ratio of medians, with its range over the rounds. In the same
-process: the FLOPs of one step as ``torch.utils.flop_counter`` counts that tree's ops, the
-matmul rate in fp32 and bf16 (1024^3, one thread count), the optimizer's update alone (``optimizer_ms``, the
-median of its calls) and the top ops of one step by self CPU time. The share
-of the peak is taken of the best matmul rate of the whole run (:func:`machine_peaks`) in the type training runs in
-(``autocast``: each tree's own ``auto`` choice unless forced). Prints a table and writes ``benchmarks/results/train_step.json``.
+For each model: one training step exactly as the training loop takes it (forward, backward, gradient clipping, the
+optimizer: AdamW, or Muon and AdamW with ``--optimizer muon``; EMA) on random data at the model's training shape,
+timed in fresh processes, one per tree and round, alternating between the trees (A B A B ...), so that a machine
+whose speed drifts (a shared VM) slows both alike. Step times vary by 10-30% from one minute to the next on a shared
+machine, so the table gives the median and the fastest step; the speed-up is the ratio of medians, with its range
+over the rounds. In the same process: the FLOPs of one step as ``torch.utils.flop_counter`` counts that tree's ops,
+the matmul rate in fp32 and bf16 (1024^3, one thread count), the optimizer's update alone (``optimizer_ms``, the
+median of its calls) and the top ops of one step by self CPU time. The share of the peak is taken of the best matmul
+rate of the whole run (:func:`machine_peaks`) in the type training runs in (``autocast``: each tree's own ``auto``
+choice unless forced). Prints a table and writes ``benchmarks/results/train_step.json``.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ else:
     from benchmarks import common
 # model -> (how to build its config, batch, clip frames): the demo's recipe at its training shape; `base` small
 # enough to time (one 8-frame clip of 64x64)
-OPTIMIZERS = {"adamw": "AdamW", "muon": "Muon + AdamW"}  # --optimizer: train.optimizer, as the table names it
 MODELS = {"demo": ("demo", 4, 16), "base": ("base", 1, 8), "small": ("small", 4, 16), "tiny": ("tiny", 2, 4)}
+OPTIMIZERS = {"adamw": "AdamW", "muon": "Muon + AdamW"}  # --optimizer: train.optimizer, as the table names it
 
 
 def _time_matmul(dtype, n: int = 1024, reps: int = 10) -> float:
@@ -189,11 +189,11 @@ def run(models=("demo", "base"), against: str | None = None, rounds: int = 5, st
         if pairs:  # the speed-up, per round (each round timed both back to back) and overall
             per_model[model]["speedup"] = {f"{b} vs {a}": _speedup(per_model[model][a], per_model[model][b])
                                            for a, b in pairs}
-    cols = ["model", "code", "autocast", "ms_per_step", "ms_min", "optimizer_ms", "gflop_per_step", "achieved_gflops", "peak_gflops",
-            "share_of_peak_%"]
-    print(f"training step (forward, backward, clip, {OPTIMIZERS[optimizer]}, EMA), {threads} thread(s), {common.cpu_name()} "
-          f"({common.cpu_kind()}); peak = the best 1024^3 matmul rate of this run's processes in the type training uses; "
-          f"median of {rounds} rounds x {steps} steps, trees alternating")
+    cols = ["model", "code", "autocast", "ms_per_step", "ms_min", "optimizer_ms", "gflop_per_step", "achieved_gflops",
+            "peak_gflops", "share_of_peak_%"]
+    print(f"training step (forward, backward, clip, {OPTIMIZERS[optimizer]}, EMA), {threads} thread(s), "
+          f"{common.cpu_name()} ({common.cpu_kind()}); peak = the best 1024^3 matmul rate of this run's processes in "
+          f"the type training uses; median of {rounds} rounds x {steps} steps, trees alternating")
     print(common.table(rows, cols))
     for model, res in per_model.items():
         for pair, sp in res.get("speedup", {}).items():
@@ -238,8 +238,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--top", type=int, default=8)
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS),
-                   help="the update timed: adamw (every tree has it), or muon (Muon on the hidden matrices and AdamW on "
-                        "the rest: the demo's where bf16 is fast; trees from 2026-12-05 on)")
+                   help="the update timed: adamw (every tree has it), or muon (Muon on the hidden matrices and "
+                        "AdamW on the rest: the demo's where bf16 is fast; trees from 2026-12-05 on)")
     a = p.parse_args(argv)
     if not set(a.autocast.split(",")) <= {"auto", "fp32", "bf16"}:
         p.error(f"--autocast: expected auto, fp32 or bf16 (or several, comma-separated), got {a.autocast!r}")
