@@ -24,8 +24,8 @@ import torch.distributed as dist
 
 from .checkpoint import clean_stale, find_checkpoint, load_state, load_weights
 from .config import ConfigError, LoopConfig
-from .resources import bf16_speedup, default_device
 from .muon import BatchedMuon
+from .resources import bf16_speedup, default_device
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:

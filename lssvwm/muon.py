@@ -2,11 +2,10 @@
 matrices of one shape (after turning the tall ones on their side, as Muon does) go through the five iterations
 together as one stack of batched matmuls, and the momentum buffers move in one fused op per parameter group.
 
-Why: a model of small hidden matrices (the demo's, 96 wide: 31 matrices of 9 shapes) spends most of Muon's step
-in per-matrix op overhead; on one CPU thread torch's loop took about a tenth of the demo's training step. The
-reference is ``torch.optim.Muon`` itself (``tests/test_muon.py`` holds the two equal over several steps); the
-state (``momentum_buffer`` per matrix) and the state dict are torch's, so runs and checkpoints of either resume
-with the other."""
+Why: a model of small hidden matrices (the demo's, 96 wide: 31 matrices of 9 shapes) spends much of Muon's step
+in per-matrix op overhead (measured in docs/speed.md). The reference is ``torch.optim.Muon`` itself
+(``tests/test_muon.py`` holds the two equal over several steps); the state (``momentum_buffer`` per matrix) and
+the state dict are torch's, so runs and checkpoints of either resume with the other."""
 from __future__ import annotations
 
 import math
@@ -36,16 +35,16 @@ def orthogonalize(updates: list[torch.Tensor], coefficients: tuple[float, float,
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, u in enumerate(updates):
         groups[(min(u.shape), max(u.shape))].append(i)
+    turned = [u.shape[0] > u.shape[1] for u in updates]  # tall: worked on as its transpose
     out: list[torch.Tensor | None] = [None] * len(updates)
     for members in groups.values():
-        wide = [updates[i] if updates[i].shape[0] <= updates[i].shape[1] else updates[i].T for i in members]
-        x = torch.stack(wide).bfloat16()  # (N, short, long)
+        x = torch.stack([updates[i].T if turned[i] else updates[i] for i in members]).bfloat16()  # (N, short, long)
         x = x / x.flatten(1).norm(dim=1).clamp(min=eps)[:, None, None]
         for _ in range(steps):
             gram = x @ x.mT  # (N, short, short)
             x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
         for i, o in zip(members, x.unbind(0)):
-            out[i] = o if updates[i].shape[0] <= updates[i].shape[1] else o.T
+            out[i] = o.T if turned[i] else o
     return out
 
 
