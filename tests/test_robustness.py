@@ -242,3 +242,13 @@ def test_fuzzed_config(section, field, value):
         a = torch.zeros(1, 2, m.action_dim) if m.action_dim else torch.zeros(1, 2, dtype=torch.long)
         y, _ = model(x, torch.zeros(1, 2), a)
         assert y.shape == x.shape
+
+
+def test_local_processes_leave_with_their_output_written():
+    """A process of `run_cpu_processes` leaves without the interpreter's teardown (os._exit) once its work is
+    done; what it printed and had not flushed (stdout is a pipe here: block-buffered) still reaches the caller."""
+    code = "from lssvwm.loop import run_cpu_processes; run_cpu_processes(print, ('rank done',), processes=2, threads=2)"
+    env = {k: v for k, v in _env(2).items() if k != "PYTHONUNBUFFERED"}  # buffered, as most shells run it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines().count("rank done") == 2, out.stdout
