@@ -81,7 +81,7 @@ def _cpu_rank(rank: int, world: int, port: int, threads: int, errors, fn, args, 
         except Exception:  # an exception that does not pickle: spawn's own report (its traceback) stands
             pass
         raise
-    # Done, and every file ``fn`` wrote is closed: leave without the interpreter's teardown. Ranks that had trained
+    # Done (``fn`` closes what it opened: training closes its logs): leave without the interpreter's teardown. Ranks that had trained
     # correctly were seen in CI to abort at exit ("terminate called without an active exception", SIGABRT: gloo's
     # threads and the objects they hold torn down during finalization), once in a spawned rank after the barrier and
     # destroy_process_group that end a run (docs/faults.md). Output still buffered is written first.
@@ -95,7 +95,9 @@ def run_cpu_processes(fn, args: tuple, processes: int, threads: int | None = Non
     --standalone --nproc_per_node=processes`` (:func:`setup_distributed` finds them), the ``threads`` (default:
     this process's) shared evenly between them. On a CPU with few cores, processes of one thread each run a
     small model's step faster than one process with all the threads (docs/speed.md). When one process fails
-    the others are stopped and its exception is raised here (its own type and message). Returns None."""
+    the others are stopped and its exception is raised here (its own type and message). A process whose ``fn``
+    returned leaves with ``os._exit(0)`` after flushing stdout and stderr: files ``fn`` left open are not flushed.
+    Returns None."""
     import logging
 
     import torch.multiprocessing as mp
