@@ -81,10 +81,11 @@ def _cpu_rank(rank: int, world: int, port: int, threads: int, errors, fn, args, 
         except Exception:  # an exception that does not pickle: spawn's own report (its traceback) stands
             pass
         raise
-    # Done (``fn`` closes what it opened: training closes its logs): leave without the interpreter's teardown. Ranks that had trained
-    # correctly were seen in CI to abort at exit ("terminate called without an active exception", SIGABRT: gloo's
-    # threads and the objects they hold torn down during finalization), once in a spawned rank after the barrier and
-    # destroy_process_group that end a run (docs/faults.md). Output still buffered is written first.
+    # Done (``fn`` closes what it opened: training closes its logs): leave without the interpreter's teardown.
+    # Ranks that had trained correctly were seen in CI to abort at exit ("terminate called without an active
+    # exception", SIGABRT: gloo's threads and the objects they hold torn down during finalization), once in a
+    # spawned rank after the barrier and destroy_process_group that end a run (docs/faults.md). Output still
+    # buffered is written first.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
