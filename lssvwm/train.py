@@ -203,7 +203,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
     if world > 1 and dist.is_initialized():
         # Every rank past its last write and collective before any tears the group down, and the DDP wrapper (which
         # holds the group) gone first. Without them a rank was seen, twice in CI, to abort at exit ("terminate called
-        # without an active exception", SIGABRT) after a run that had trained correctly.
+        # without an active exception", SIGABRT) after a run that had trained correctly; with them once more, so the
+        # processes of --processes N also skip the interpreter's teardown (loop._cpu_rank). Under torchrun they don't.
         dist.barrier()
         del fwd, ddp
         dist.destroy_process_group()
