@@ -345,6 +345,8 @@ def _sampling_args(p, seed: bool = True) -> None:
     option("stabilization", "noise level committed frames are labelled with, in [0, 1)")
     option("schedule", "step grid: uniform in t, uniform in log-SNR, or EDM's")
     option("eta", "0: deterministic DDIM, 1: ancestral sampling")
+    option("temperature", "the std of the noise sampling draws (1: the model's distribution; < 1: frames nearer "
+           "the most likely one, less varied)", metavar="T")
     option("history_guidance", "history guidance weight (0: off; costs a second model call per step)", metavar="W")
     option("history_guidance_level", "noise level of the history in the guidance's second call (1: none of it)",
            metavar="LEVEL")

@@ -225,17 +225,17 @@ def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: Samplin
                   clamp: tuple[float, float] | None = None, guide_cache=None) -> torch.Tensor:
     """A new frame (B, C, H, W), from pure noise to clean through ``cfg.steps`` levels of ``cfg.schedule``,
     against ``cache`` (left untouched). DDIM; with ``cfg.eta > 0`` part of each step's noise is drawn afresh
-    (eta = 1: ancestral sampling). ``clamp``: the data's value range, applied to each x0 estimate; only for
-    spaces whose range is known (pixels in [-1, 1]), never for latents. ``guide_cache``: the state after a
-    history noised to ``cfg.history_guidance_level``; each step's prediction is then pushed away from that
-    history-poor prediction by ``cfg.history_guidance`` (history guidance). With ``cfg.action_guidance > 0`` each
-    step's prediction is also pushed away from the prediction for the null action (:func:`null_actions`) against the
-    same cache (classifier-free guidance on the action). Both guidances add up, each measured from the plain
-    prediction."""
+    (eta = 1: ancestral sampling); every draw is scaled by ``cfg.temperature``. ``clamp``: the data's value range,
+    applied to each x0 estimate; only for spaces whose range is known (pixels in [-1, 1]), never for latents.
+    ``guide_cache``: the state after a history noised to ``cfg.history_guidance_level``; each step's prediction is
+    then pushed away from that history-poor prediction by ``cfg.history_guidance`` (history guidance). With
+    ``cfg.action_guidance > 0`` each step's prediction is also pushed away from the prediction for the null action
+    (:func:`null_actions`) against the same cache (classifier-free guidance on the action). Both guidances add up,
+    each measured from the plain prediction."""
     b = shape[0]
     dtype = _model_dtype(model)
     model = as_denoiser(model)
-    x = randn(shape, generator, dtype, device)
+    x = randn(shape, generator, dtype, device) * cfg.temperature
     ts = sampling_grid(cfg.steps, cfg.schedule)
     null = null_actions(action, cfg.action_guidance_null) if cfg.action_guidance > 0 else None
     for i in range(cfg.steps):
@@ -258,7 +258,7 @@ def denoise_frame(model, cache, action: torch.Tensor, shape: tuple, cfg: Samplin
             c = cfg.eta * (s_next / s) * math.sqrt(max(0.0, 1.0 - (a / a_next) ** 2))
         x = a_next * x0 + math.sqrt(max(0.0, s_next**2 - c**2)) * eps
         if c > 0:
-            x = x + c * randn(shape, generator, dtype, device)
+            x = x + (c * cfg.temperature) * randn(shape, generator, dtype, device)
     return x  # at t = 0 the last step returns x0 exactly
 
 

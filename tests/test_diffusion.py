@@ -94,6 +94,42 @@ def test_oracle_returns_unit_std_latents_exactly(schedule, eta):
     torch.testing.assert_close(frame, x0, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_temperature_scales_every_draw_and_leaves_a_perfect_denoiser_exact(eta):
+    """sampling.temperature scales the noise the sampler draws: the first model call sees the plain run's starting
+    noise times T, and with eta > 0 each step's fresh noise is scaled too; a perfect denoiser still returns its
+    frame at any temperature."""
+    x0 = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+    class Spy(Oracle):
+        def step(self, x, level, action, cache):
+            self.seen = getattr(self, "seen", []) + [x.clone()]
+            return super().step(x, level, action, cache)
+
+    def sample(temperature, model=None):
+        model = model or Spy(x0)
+        cfg = SamplingConfig(steps=4, schedule="edm", eta=eta, temperature=temperature)
+        frame = denoise_frame(model, 0, torch.zeros(2, dtype=torch.long), x0.shape, cfg,
+                              torch.Generator().manual_seed(0))
+        return frame, model
+
+    plain, spy1 = sample(1.0)
+    cold, spy07 = sample(0.7)
+    torch.testing.assert_close(spy07.seen[0], 0.7 * spy1.seen[0])
+    torch.testing.assert_close(plain, x0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cold, x0, rtol=1e-5, atol=1e-5)
+
+    # a denoiser that predicts x0 = 0 whatever it sees: every step's input is then made of the sampler's own
+    # draws only, so with every draw scaled each input is T times the plain run's (with eta > 0 a fresh draw left
+    # unscaled would break this from the second step on)
+    _, blind1 = sample(1.0, Spy(torch.zeros_like(x0)))
+    _, blind07 = sample(0.7, Spy(torch.zeros_like(x0)))
+    assert len(blind07.seen) == 4
+    for seen07, seen1 in zip(blind07.seen, blind1.seen):
+        assert seen1.abs().max() > 1e-3  # the last EDM level is 0.002: small, but far above the tolerance
+        torch.testing.assert_close(seen07, 0.7 * seen1)
+
+
 def test_clamping_would_break_latents():
     """What the sampler used to do for every model: clamp x0 to [-1, 1]. On latents that is wrong by far more
     than float error, which is why only a codec with a known range gets a clamp."""

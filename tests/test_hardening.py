@@ -653,6 +653,7 @@ def test_sampling_ranges_are_declared_once_for_config_and_command_line():
 
     cases = {"steps": (["0", "-3", "1.5"], ["1", "64"]), "stabilization": (["1", "-0.1", "nan"], ["0", "0.99"]),
              "eta": (["1.01", "inf"], ["0", "1"]), "seed": (["-1"], ["0", "7"]),
+             "temperature": (["0", "-0.5", "2.5", "nan"], ["0.8", "1", "2"]),
              "history_guidance": (["101"], ["0", "3"]), "history_guidance_level": (["0", "1.5"], ["1", "0.2"]),
              "action_guidance": (["-0.5", "nan"], ["0", "2"]), "action_guidance_null": (["-2", "0.5"], ["-1", "0"])}
     for name, (bad, good) in cases.items():

@@ -302,6 +302,11 @@ class SamplingConfig:
     # 0: deterministic DDIM; 1: ancestral (fresh noise each step, DDPM-like)
     eta: float = field(default=0.0, metadata={"allowed": Allowed(0.0, 1.0)})
     seed: int = field(default=0, metadata={"allowed": Allowed(0, integer=True)})
+    # the standard deviation of the noise the sampler draws (a new frame's starting noise and, with eta > 0, each
+    # step's fresh noise), as Glow's sampling temperature: 1 = the model's distribution; < 1 trades the frames'
+    # variety for samples nearer the most likely frame
+    temperature: float = field(default=1.0, metadata={"allowed": Allowed(0.0, 2.0, low_open=True,
+                                                                             what="a noise scale")})
     # history guidance (DFoT): v = v(history) + w * (v(history) - v(history noised to history_guidance_level));
     # 0 = off (one model call per step), w > 0 costs a second call and a second state
     history_guidance: float = field(default=0.0, metadata={"allowed": Allowed(0.0, 100.0, what="a guidance weight",
@@ -337,6 +342,7 @@ class SamplingOverrides:
     schedule: str | None = None
     eta: float | None = None
     seed: int | None = None
+    temperature: float | None = None
     history_guidance: float | None = None
     history_guidance_level: float | None = None
     action_guidance: float | None = None
