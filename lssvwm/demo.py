@@ -49,8 +49,10 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # +0.06 SSIM; free 48 ahead on one, tied on the other; docs/recipe.md), used where bf16 is fast (demo_optimizer).
 # weight_decay: 0.1 beat train.weight_decay's default 0.01 on 2 seeds, with Muon (all six follow scores) and with
 # AdamW (11 of 12, the other tied; both in bf16 on a Zen 4; docs/recipe.md).
+# sampling.temperature: the sampler's noise scaled down; on the demo's runs every follow score rose on 2 seeds x 2
+# window sets, with less speckle on flat walls and somewhat softer frames (docs/recipe.md, session 23).
 RECIPE = dict(lr=1.2e-2, window=4, d_model=96, prev_frame=False, batch_size=4, optimizer="muon", weight_decay=0.1,
-              sampling=dict(steps=4, stabilization=0.0, schedule="edm"))
+              sampling=dict(steps=4, stabilization=0.0, schedule="edm", temperature=0.6))
 SHIPPED = "maze-small-v3"  # weights trained on the demo's mazes (weights/README.md), shown beside it
 
 
@@ -150,8 +152,9 @@ def run_demo(out: str = "runs/demo", minutes: float = 14.0, preset: str = "small
     models = [str(run)] + ([shipped] if _comparable(shipped, cfg) else [])
     print(f"[3/3] follow benchmark: {context} context frames, {frames} generated, {windows} held-out trajectories in "
           f"the training mazes and {windows} in unseen mazes; models: {', '.join(Path(m).name for m in models)}")
+    # every model sampled with the recipe's temperature, so the shipped weights (saved with 1) are compared alike
     follow = evaluate_follow(models, data=str(data), out=out / "follow", context=context, frames=frames, long=frames,
-                             windows=windows, progress=True)
+                             windows=windows, progress=True, sampling={"temperature": cfg.sampling.temperature})
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     mine = follow["models"][run.name]["sets"]
     metrics = {"train_steps": int(log[-1]["step"]) if log else 0,  # the time budget can end a run early

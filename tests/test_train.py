@@ -559,6 +559,13 @@ def test_demo_shows_the_shipped_weights_beside_its_run(tmp_path, monkeypatch):
                  context=4, frames=3, windows=1, shipped="maze-tiny")
     assert set(m["follow"]) == {"run", "maze-tiny"}
     assert set(m["follow"]["maze-tiny"]) == {"train-mazes", "unseen-mazes"}
+    # both sampled at the recipe's temperature: the run saved it, the shipped weights (saved with 1) get it given
+    from lssvwm.demo import RECIPE
+
+    follow = json.loads((tmp_path / "demo" / "follow" / "results.json").read_text())
+    assert RECIPE["sampling"]["temperature"] != 1.0
+    assert {name: model["sampling"]["temperature"] for name, model in follow["models"].items()} == {
+        "run": RECIPE["sampling"]["temperature"], "maze-tiny": RECIPE["sampling"]["temperature"]}
 
 
 def test_init_starts_from_another_runs_weights(tiny_run, tiny_data, tmp_path, capsys):
