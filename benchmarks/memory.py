@@ -102,7 +102,7 @@ def run_config(s: dict, variant: str, lct: float, data: Path, run: Path, seed: i
     trained on ``data`` into ``run`` with training seed ``seed``, on the demo's recipe (sampled at temperature 1,
     as the experiment's recorded tables were: a colder sampler would move every model's scores)."""
     return RunConfig(model=preset_model(s, variant), diffusion=DiffusionConfig(long_context_prob=lct),
-                     sampling=SamplingConfig(**{**RECIPE["sampling"], "temperature": 1.0}),
+                     sampling=SamplingConfig(**RECIPE["sampling"]).replace(temperature=1.0),
                      train=TrainConfig(data=str(data), out=str(run), steps=s["steps"], batch_size=s["batch"],
                                        clip_len=s["clip"], lr=RECIPE["lr"], warmup=min(50, s["steps"] // 4),
                                        seed=seed, ckpt_every=max(1, s["steps"] // 4)))
