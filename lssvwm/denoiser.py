@@ -10,12 +10,19 @@ network directly; the network (:mod:`lssvwm.models.world_model`) knows no noise 
   sigma_data)^2)`` (unit variance at every level) and its output ``F`` gives ``x0 = c_skip x - c_out F`` with
   ``c_skip = sigma_data^2 alpha / norm``, ``c_out = sigma sigma_data / sqrt(norm)``; the denoiser returns the v
   that this x0 implies (``x0 = alpha x - sigma v``). With ``sigma_data = 1`` this is exactly ``"v"``.
+- ``"x0"``: the network's output is the clean frame x0 itself (x-prediction: Li & He 2025, "Back to Basics: Let
+  Denoising Generative Models Denoise"), and the denoiser returns the v it implies, ``v = (alpha x - x0) /
+  sigma``, with sigma floored at :data:`X0_SIGMA_FLOOR` (the paper's clip: near t = 0 the division would blow
+  the network's errors up without bound). The v-loss on that v is the x0 error times 1 / sigma^2, the same loss
+  as v-prediction's for the same x0; only what the network has to output changes: a clean frame, never noise.
 """
 from __future__ import annotations
 
 import torch
 
 from .schedule import alpha_sigma
+
+X0_SIGMA_FLOOR = 0.05  # "x0" prediction: the least sigma that v = (alpha x - x0) / sigma divides by
 
 
 def network_config(net):
@@ -31,15 +38,18 @@ class Denoiser:
     def __init__(self, net):
         self.net = net
         cfg = network_config(net)
-        self.edm = getattr(cfg, "prediction", "v") == "edm"
+        self.prediction = getattr(cfg, "prediction", "v")
         self.sigma_data = float(getattr(cfg, "sigma_data", 1.0))
 
     def __call__(self, x: torch.Tensor, levels: torch.Tensor, actions: torch.Tensor, cache=None):
         """x (B, T, C, H, W) noisy frames, levels (B, T) in [0, 1], actions (B, T) or (B, T, A)."""
-        if not self.edm:
+        if self.prediction == "v":
             return self.net(x, levels, actions, cache)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         a, s = alpha_sigma(levels.to(dtype)[:, :, None, None, None])  # (B, T, 1, 1, 1)
+        if self.prediction == "x0":
+            x0, cache = self.net(x, levels, actions, cache)
+            return (a * x.to(dtype) - x0.to(dtype)) / s.clamp(min=X0_SIGMA_FLOOR), cache
         sd = self.sigma_data
         norm = s**2 + (a * sd) ** 2
         out, cache = self.net(x / torch.sqrt(norm).to(x.dtype), levels, actions, cache)  # c_in x
@@ -50,7 +60,7 @@ class Denoiser:
 
     def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache):
         """One frame: frame (B, C, H, W), level (B,), action (B,) or (B, A) -> (v, cache after this frame)."""
-        if not self.edm:
+        if self.prediction == "v":
             return self.net.step(frame, level, action, cache)
         pred, cache = self(frame[:, None], level[:, None], action[:, None], cache)
         return pred[:, 0], cache

@@ -446,6 +446,7 @@ def test_demo_model_is_the_recipes_width_of_small():
     small = demo_model()
     assert small.d_model == RECIPE["d_model"] == 96 and small.layers == model_preset("small", window=4).layers
     assert not RECIPE["prev_frame"] and not small.prev_frame and not demo_model("tiny").prev_frame  # every preset
+    assert small.prediction == demo_model("tiny").prediction == RECIPE["prediction"] == "x0"
     assert demo_model(d_model=64).d_model == 64
     assert demo_model("tiny").d_model == model_preset("tiny").d_model  # other presets keep their width
 

@@ -412,12 +412,53 @@ def test_edm_preconditioning():
         o, c = m.step(x[:, i], levels[:, i], acts[:, i], c or m.net.empty_cache())
         steps.append(o)
     torch.testing.assert_close(torch.stack(steps, 1), out, rtol=1e-8, atol=1e-8)
-    for bad in (dict(prediction="x0"), dict(sigma_data=0.0), dict(sigma_data=float("nan"))):
+    for bad in (dict(prediction="eps"), dict(sigma_data=0.0), dict(sigma_data=float("nan"))):
         c2 = model_preset("tiny")
         for k, v in bad.items():
             setattr(c2, k, v)
         with pytest.raises(ConfigError, match="model.prediction|model.sigma_data"):
             c2.validate()
+
+
+def test_x0_prediction_returns_the_v_its_clean_frame_implies():
+    """model.prediction='x0': the network's output is taken as the clean frame and the denoiser returns the v it
+    implies, (alpha x - x0) / sigma with sigma floored at X0_SIGMA_FLOOR; a network that outputs the true clean
+    frame gives the true v target above the floor; the sampler's per-frame path matches the clip at once."""
+    from lssvwm.denoiser import X0_SIGMA_FLOOR, Denoiser
+    from lssvwm.schedule import add_noise, alpha_sigma, v_target
+
+    torch.manual_seed(0)
+    m = WorldModel(model_preset("tiny", prediction="x0")).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 5, 3, 16, 16, dtype=torch.float64)
+    levels = torch.tensor([[0.0, 0.01, 0.3, 0.7, 1.0], [0.5, 0.02, 0.04, 0.9, 0.2]], dtype=torch.float64)
+    acts = torch.randint(0, 6, (2, 5))
+    d = Denoiser(m)
+    out, _ = d(x, levels, acts)
+    f, _ = m(x, levels, acts)
+    a, s = alpha_sigma(levels[..., None, None, None])
+    torch.testing.assert_close(out, (a * x - f) / s.clamp(min=X0_SIGMA_FLOOR), rtol=1e-12, atol=1e-12)
+    steps, c = [], m.empty_cache()
+    for i in range(5):
+        o, c = d.step(x[:, i], levels[:, i], acts[:, i], c)
+        steps.append(o)
+    torch.testing.assert_close(torch.stack(steps, 1), out, rtol=1e-9, atol=1e-9)
+
+    class Oracle(torch.nn.Module):  # outputs the true clean frame
+        cfg = model_preset("tiny", prediction="x0")
+
+        def forward(self, xt, lv, ac, cache=None):
+            return x0, cache
+
+    x0, eps = torch.randn_like(x), torch.randn_like(x)
+    xt = add_noise(x0, levels, eps)
+    v, _ = Denoiser(Oracle())(xt, levels, acts)
+    above = alpha_sigma(levels)[1] >= X0_SIGMA_FLOOR  # (B, T)
+    torch.testing.assert_close(v[above], v_target(x0, eps, levels)[above], rtol=1e-9, atol=1e-9)
+    x0_back = a * xt - s * v  # what the sampler takes from v: x0 itself where sigma is above the floor
+    torch.testing.assert_close(x0_back[above], x0[above], rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"prev_frame": True, "final_conv": True}, {"action_dim": 3},

@@ -193,8 +193,10 @@ class ModelConfig:
     # What the network's output stands for (lssvwm.denoiser). "v": it is the v-prediction itself (DFoT). "edm":
     # Karras et al.'s preconditioning: the network sees c_in * x and predicts F, and x0 = c_skip * x - c_out * F
     # with sigma_data (the data's std); the denoiser still returns the v that this x0 implies, so the loss (same
-    # weighting in x0 space) and the sampler are unchanged. With sigma_data = 1 it is exactly "v" (F = v).
-    prediction: str = ranged("v", Allowed(choices=("v", "edm"), text="'v' or 'edm'"))
+    # weighting in x0 space) and the sampler are unchanged. With sigma_data = 1 it is exactly "v" (F = v). "x0": the
+    # network predicts the clean frame (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise") and
+    # the denoiser returns the v it implies, so again the loss and the sampler are unchanged.
+    prediction: str = ranged("v", Allowed(choices=("v", "edm", "x0"), text="'v', 'edm' or 'x0'"))
     sigma_data: float = ranged(0.5, Allowed(0.0, 100.0, low_open=True, text="a positive number (the data's std)"))
 
     def __post_init__(self):
