@@ -47,16 +47,17 @@ class Denoiser:
             return self.net(x, levels, actions, cache)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         a, s = alpha_sigma(levels.to(dtype)[:, :, None, None, None])  # (B, T, 1, 1, 1)
+        xr = x.to(dtype)
         if self.prediction == "x0":
             x0, cache = self.net(x, levels, actions, cache)
-            return (a * x.to(dtype) - x0.to(dtype)) / s.clamp(min=X0_SIGMA_FLOOR), cache
-        sd = self.sigma_data
-        norm = s**2 + (a * sd) ** 2
-        out, cache = self.net(x / torch.sqrt(norm).to(x.dtype), levels, actions, cache)  # c_in x
-        # F's sign makes sigma_data = 1 exactly v-prediction (F = v)
-        xr = x.to(dtype)
-        x0 = (sd**2 * a / norm) * xr - (s * sd / torch.sqrt(norm)) * out.to(dtype)
-        return (a * xr - x0) / s.clamp(min=1e-4), cache
+            x0, floor = x0.to(dtype), X0_SIGMA_FLOOR
+        else:  # "edm"
+            sd = self.sigma_data
+            norm = s**2 + (a * sd) ** 2
+            out, cache = self.net(x / torch.sqrt(norm).to(x.dtype), levels, actions, cache)  # c_in x
+            # F's sign makes sigma_data = 1 exactly v-prediction (F = v)
+            x0, floor = (sd**2 * a / norm) * xr - (s * sd / torch.sqrt(norm)) * out.to(dtype), 1e-4
+        return (a * xr - x0) / s.clamp(min=floor), cache  # the v this clean-frame estimate implies
 
     def step(self, frame: torch.Tensor, level: torch.Tensor, action: torch.Tensor, cache):
         """One frame: frame (B, C, H, W), level (B,), action (B,) or (B, A) -> (v, cache after this frame)."""
