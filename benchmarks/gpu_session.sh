@@ -12,8 +12,10 @@
 #       minutes: docs/results.md. Dry run: PY=.venv/bin/python SET="train.batch_size=2" EPISODES=8 EVAL_EPISODES=1
 #   bash benchmarks/gpu_session.sh session MINUTES    # all in one call, for a lease of ~15 minutes: the quick
 #       benchmark (benchmarks.run gpu-quick, eager steps, decoding, kernels), then configs/maze-small-gpu.yaml
-#       eager (as written) and compiled side by side on the GPU for MINUTES each (train.fit_steps: each LR schedule
-#       ends with its time), GPU load sampled every 5 s, then the CUDA-only tests in the time left of LIMIT seconds
+#       as written (v-prediction, eager) and predicting the clean frame (model.prediction=x0, the demo's recipe
+#       since 2026-12-07) side by side on the GPU for MINUTES each (train.fit_steps: each LR schedule ends with its
+#       time; until 2026-12-07 the pair was eager and compiled), GPU load sampled every 5 s, then the CUDA-only
+#       tests in the time left of LIMIT seconds
 #       (default 520). It brings back both runs' last checkpoints without the optimizer (enough for eval follow,
 #       model export and train.init, not for --resume) and their exports; score them on a CPU afterwards.
 #
@@ -91,17 +93,16 @@ session)
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm --format=csv -l 5 >"$RES/load.csv" 2>&1 &
     smi=$!
     pids=()
-    for mode in compiled eager; do
-        c=$([ $mode = compiled ] && echo true || echo false)
+    for mode in v x0; do
         $PY -m lssvwm.cli train --config configs/maze-small-gpu.yaml --data "$CARRY/data" \
             --out runs/maze-small-gpu-$mode --no-progress --set train.max_minutes="$minutes" train.fit_steps=true \
-            train.compile=$c train.num_workers=3 ${SET:-} >"$RES/train_$mode.log" 2>&1 &
+            train.compile=false train.num_workers=3 model.prediction=$mode ${SET:-} >"$RES/train_$mode.log" 2>&1 &
         pids+=($!)
     done
     wait "${pids[@]}"
     kill $smi 2>/dev/null
     echo "trained at $(elapsed) s"
-    for mode in compiled eager; do
+    for mode in v x0; do
         run=runs/maze-small-gpu-$mode
         grep -v "^step" "$RES/train_$mode.log" | tail -n 8
         [ -f $run/checkpoints/latest ] || continue
