@@ -52,8 +52,8 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # sampling.temperature: the sampler's noise scaled down; on the demo's runs every follow score rose on 2 seeds x 2
 # window sets, with less speckle on flat walls and somewhat softer frames (docs/recipe.md, session 23).
 # prediction: the network predicts the clean frame (model.prediction "x0") instead of v; the same v-loss and sampler.
-# At a fixed step count on 2 seeds x 2 window sets one step ahead rose on 8 of 8 cells (+0.005 to +0.024), free
-# frames 1-8 on 6 of 8 (mean +0.011), free 48 on 5 of 8 (mean +0.003) (docs/recipe.md, session 25).
+# One step ahead and free 48 rose on every cell of `make demo` on 3 seeds, free 1-8 on 2 of the 3 (docs/recipe.md,
+# sessions 25-26, where the figures are).
 RECIPE = dict(lr=1.2e-2, window=4, d_model=96, prev_frame=False, prediction="x0", batch_size=4, optimizer="muon",
               weight_decay=0.1, sampling=dict(steps=4, stabilization=0.0, schedule="edm", temperature=0.6))
 SHIPPED = "maze-small-v3"  # weights trained on the demo's mazes (weights/README.md), shown beside it
