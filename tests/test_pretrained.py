@@ -168,7 +168,8 @@ def test_export_works_without_the_training_data(tiny_run, tmp_path):
     assert video.stat().st_size > 0
 
 
-@pytest.mark.parametrize("name, fitted", [("maze-small", ()), ("maze-small-v3", ("steps",))])
+@pytest.mark.parametrize("name, fitted", [("maze-small", ()), ("maze-small-v3", ("steps",)),
+                                          ("maze-small-v4", ("steps",))])
 def test_shipped_weights_load_by_name_and_play_without_data(name, fitted):
     """The committed weights: loadable by name, their config is configs/<name>.yaml (the recipe that made them;
     ``fitted``: fields the run set itself, train.fit_steps's step plan), and DreamEnv starts from the start clips
