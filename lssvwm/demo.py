@@ -50,8 +50,8 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # weight_decay: 0.1 beat train.weight_decay's default 0.01 on 2 seeds, with Muon (all six follow scores) and with
 # AdamW (11 of 12, the other tied; both in bf16 on a Zen 4; docs/recipe.md).
 # sampling.temperature: the sampler's noise scaled down; on the demo's runs every follow score rose on 2 seeds x 2
-# window sets, with less speckle on flat walls and somewhat softer frames (docs/recipe.md, session 23); 0.3 beat 0.6
-# on 32 of 36 cells of the three x0 `make demo` runs (docs/recipe.md, session 27).
+# window sets, with less speckle on flat walls and somewhat softer frames (docs/recipe.md, session 23); lowered from 0.6
+# to 0.3 on the three x0 `make demo` runs (docs/recipe.md, session 27, where the figures are).
 # prediction: the network predicts the clean frame (model.prediction "x0") instead of v; the same v-loss and sampler.
 # One step ahead and free 48 rose on every cell of `make demo` on 3 seeds, free 1-8 on 2 of the 3 (docs/recipe.md,
 # sessions 25-26, where the figures are).
