@@ -20,7 +20,9 @@ wrong order; ``action_gain`` = free minus shuffled says per bin whether the roll
 is given, and where it drops to zero the model has lost track of where the agent is); and two baselines:
 repeating the last context frame, and the best context frame (for each true frame, the context frame most like
 it, picked with the truth: how much of what comes was already in view, the most a model that only recalls its
-context could score without rendering anything new).
+context could score without rendering anything new). Each window's own SSIM per bin is kept too: every binned SSIM
+comes with its standard error over the windows, and every model after the first with its paired difference from
+the first (the mean of the per-window differences on the same windows and seeds, and its standard error).
 
     lssvwm eval follow --ckpt runs/a --ckpt runs/b [--data DIR] [--windows 8] [--out runs/follow]
 
@@ -123,20 +125,57 @@ def _val_windows(data, length: int, windows: int, val_fraction: float, layout: s
 
 
 def _bins(per_frame: np.ndarray, bins) -> dict:
-    """Means over the bins that fit in ``per_frame``, and over all of it."""
-    out = {f"{lo}-{hi}": float(per_frame[lo - 1:hi].mean()) for lo, hi in bins if per_frame.shape[0] >= hi}
-    return out | {"all": float(per_frame.mean())}
+    """Means over the bins that fit in ``per_frame`` (frames on its last axis), and over all of it: floats for one
+    curve (M,), a list per window for (W, M)."""
+    def mean(v):
+        m = np.asarray(v, dtype=np.float64).mean(-1)
+        return float(m) if m.ndim == 0 else [float(x) for x in m]
+
+    n = per_frame.shape[-1]
+    return {f"{lo}-{hi}": mean(per_frame[..., lo - 1:hi]) for lo, hi in bins if n >= hi} | {"all": mean(per_frame)}
 
 
-def score(pred: torch.Tensor, gt: torch.Tensor, lpips=None) -> dict:
-    """Per-frame metrics of (W, M, C, H, W) predictions, averaged over the windows: {"ssim": [M], ...}."""
+def score(pred: torch.Tensor, gt: torch.Tensor, lpips=None) -> tuple[dict, np.ndarray]:
+    """Per-frame metrics of (W, M, C, H, W) predictions, averaged over the windows: {"ssim": [M], ...}, and each
+    window's own SSIM per frame (W, M), from which :func:`window_bins` and :func:`paired_difference` take the
+    spread over the windows."""
     from .metrics import psnr, ssim
 
-    out = {"ssim": ssim(pred, gt).mean(0).tolist(), "psnr": psnr(pred, gt).mean(0).tolist()}
+    per_window = ssim(pred, gt)  # (W, M)
+    out = {"ssim": per_window.mean(0).tolist(), "psnr": psnr(pred, gt).mean(0).tolist()}
     if lpips is not None:
         with torch.no_grad():
             vals = torch.stack([lpips(pred[:, i], gt[:, i]) for i in range(gt.shape[1])], 1)  # (W, M)
         out["lpips"] = vals.mean(0).tolist()
+    return out, per_window.double().cpu().numpy()
+
+
+def window_bins(per_window: np.ndarray, short: int) -> dict:
+    """Each window's SSIM (W, M) averaged over the bins of :func:`summarize`: {"ssim": {bin: [W]}, and
+    "ssim_long" where there are more than ``short`` frames}."""
+    out = {"ssim": _bins(per_window[:, :short], BINS_SHORT)}
+    if per_window.shape[1] > short:
+        out["ssim_long"] = _bins(per_window, BINS_LONG)
+    return out
+
+
+def standard_error(values) -> float | None:
+    """The standard error of the mean of ``values`` (sample std / sqrt(n)); None for fewer than 2 values."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else None
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """Per bin, model a minus model b on the same windows (two :func:`window_bins` outputs): the mean of the
+    per-window differences and its standard error. Differences on shared windows vary far less than either
+    model's scores over the windows, so this is the figure to judge a comparison by."""
+    out = {}
+    for kind, bins in a.items():
+        if kind in b:
+            out[kind] = {}
+            for name, va in bins.items():
+                d = np.subtract(va, b[kind][name])
+                out[kind][name] = {"diff": float(d.mean()), "se": standard_error(d)}
     return out
 
 
@@ -155,8 +194,10 @@ def action_gain(free: dict, control: dict) -> dict:
     return {m: {b: free[m][b] - control[m][b] for b in control[m]} for m in ("ssim", "psnr", "lpips") if m in control}
 
 
-def summarize(per_frame: dict, short: int) -> dict:
-    """Binned means and the drift figure (frames 1-8 minus 25-48) of per-frame metrics."""
+def summarize(per_frame: dict, short: int, per_window: np.ndarray | None = None) -> dict:
+    """Binned means and the drift figure (frames 1-8 minus 25-48) of per-frame metrics; with ``per_window``
+    (each window's SSIM, (W, M)) also the standard error of each binned SSIM over the windows ("ssim_se",
+    "ssim_long_se")."""
     out = {}
     for metric, values in per_frame.items():
         v = np.asarray(values)
@@ -165,6 +206,9 @@ def summarize(per_frame: dict, short: int) -> dict:
             out[f"{metric}_long"] = _bins(v, BINS_LONG)
         if "1-8" in out[metric] and "25-48" in out[metric]:
             out[f"{metric}_drift"] = out[metric]["1-8"] - out[metric]["25-48"]
+    if per_window is not None:
+        for kind, bins in window_bins(per_window, short).items():
+            out[f"{kind}_se"] = {b: standard_error(v) for b, v in bins.items()}
     return out
 
 
@@ -212,9 +256,11 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     for set_name, win in sets.items():
         video, acts = win["frames"], win["actions"]
         ctx, gt = video[:, :context], video[:, context:context + long]
-        repeat, best = score(ctx[:, -1:].expand_as(gt), gt, lp), score(best_context_frames(ctx, gt), gt, lp)
-        results["sets"][set_name] = {"windows": int(video.shape[0]), "repeat_last_frame": summarize(repeat, frames),
-                                     "best_context_frame": summarize(best, frames),
+        (repeat, repeat_w), (best, best_w) = (score(ctx[:, -1:].expand_as(gt), gt, lp),
+                                              score(best_context_frames(ctx, gt), gt, lp))
+        results["sets"][set_name] = {"windows": int(video.shape[0]),
+                                     "repeat_last_frame": summarize(repeat, frames, repeat_w),
+                                     "best_context_frame": summarize(best, frames, best_w),
                                      "per_frame": {"repeat_last_frame": _rounded(repeat),
                                                    "best_context_frame": _rounded(best)}}
         strips[set_name] = [("ground truth", gt)]
@@ -224,6 +270,7 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
     sizes = [w["frames"].shape[0] for w in sets.values()]
     ctx, gt = video[:, :context], video[:, context:]
     ctx_a, fut_a = acts[:, :context], acts[:, context:]
+    per_window = {}  # (model, set) -> {"free" / "teacher_forced": window_bins}
     for name, run in runs.items():
         sampler = run.sampler(sampling)
         results["models"][name] = {"checkpoint": str(run.checkpoint), "sampling": vars(sampler.cfg).copy(),
@@ -235,17 +282,28 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
         sampler.reseed(sampler.cfg.seed)
         ctl = sampler.rollout(ctx, ctx_a, shuffled_actions(fut_a[:, :frames]), progress=progress)
         for set_name, f, t, c, g in zip(sets, free.split(sizes), tf.split(sizes), ctl.split(sizes), gt.split(sizes)):
-            free_pf, tf_pf, ctl_pf = score(f, g, lp), score(t, g[:, :frames], lp), score(c, g[:, :frames], lp)
-            free_s, ctl_s = summarize(free_pf, frames), summarize(ctl_pf, frames)
+            (free_pf, free_w), (tf_pf, tf_w), (ctl_pf, ctl_w) = (score(f, g, lp), score(t, g[:, :frames], lp),
+                                                                 score(c, g[:, :frames], lp))
+            free_s, ctl_s = summarize(free_pf, frames, free_w), summarize(ctl_pf, frames, ctl_w)
+            per_window[name, set_name] = {"free": window_bins(free_w, frames),
+                                          "teacher_forced": window_bins(tf_w, frames)}
             results["models"][name]["sets"][set_name] = {
-                "free": free_s, "teacher_forced": summarize(tf_pf, frames), "shuffled_actions": ctl_s,
+                "free": free_s, "teacher_forced": summarize(tf_pf, frames, tf_w), "shuffled_actions": ctl_s,
                 "action_gain": action_gain(free_s, ctl_s),
                 "per_frame": {"free": _rounded(free_pf), "teacher_forced": _rounded(tf_pf),
-                              "shuffled_actions": _rounded(ctl_pf)}}
+                              "shuffled_actions": _rounded(ctl_pf)},
+                "per_window": {k: _rounded_bins(v) for k, v in per_window[name, set_name].items()}}
             strips[set_name] += [(f"{name}: free", f), (f"{name}: one step ahead", t)]
             if set_name in pose_sets:
                 pose_sets[set_name]["videos"] |= {(name, "free"): f, (name, "teacher_forced"): t,
                                                   (name, "shuffled_actions"): c}
+    # every model after the first against the first, window by window (the same windows, context and seeds)
+    base = next(iter(runs))
+    for name in list(runs)[1:]:
+        for set_name in sets:
+            results["models"][name]["sets"][set_name]["versus"] = {"model": base} | {
+                kind: paired_difference(per_window[name, set_name][kind], per_window[base, set_name][kind])
+                for kind in ("free", "teacher_forced")}
     if pose_sets:
         from .pose_search import track_all
     for set_name, p in pose_sets.items():  # one maze's bank of views at a time, for every model's frames
@@ -313,6 +371,11 @@ def _round4(values) -> list[float]:
 
 def _rounded(per_frame: dict) -> dict:
     return {k: _round4(v) for k, v in per_frame.items()}
+
+
+def _rounded_bins(bins: dict) -> dict:
+    """:func:`window_bins` output with each window's value to 4 decimals."""
+    return {kind: {b: _round4(v) for b, v in per_bin.items()} for kind, per_bin in bins.items()}
 
 
 def _train_steps(run) -> int | None:

@@ -58,6 +58,32 @@ def follow_table(results: dict) -> str:
     lines.append("† the same model and context, each window's actions shuffled in time: where its SSIM meets the model's "
                  "row, the rollout no longer follows the actions")
     lines.append("* picked with the truth: per true frame, the context frame most like it (an oracle of recall)")
+    paired = paired_table(results)
+    return "\n".join(lines) + ("\n\n" + paired if paired else "")
+
+
+def paired_table(results: dict) -> str:
+    """Each model after the first minus the first, on the same windows: the mean of the per-window SSIM
+    differences ± its standard error, by bin ('' with one model). Two scores whose difference is within about two
+    standard errors are not told apart by these windows."""
+    rows = [(n, s, r["versus"]) for n, m in results["models"].items() for s, r in m["sets"].items() if "versus" in r]
+    if not rows:
+        return ""
+    shown, long = results["frames"], results["long"]
+
+    def cell(v: dict | None) -> str:
+        if v is None:
+            return f"{'':>15}"
+        se = "" if v["se"] is None else f" ±{v['se']:.3f}"
+        return f"{v['diff']:+.3f}{se}".rjust(15)
+
+    lines = [f"paired over the same windows: each model minus {rows[0][2]['model']} (mean SSIM difference ± its "
+             "standard error over the windows)",
+             f"{'model':<22} {'windows':<13} {'SSIM 1-8':>15} {f'all{shown}':>15} {'TF SSIM':>15} {f'SSIM{long}':>15}"]
+    for name, set_name, v in rows:
+        free, tf = v["free"], v["teacher_forced"]
+        lines.append(f"{name[:22]:<22} {set_name:<13} {cell(free['ssim'].get('1-8'))} {cell(free['ssim']['all'])} "
+                     f"{cell(tf['ssim']['all'])} {cell(free.get('ssim_long', {}).get('all'))}")
     return "\n".join(lines)
 
 

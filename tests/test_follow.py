@@ -9,7 +9,8 @@ import torch
 from lssvwm.checkpoint import load_model, load_run, save_pretrained
 from lssvwm.cli import main
 from lssvwm.data.episodes import episode_files, load_episode
-from lssvwm.follow import evaluate_follow, score, shuffled_actions, summarize, window_sets
+from lssvwm.follow import (evaluate_follow, paired_difference, score, shuffled_actions, standard_error, summarize,
+                           window_bins, window_sets)
 from lssvwm.metrics import ssim
 
 
@@ -62,6 +63,28 @@ def test_summary_bins_and_drift():
     assert s["ssim_drift"] == pytest.approx(v[:8].mean() - v[24:48].mean())
 
 
+def test_per_window_bins_standard_errors_and_paired_differences():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (5, 60))  # 5 windows' SSIM per frame
+    b = a - 0.1 + rng.normal(0, 0.01, (5, 60))  # the same windows, a model 0.1 lower with a little noise
+    wa, wb = window_bins(a, 48), window_bins(b, 48)
+    assert wa["ssim"]["1-8"] == pytest.approx(a[:, :8].mean(1).tolist())
+    assert wa["ssim"]["all"] == pytest.approx(a[:, :48].mean(1).tolist())
+    assert set(wa["ssim_long"]) == {"all"} and wa["ssim_long"]["all"] == pytest.approx(a.mean(1).tolist())
+    # the binned means over the windows are what summarize gives from the per-frame means
+    s = summarize({"ssim": a.mean(0).tolist()}, 48, a)
+    assert s["ssim"]["9-24"] == pytest.approx(np.mean(wa["ssim"]["9-24"]))
+    assert s["ssim_se"]["all"] == pytest.approx(a[:, :48].mean(1).std(ddof=1) / np.sqrt(5))
+    assert standard_error([0.5]) is None and standard_error([1.0, 3.0]) == pytest.approx(1.0)
+    d = paired_difference(wa, wb)
+    for kind, bins in d.items():
+        for name, v in bins.items():
+            assert v["diff"] == pytest.approx(np.mean(wa[kind][name]) - np.mean(wb[kind][name]))
+            assert v["diff"] == pytest.approx(0.1, abs=0.02)
+            # pairing removes the spread between windows: far below either model's own standard error
+            assert v["se"] < 0.2 * standard_error(wa[kind][name])
+
+
 def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
     # the tiny run has trained 3 steps and barely uses its actions; a copy with perturbed weights does
     model, cfg, _ = load_model(tiny_run)
@@ -109,6 +132,28 @@ def test_follow_scores_side_by_side(tiny_run, maze_data, tmp_path):
             for b, v in r["action_gain"]["ssim"].items():
                 assert v == pytest.approx(r["free"]["ssim"][b] - r["shuffled_actions"]["ssim"][b])
     assert "shuffled†" in res["table"]
+    # per window: the binned means over the 2 windows are the reported scores, with their standard error; every
+    # model after the first is paired with it window by window (the second is the first again: no difference)
+    for m in res["models"].values():
+        for r in m["sets"].values():
+            for kind in ("free", "teacher_forced"):
+                w = r["per_window"][kind]["ssim"]
+                assert len(w["all"]) == 2 and np.mean(w["all"]) == pytest.approx(r[kind]["ssim"]["all"], abs=1e-4)
+                assert r[kind]["ssim_se"]["all"] == pytest.approx(standard_error(w["all"]), abs=1e-4)
+            assert len(r["per_window"]["free"]["ssim_long"]["all"]) == 2
+    names = list(res["models"])
+    assert all("versus" not in r for r in res["models"][names[0]]["sets"].values())
+    for set_name in ("train-mazes", "unseen-mazes"):
+        same = res["models"][names[1]]["sets"][set_name]["versus"]
+        assert same["model"] == names[0]
+        assert same["free"]["ssim"]["all"] == {"diff": 0.0, "se": 0.0}
+        other = res["models"]["noisy"]["sets"][set_name]["versus"]
+        for kind in ("free", "teacher_forced"):
+            gap = (res["models"]["noisy"]["sets"][set_name][kind]["ssim"]["all"]
+                   - res["models"][names[0]]["sets"][set_name][kind]["ssim"]["all"])
+            assert other[kind]["ssim"]["all"]["diff"] == pytest.approx(gap, abs=1e-9)
+            assert other[kind]["ssim"]["all"]["diff"] != 0.0
+    assert "paired over the same windows" in res["table"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["models"].keys() == res["models"].keys()
     for f in ("strip_train-mazes.png", "strip_unseen-mazes.png", "ssim_vs_frame.png", "rollout_train-mazes.gif",
@@ -131,8 +176,9 @@ def test_shuffled_actions_keep_each_windows_actions_in_another_order():
 
 def test_identical_prediction_scores_perfectly():
     gt = torch.rand(2, 10, 3, 16, 16) * 2 - 1
-    pf = score(gt.clone(), gt)
+    pf, per_window = score(gt.clone(), gt)
     assert min(pf["ssim"]) > 0.999 and min(pf["psnr"]) > 90
+    assert per_window.shape == (2, 10) and per_window.min() > 0.999
 
 
 def test_cli_eval_follow(tiny_run, maze_data, tmp_path, capsys):
