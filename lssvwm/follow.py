@@ -194,10 +194,10 @@ def action_gain(free: dict, control: dict) -> dict:
     return {m: {b: free[m][b] - control[m][b] for b in control[m]} for m in ("ssim", "psnr", "lpips") if m in control}
 
 
-def summarize(per_frame: dict, short: int, per_window: np.ndarray | None = None) -> dict:
-    """Binned means and the drift figure (frames 1-8 minus 25-48) of per-frame metrics; with ``per_window``
-    (each window's SSIM, (W, M)) also the standard error of each binned SSIM over the windows ("ssim_se",
-    "ssim_long_se")."""
+def summarize(per_frame: dict, short: int, per_window: dict | None = None) -> dict:
+    """Binned means and the drift figure (frames 1-8 minus 25-48) of per-frame metrics; with ``per_window`` (each
+    window's binned SSIM, :func:`window_bins`) also the standard error of each binned SSIM over the windows
+    ("ssim_se", "ssim_long_se")."""
     out = {}
     for metric, values in per_frame.items():
         v = np.asarray(values)
@@ -207,7 +207,7 @@ def summarize(per_frame: dict, short: int, per_window: np.ndarray | None = None)
         if "1-8" in out[metric] and "25-48" in out[metric]:
             out[f"{metric}_drift"] = out[metric]["1-8"] - out[metric]["25-48"]
     if per_window is not None:
-        for kind, bins in window_bins(per_window, short).items():
+        for kind, bins in per_window.items():
             out[f"{kind}_se"] = {b: standard_error(v) for b, v in bins.items()}
     return out
 
@@ -259,8 +259,8 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
         (repeat, repeat_w), (best, best_w) = (score(ctx[:, -1:].expand_as(gt), gt, lp),
                                               score(best_context_frames(ctx, gt), gt, lp))
         results["sets"][set_name] = {"windows": int(video.shape[0]),
-                                     "repeat_last_frame": summarize(repeat, frames, repeat_w),
-                                     "best_context_frame": summarize(best, frames, best_w),
+                                     "repeat_last_frame": summarize(repeat, frames, window_bins(repeat_w, frames)),
+                                     "best_context_frame": summarize(best, frames, window_bins(best_w, frames)),
                                      "per_frame": {"repeat_last_frame": _rounded(repeat),
                                                    "best_context_frame": _rounded(best)}}
         strips[set_name] = [("ground truth", gt)]
@@ -284,11 +284,11 @@ def evaluate_follow(ckpts: list[str], data: str | None = None, out: str | os.Pat
         for set_name, f, t, c, g in zip(sets, free.split(sizes), tf.split(sizes), ctl.split(sizes), gt.split(sizes)):
             (free_pf, free_w), (tf_pf, tf_w), (ctl_pf, ctl_w) = (score(f, g, lp), score(t, g[:, :frames], lp),
                                                                  score(c, g[:, :frames], lp))
-            free_s, ctl_s = summarize(free_pf, frames, free_w), summarize(ctl_pf, frames, ctl_w)
-            per_window[name, set_name] = {"free": window_bins(free_w, frames),
-                                          "teacher_forced": window_bins(tf_w, frames)}
+            free_b, tf_b = window_bins(free_w, frames), window_bins(tf_w, frames)
+            per_window[name, set_name] = {"free": free_b, "teacher_forced": tf_b}
+            free_s, ctl_s = summarize(free_pf, frames, free_b), summarize(ctl_pf, frames, window_bins(ctl_w, frames))
             results["models"][name]["sets"][set_name] = {
-                "free": free_s, "teacher_forced": summarize(tf_pf, frames, tf_w), "shuffled_actions": ctl_s,
+                "free": free_s, "teacher_forced": summarize(tf_pf, frames, tf_b), "shuffled_actions": ctl_s,
                 "action_gain": action_gain(free_s, ctl_s),
                 "per_frame": {"free": _rounded(free_pf), "teacher_forced": _rounded(tf_pf),
                               "shuffled_actions": _rounded(ctl_pf)},
@@ -375,7 +375,7 @@ def _rounded(per_frame: dict) -> dict:
 
 def _rounded_bins(bins: dict) -> dict:
     """:func:`window_bins` output with each window's value to 4 decimals."""
-    return {kind: {b: _round4(v) for b, v in per_bin.items()} for kind, per_bin in bins.items()}
+    return {kind: _rounded(per_bin) for kind, per_bin in bins.items()}
 
 
 def _train_steps(run) -> int | None:

@@ -72,7 +72,7 @@ def test_per_window_bins_standard_errors_and_paired_differences():
     assert wa["ssim"]["all"] == pytest.approx(a[:, :48].mean(1).tolist())
     assert set(wa["ssim_long"]) == {"all"} and wa["ssim_long"]["all"] == pytest.approx(a.mean(1).tolist())
     # the binned means over the windows are what summarize gives from the per-frame means
-    s = summarize({"ssim": a.mean(0).tolist()}, 48, a)
+    s = summarize({"ssim": a.mean(0).tolist()}, 48, wa)
     assert s["ssim"]["9-24"] == pytest.approx(np.mean(wa["ssim"]["9-24"]))
     assert s["ssim_se"]["all"] == pytest.approx(a[:, :48].mean(1).std(ddof=1) / np.sqrt(5))
     assert standard_error([0.5]) is None and standard_error([1.0, 3.0]) == pytest.approx(1.0)
