@@ -217,8 +217,11 @@ def ema_and_optimizer(model: torch.nn.Module, loop: LoopConfig) -> tuple[torch.n
     if loop.optimizer == "adamw":
         return ema, adamw
     # match_rms_adamw scales each matrix's orthogonalised update to AdamW's typical RMS (Moonlight, Liu et al.
-    # 2025), so the one learning rate and schedule serve both parts
-    muon = BatchedMuon(matrices, lr=loop.lr, weight_decay=loop.weight_decay, adjust_lr_fn="match_rms_adamw")
+    # 2025), so the one learning rate and schedule serve both parts. The Newton-Schulz matmuls run in the type the
+    # training computes in: bf16 where it trains in bf16, fp32 elsewhere (CPUs that would emulate bf16)
+    ns_dtype = autocast_dtype(loop, matrices[0].device) or torch.float32
+    muon = BatchedMuon(matrices, lr=loop.lr, weight_decay=loop.weight_decay, adjust_lr_fn="match_rms_adamw",
+                       ns_dtype=ns_dtype)
     return ema, Optimizers(muon=muon, adamw=adamw)
 
 

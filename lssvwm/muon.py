@@ -27,10 +27,11 @@ def muon_lr_scale(shape: torch.Size, adjust_lr_fn: str | None) -> float:
 
 
 def orthogonalize(updates: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int,
-                  eps: float) -> list[torch.Tensor]:
-    """Muon's quintic Newton-Schulz iteration on each matrix of ``updates`` (bf16, as torch's Muon), the matrices
-    of one shape as one batch. Each matrix is scaled to Frobenius norm 1 first and worked on as (short side, long
-    side); the results come back in the input's order and orientation."""
+                  eps: float, dtype: torch.dtype = torch.bfloat16) -> list[torch.Tensor]:
+    """Muon's quintic Newton-Schulz iteration on each matrix of ``updates``, the matrices of one shape as one batch,
+    computed in ``dtype`` (bf16, as torch's Muon; fp32 on CPUs that only emulate bf16). Each matrix is scaled to
+    Frobenius norm 1 first and worked on as (short side, long side); the results come back in the input's order
+    and orientation."""
     a, b, c = coefficients
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, u in enumerate(updates):
@@ -38,7 +39,7 @@ def orthogonalize(updates: list[torch.Tensor], coefficients: tuple[float, float,
     turned = [u.shape[0] > u.shape[1] for u in updates]  # tall: worked on as its transpose
     out: list[torch.Tensor | None] = [None] * len(updates)
     for members in groups.values():
-        x = torch.stack([updates[i].T if turned[i] else updates[i] for i in members]).bfloat16()  # (N, short, long)
+        x = torch.stack([updates[i].T if turned[i] else updates[i] for i in members]).to(dtype)  # (N, short, long)
         x = x / x.flatten(1).norm(dim=1).clamp(min=eps)[:, None, None]
         for _ in range(steps):
             gram = x @ x.mT  # (N, short, short)
@@ -49,7 +50,13 @@ def orthogonalize(updates: list[torch.Tensor], coefficients: tuple[float, float,
 
 
 class BatchedMuon(torch.optim.Muon):
-    """``torch.optim.Muon`` with :func:`orthogonalize` (same arguments, defaults, state and update)."""
+    """``torch.optim.Muon`` with :func:`orthogonalize` (same arguments, defaults, state and update). ``ns_dtype``:
+    the type of the Newton-Schulz matmuls (torch's: bf16). It is not part of the state dict, so a run resumes with
+    whichever type its machine computes fastest."""
+
+    def __init__(self, params, *args, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -65,7 +72,8 @@ class BatchedMuon(torch.optim.Muon):
             lr, momentum = float(group["lr"]), group["momentum"]  # a 1-element tensor lr too, as torch's
             torch._foreach_lerp_(buffers, grads, 1 - momentum)
             updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
-            updates = orthogonalize(updates, group["ns_coefficients"], group["ns_steps"], group["eps"])
+            updates = orthogonalize(updates, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                    self.ns_dtype)
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
             for p, u in zip(params, updates):
                 p.add_(u, alpha=-lr * muon_lr_scale(p.shape, group["adjust_lr_fn"]))

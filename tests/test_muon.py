@@ -79,6 +79,35 @@ def test_orthogonalize_flattens_the_spectrum_in_input_order():
     torch.testing.assert_close(out[2].float(), out[0].float().T, rtol=0, atol=0)  # the same matrix, turned
 
 
+def test_orthogonalize_computes_in_the_type_asked():
+    """``dtype``: the Newton-Schulz matmuls run in that type (fp32 on CPUs that emulate bf16): in fp32 the result
+    matches an fp64 run to fp32 rounding, in bf16 (torch's default) only to bf16's, and it comes back in that type."""
+    g = torch.Generator().manual_seed(0)
+    updates = [torch.randn(s, generator=g) for s in SHAPES]
+    coeffs = (3.4445, -4.7750, 2.0315)
+    exact = orthogonalize([u.double() for u in updates], coeffs, 5, 1e-7, dtype=torch.float64)
+    fp32 = orthogonalize(updates, coeffs, 5, 1e-7, dtype=torch.float32)
+    bf16 = orthogonalize(updates, coeffs, 5, 1e-7)
+    assert all(o.dtype == torch.float32 for o in fp32) and all(o.dtype == torch.bfloat16 for o in bf16)
+    err32 = max((a.double() - e).abs().max().item() for a, e in zip(fp32, exact))
+    err16 = max((a.double() - e).abs().max().item() for a, e in zip(bf16, exact))
+    assert err32 < 1e-5 < 1e-3 < err16
+
+
+def test_batched_muon_in_fp32_steps_as_torch_muon_up_to_bf16_rounding():
+    """BatchedMuon with ``ns_dtype`` fp32 takes torch.optim.Muon's steps but for the bf16 rounding of its
+    orthogonalisation: a step apart by far less than the step itself; the state dict has no trace of the type."""
+    ref, new = _pair()
+    start = [p.detach().clone() for p in ref]
+    kw = dict(lr=2e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    o_ref, o_new = torch.optim.Muon(ref, **kw), BatchedMuon(new, ns_dtype=torch.float32, **kw)
+    _steps([o_ref, o_new], [ref, new], 1)
+    for a, b, s in zip(ref, new, start):
+        step, gap = (a.detach() - s).abs().max(), (b.detach() - a.detach()).abs().max()
+        assert 0 < gap < 0.05 * step
+    assert o_new.state_dict()["param_groups"][0].keys() == o_ref.state_dict()["param_groups"][0].keys()
+
+
 def test_muon_lr_scale():
     assert muon_lr_scale(torch.Size([96, 384]), "match_rms_adamw") == pytest.approx(0.2 * 384 ** 0.5)
     assert muon_lr_scale(torch.Size([384, 96]), "original") == pytest.approx(2.0)

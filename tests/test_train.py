@@ -114,6 +114,11 @@ def test_muon_updates_the_hidden_matrices_and_adamw_the_rest(tiny_data, tmp_path
     # orthogonalised (Newton-Schulz): of the gradient's spread of ~32, 1.7 is left (AdamW's sign-like step: 5.6)
     assert change.max() / change.min() < 3
 
+    # the Newton-Schulz matmuls in the type the training computes in: fp32 where it trains in fp32
+    for autocast, dtype in (("none", torch.float32), ("bf16", torch.bfloat16)):
+        _, o = ema_and_optimizer(model, TrainConfig(optimizer="muon", autocast=autocast))
+        assert o.optimizers["muon"].ns_dtype == dtype
+
     with pytest.raises(ConfigError, match="train.optimizer=muon: this Conv2d has no hidden matrices"):
         ema_and_optimizer(torch.nn.Conv2d(3, 3, 3), TrainConfig(optimizer="muon"))
 
