@@ -239,7 +239,7 @@ def main(argv=None) -> None:
     p.add_argument("--top", type=int, default=8)
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS),
                    help="the update timed: adamw (every tree has it), or muon (Muon on the hidden matrices and "
-                        "AdamW on the rest: the demo's where bf16 is fast; trees from 2026-12-05 on)")
+                        "AdamW on the rest: the demo's; trees from 2026-12-05 on)")
     a = p.parse_args(argv)
     if not set(a.autocast.split(",")) <= {"auto", "fp32", "bf16"}:
         p.error(f"--autocast: expected auto, fp32 or bf16 (or several, comma-separated), got {a.autocast!r}")

@@ -45,8 +45,9 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # step; at equal frames seen, twice the steps at batch 4 beat batch 8 on every follow score (one step ahead +0.06 at
 # the demo's budget, 2 seeds at 38 minutes).
 # lr: 8e-3 beat 5e-3 at batch 4 on 2 seeds, then 1.2e-2 beat 8e-3 on 2 seeds (docs/recipe.md).
-# optimizer: Muon on the hidden matrices beat AdamW one step ahead and over free frames 1-8 on 2 seeds (+0.02 to
-# +0.06 SSIM; free 48 ahead on one, tied on the other; docs/recipe.md), used where bf16 is fast (demo_optimizer).
+# optimizer: Muon on the hidden matrices beat AdamW one step ahead and over free frames 1-8 on 2 seeds in bf16 on a
+# Zen 4 (+0.02 to +0.06 SSIM; free 48 ahead on one, tied on the other), and by far more on an AVX2-only CPU in fp32,
+# where it orthogonalises in fp32 (docs/recipe.md, session 30).
 # weight_decay: 0.1 beat train.weight_decay's default 0.01 on 2 seeds, with Muon (all six follow scores) and with
 # AdamW (11 of 12, the other tied; both in bf16 on a Zen 4; docs/recipe.md).
 # sampling.temperature: the sampler's noise scaled down; on the demo's runs every follow score rose on 2 seeds x 2
@@ -72,21 +73,12 @@ def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: i
 
 def demo_run_config(model_cfg, data, out, minutes: float, lr: float = RECIPE["lr"], seed: int = 0) -> RunConfig:
     """The demo's training run: ``model_cfg`` (:func:`demo_model`) on ``data`` into ``out``, the recipe's batch of
-    16-frame clips, weight decay, optimizer (:func:`demo_optimizer`) and sampler, ``minutes`` with the step count
-    fitted to them (train.fit_steps)."""
+    16-frame clips, weight decay, optimizer and sampler, ``minutes`` with the step count fitted to them
+    (train.fit_steps)."""
     return RunConfig(model=model_cfg, diffusion=DiffusionConfig(), sampling=SamplingConfig(**RECIPE["sampling"]),
                      train=TrainConfig(data=str(data), out=str(out), clip_len=16, batch_size=RECIPE["batch_size"],
                                        lr=lr, weight_decay=RECIPE["weight_decay"], warmup=50, ckpt_every=100,
-                                       max_minutes=minutes, fit_steps=True, seed=seed, optimizer=demo_optimizer()))
-
-
-def demo_optimizer() -> str:
-    """The recipe's optimizer (Muon) where the demo trains in bf16 (a GPU, or a CPU where bf16 matmuls are fast):
-    torch's Muon orthogonalises each update in bf16, which CPUs without fast bf16 emulate (its cost there was not
-    measured); AdamW on those."""
-    from .loop import autocast_dtype
-
-    return RECIPE["optimizer"] if autocast_dtype(TrainConfig(), default_device()) == torch.bfloat16 else "adamw"
+                                       max_minutes=minutes, fit_steps=True, seed=seed, optimizer=RECIPE["optimizer"]))
 
 
 def demo_processes(batch_size: int, threads: int | None = None) -> int:

@@ -532,7 +532,8 @@ def test_tensorboard_log_reads_back(tiny_data, tmp_path):
 
 def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
     """autocast 'auto': bf16 on a CPU with fast bf16, fp32 on one without (AVX2-only CPUs emulate bf16 ~80x
-    slower than fp32); 'bf16' and 'none' are obeyed as given. The demo trains with Muon only where 'auto' is bf16."""
+    slower than fp32); 'bf16' and 'none' are obeyed as given. The demo trains with Muon on both kinds, its
+    Newton-Schulz matmuls in the type 'auto' picks."""
     import lssvwm.loop as loop
     from lssvwm.config import TrainConfig
     from lssvwm.demo import demo_model, demo_run_config
@@ -543,8 +544,11 @@ def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
         assert loop.autocast_dtype(TrainConfig(autocast="auto"), cpu) == (torch.bfloat16 if fast else None)
         assert loop.autocast_dtype(TrainConfig(autocast="bf16"), cpu) == torch.bfloat16
         assert loop.autocast_dtype(TrainConfig(autocast="none"), cpu) is None
-        if not torch.cuda.is_available():  # the demo's Muon only where it trains in bf16 (Muon's own type)
-            assert demo_run_config(demo_model(), "d", "o", 1.0).train.optimizer == ("muon" if fast else "adamw")
+        if not torch.cuda.is_available():  # the demo's Muon orthogonalises in the type the training computes in
+            train_cfg = demo_run_config(demo_model(), "d", "o", 1.0).train
+            _, opt = loop.ema_and_optimizer(torch.nn.Linear(4, 4), train_cfg)
+            assert train_cfg.optimizer == "muon"
+            assert opt.optimizers["muon"].ns_dtype == (torch.bfloat16 if fast else torch.float32)
     monkeypatch.undo()
     loop.cpu_bf16_fast.cache_clear()
     assert loop.cpu_bf16_fast() in (True, False)  # measured on this machine
