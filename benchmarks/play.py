@@ -44,7 +44,7 @@ def _sampler(model: str, compile: bool = False):
     from lssvwm.models.world_model import WorldModel
 
     torch.manual_seed(0)
-    net = WorldModel(demo_model()).eval()
+    net = WorldModel(demo_model(d_model=common.DEMO_WIDTH)).eval()
     return Sampler(net, SamplingConfig(**RECIPE["sampling"]), **extra), None
 
 

@@ -90,7 +90,7 @@ def worker(model: str, autocast: str, steps: int, top: int, optimizer: str = "ad
     if kind == "demo":
         from lssvwm.demo import demo_model
 
-        cfg = demo_model()
+        cfg = demo_model(d_model=common.DEMO_WIDTH)
     else:
         cfg = model_preset(kind)
     tc = TrainConfig(autocast="auto" if autocast == "auto" else {"fp32": "none", "bf16": "bf16"}[autocast],

@@ -56,17 +56,30 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # prediction: the network predicts the clean frame (model.prediction "x0") instead of v; the same v-loss and sampler.
 # One step ahead and free 48 rose on every cell of `make demo` on 3 seeds, free 1-8 on 2 of the 3 (docs/recipe.md,
 # sessions 25-26, where the figures are).
-RECIPE = dict(lr=1.2e-2, window=4, d_model=96, prev_frame=False, prediction="x0", batch_size=4, optimizer="muon",
+# d_model_fp32: the width where the demo trains in fp32 on a CPU (no fast bf16): on an AVX2-only CPU with Muon, 64
+# beat 96 one step ahead on 8 of 8 cells (2 seeds x 2 window sets) and over free frames on 13 of 16 (docs/recipe.md,
+# session 30); where it trains in bf16, 64 had lost or tied (sessions 4 and 12).
+RECIPE = dict(lr=1.2e-2, window=4, d_model=96, d_model_fp32=64, prev_frame=False, prediction="x0", batch_size=4, optimizer="muon",
               weight_decay=0.1, sampling=dict(steps=4, stabilization=0.0, schedule="edm", temperature=0.3))
 SHIPPED = "maze-small-v4"  # the demo's recipe for 100 minutes on the same mazes (weights/README.md), shown beside it
+
+
+def demo_width() -> int:
+    """The recipe's width of ``small`` on this machine: ``d_model`` where the demo trains in bf16 (a GPU, or a CPU
+    with fast bf16), ``d_model_fp32`` where it trains in fp32 on a CPU."""
+    from .loop import autocast_dtype
+
+    device = default_device()
+    fp32_cpu = device.type == "cpu" and autocast_dtype(TrainConfig(), device) is None
+    return RECIPE["d_model_fp32"] if fp32_cpu else RECIPE["d_model"]
 
 
 def demo_model(preset: str = "small", window: int = RECIPE["window"], d_model: int | None = None,
                n_layers: int | None = None):
     """The demo's model: the preset with the recipe's attention window, previous-frame input (off) and prediction
-    target (the clean frame), and for ``small`` the recipe's width (``d_model`` overrides it; other presets keep their
-    own); ``n_layers`` overrides the depth."""
-    width = d_model or (RECIPE["d_model"] if preset == "small" else None)
+    target (the clean frame), and for ``small`` the recipe's width on this machine (:func:`demo_width`; ``d_model``
+    overrides it; other presets keep their own); ``n_layers`` overrides the depth."""
+    width = d_model or (demo_width() if preset == "small" else None)
     return model_preset(preset, window=window, n_layers=n_layers, prev_frame=RECIPE["prev_frame"],
                         prediction=RECIPE["prediction"], **({"d_model": width} if width else {}))
 

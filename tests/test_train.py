@@ -446,13 +446,14 @@ def test_demo_trains_in_two_processes_where_there_are_two_threads():
 
 
 def test_demo_model_is_the_recipes_width_of_small():
-    from lssvwm.demo import RECIPE, demo_model
+    from lssvwm.demo import RECIPE, demo_model, demo_width
 
     small = demo_model()
-    assert small.d_model == RECIPE["d_model"] == 96 and small.layers == model_preset("small", window=4).layers
+    assert small.d_model == demo_width() in (RECIPE["d_model"], RECIPE["d_model_fp32"])  # 96, or 64 on fp32 CPUs
+    assert small.layers == model_preset("small", window=4).layers
     assert not RECIPE["prev_frame"] and not small.prev_frame and not demo_model("tiny").prev_frame  # every preset
     assert small.prediction == demo_model("tiny").prediction == RECIPE["prediction"] == "x0"
-    assert demo_model(d_model=64).d_model == 64
+    assert demo_model(d_model=128).d_model == 128  # d_model overrides the machine's width
     assert demo_model("tiny").d_model == model_preset("tiny").d_model  # other presets keep their width
 
 
@@ -548,6 +549,7 @@ def test_autocast_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
             train_cfg = demo_run_config(demo_model(), "d", "o", 1.0).train
             _, opt = loop.ema_and_optimizer(torch.nn.Linear(4, 4), train_cfg)
             assert train_cfg.optimizer == "muon"
+            assert demo_model().d_model == (96 if fast else 64)  # 64 wide where it trains in fp32 on a CPU
             assert opt.optimizers["muon"].ns_dtype == (torch.bfloat16 if fast else torch.float32)
     monkeypatch.undo()
     loop.cpu_bf16_fast.cache_clear()
