@@ -25,11 +25,12 @@ from benchmarks import common
 # of steps instead of a time budget, and no checkpoints to write on the way
 DRIVER = """
 import sys
+from benchmarks.common import DEMO_WIDTH
 from lssvwm.demo import demo_model, demo_run_config
 from lssvwm.train import train_processes
 
-data, out, steps, processes, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-cfg = demo_run_config(demo_model(d_model=width), data, out, minutes=0)
+data, out, steps, processes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cfg = demo_run_config(demo_model(d_model=DEMO_WIDTH), data, out, minutes=0)
 cfg.train.steps, cfg.train.fit_steps, cfg.train.ckpt_every = steps, False, 10**6
 train_processes(cfg, processes, progress=False)
 """
@@ -61,8 +62,7 @@ def run(threads: int | None = None, processes=(1, 2), steps: int = 80, skip: int
             for p in processes:  # alternate: 1 2 1 2 ...
                 out = Path(tmp) / f"run_{p}_{r}"
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(common.ROOT))
-                done = subprocess.run([sys.executable, "-c", DRIVER, str(data), str(out), str(steps), str(p),
-                                       str(common.DEMO_WIDTH)],
+                done = subprocess.run([sys.executable, "-c", DRIVER, str(data), str(out), str(steps), str(p)],
                                       capture_output=True, text=True, env=env, cwd=common.ROOT)
                 if done.returncode:
                     raise RuntimeError(done.stderr[-3000:])

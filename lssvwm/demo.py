@@ -59,8 +59,8 @@ def _seconds_per_step(cfg: RunConfig) -> float:
 # d_model_fp32: the width where the demo trains in fp32 on a CPU (no fast bf16): on an AVX2-only CPU with Muon, 64
 # beat 96 one step ahead on 8 of 8 cells (2 seeds x 2 window sets) and over free frames on 13 of 16 (docs/recipe.md,
 # session 30); where it trains in bf16 (a Zen 4, AdamW, 2026-12-04) 64 lost one step ahead and tied free frames.
-RECIPE = dict(lr=1.2e-2, window=4, d_model=96, d_model_fp32=64, prev_frame=False, prediction="x0", batch_size=4, optimizer="muon",
-              weight_decay=0.1, sampling=dict(steps=4, stabilization=0.0, schedule="edm", temperature=0.3))
+RECIPE = dict(lr=1.2e-2, window=4, d_model=96, d_model_fp32=64, prev_frame=False, prediction="x0", batch_size=4,
+              optimizer="muon", weight_decay=0.1, sampling=dict(steps=4, stabilization=0.0, schedule="edm", temperature=0.3))
 SHIPPED = "maze-small-v4"  # the demo's recipe for 100 minutes on the same mazes (weights/README.md), shown beside it
 
 
