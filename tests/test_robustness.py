@@ -60,8 +60,9 @@ def test_ddp_two_cpu_processes_equal_one_process(tiny_data, tmp_path):
 
 def test_train_processes_started_here_equal_one_process(tiny_data, tmp_path):
     """`lssvwm train --processes 2` starts the DDP group itself (no torchrun) and trains what one process does,
-    in processes of half the threads each; failures inside the processes come back as the CLI's one-line errors."""
-    sets = ["train.steps=3", "train.ckpt_every=3"]
+    in processes of half the threads each, with Muon as the demo; failures inside the processes come back as the
+    CLI's one-line errors."""
+    sets = ["train.steps=3", "train.ckpt_every=3", "train.optimizer=muon"]
     one = subprocess.run(_train_cmd(tiny_data, tmp_path / "one", *sets), capture_output=True, text=True, env=_env())
     assert one.returncode == 0, one.stderr
     cmd = _train_cmd(tiny_data, tmp_path / "two", *sets) + ["--processes", "2"]
