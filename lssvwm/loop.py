@@ -73,6 +73,14 @@ def _cpu_rank(rank: int, world: int, port: int, threads: int, errors, fn, args, 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(threads)
+    # tqdm's bars share a multiprocessing lock by default: a semaphore that os._exit below would leave behind, and
+    # the resource tracker would report as leaked when the run ends. Each process prints its own bars: a thread
+    # lock is all they need
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     try:
         fn(*args)
     except Exception as e:  # handed to the parent as it is, so that it can raise the error with its own type

@@ -84,6 +84,17 @@ def test_train_processes_started_here_equal_one_process(tiny_data, tmp_path):
     assert "Traceback" not in odd.stderr + again.stderr
 
 
+def test_train_processes_leave_no_semaphores_behind(tiny_data, tmp_path):
+    """The local processes end with os._exit, past the interpreter's teardown: with progress bars on (tqdm's
+    default lock is a multiprocessing semaphore) nothing is left for the resource tracker to report as leaked."""
+    cmd = [c for c in _train_cmd(tiny_data, tmp_path / "run", "train.steps=2", "train.ckpt_every=2")
+           if c != "--no-progress"] + ["--processes", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(2))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train:" in done.stderr  # the bars were on
+    assert "leaked" not in done.stderr, done.stderr[-3000:]
+
+
 def test_batches_do_not_repeat_or_skip_across_ranks():
     n, batch, world = 37, 8, 2
     steps_per_epoch_span = 3 * n // batch  # about three epochs
