@@ -101,8 +101,17 @@ def train_processes(cfg: RunConfig, processes: int = 1, resume: bool = False, pr
         return train(cfg, resume, progress)
     cfg.validate()
     _check_batch_split(cfg.train.batch_size, processes)  # before any process starts
+    _check_one_process(cfg, processes)
     run_cpu_processes(train, (cfg, resume, progress), processes)
     return Path(cfg.train.out)
+
+
+def _check_one_process(cfg: RunConfig, world: int) -> None:
+    """The settings that train in one process only, checked against ``world`` training processes."""
+    if cfg.diffusion.own_rollout_grad and cfg.diffusion.own_rollout_prob > 0 and world > 1:
+        raise ConfigError(f"diffusion.own_rollout_grad trains in one process only (DDP's hooks expect one forward "
+                          f"per backward), got {world} processes: train without --processes/torchrun or set it "
+                          f"to false")
 
 
 def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None, rank: int, world: int,
@@ -118,6 +127,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
     codec = frame_codec(cfg, device)  # pixels, or the latents of a frozen autoencoder
     check_data_matches(cfg, ds, codec)
     _check_batch_split(tc.batch_size, world)
+    _check_one_process(cfg, world)
     per_rank = tc.batch_size // world
     check_fits(f"training (model.d_model={cfg.model.d_model}, {len(cfg.model.layers)} layers, "
                f"train.batch_size={per_rank} per process, train.clip_len={tc.clip_len})",
@@ -167,7 +177,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None,
             with autocast():
                 frames, actions, levels, mask = own_rollout_batch(  # global levels and mask
                     ddp, frames, actions, levels, mask, plan, cfg.sampling, clip_gens, codec.value_range,
-                    cfg.diffusion.own_rollout_reversed, cfg.diffusion.inverse_actions)
+                    cfg.diffusion.own_rollout_reversed, cfg.diffusion.inverse_actions, cfg.diffusion.own_rollout_grad)
         drop = action_dropout_mask(tc.batch_size, clip_len, cfg.diffusion,
                                    torch.Generator().manual_seed(stable_seed(tc.seed, step, 4)))
         actions = drop_actions(actions, None if drop is None else drop[mine])  # after the own rollout's true actions

@@ -401,6 +401,61 @@ def test_own_rollout_history_is_an_inference_rollout_without_gradient():
         torch.testing.assert_close(out[i:i + 1, 3:5], ref.to(out), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("stabilization", [0.0, 0.3])
+def test_own_rollout_with_gradient_is_the_same_rollout_and_carries_the_later_frames_loss_back(stabilization):
+    """grad=True makes the same frames from the same draws as the rollout without gradient, and a loss on a frame
+    after the rollout reaches the network through the generated frames (not only through the final pass)."""
+    from lssvwm.diffusion import diffusion_loss, own_rollout_batch, own_rollout_history
+
+    model = _noisy_tiny()
+    g = torch.Generator().manual_seed(1)
+    frames = torch.rand(2, 8, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    acts = torch.randint(0, 6, (2, 8), generator=g)
+    cfg = SamplingConfig(steps=2, stabilization=stabilization)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (10, 11)]  # noqa: E731
+    plain = own_rollout_history(model, frames, acts, 3, 2, cfg, gens())
+    unrolled = own_rollout_history(model, frames, acts, 3, 2, cfg, gens(), grad=True)
+    assert unrolled.requires_grad and unrolled.grad_fn is not None
+    torch.testing.assert_close(unrolled, plain, rtol=1e-9, atol=1e-9)
+    assert torch.equal(unrolled[:, :3], frames[:, :3]) and torch.equal(unrolled[:, 5:], frames[:, 5:])
+
+    # the generated frames' gradient: d(loss on frame 5) / d(frames 3, 4) through the final pass, non-zero
+    levels, mask = torch.full((2, 8), 0.5, dtype=torch.float64), torch.ones(2, 8, dtype=torch.float64)
+    noise = torch.randn(frames.shape, generator=g, dtype=torch.float64)
+
+    def grad_of(grad):
+        model.zero_grad()
+        f2, a2, lv2, m2 = own_rollout_batch(model, frames, acts, levels, mask, (3, 2), cfg, gens(), grad=grad)
+        loss, _ = diffusion_loss(model, f2, a2, lv2, m2, noise, DiffusionConfig())
+        loss.backward()
+        return loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
+
+    loss0, g0 = grad_of(False)
+    loss1, g1 = grad_of(True)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-9, atol=1e-12)  # the same loss value
+    diff = max(float((g1[n] - g0[n]).abs().max()) for n in g0)
+    assert diff > 1e-3 * max(float(g.abs().max()) for g in g0.values())  # the rollout's own path adds gradient
+
+
+def test_own_rollout_with_gradient_refuses_history_guidance_and_several_processes(tiny_data, tmp_path):
+    from lssvwm.config import RunConfig, TrainConfig
+    from lssvwm.diffusion import unrolled_rollout
+    from lssvwm.train import train_processes
+
+    model = _noisy_tiny()
+    frames, acts = torch.zeros(1, 3, 3, 16, 16, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="history guidance"):
+        unrolled_rollout(model, frames[:, :2], acts[:, :2], acts[:, 2:], SamplingConfig(history_guidance=1.0))
+    cfg = RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(own_rollout_prob=0.5, own_rollout_grad=True),
+                    sampling=SamplingConfig(history_guidance=1.0),
+                    train=TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), steps=2, batch_size=2))
+    with pytest.raises(ConfigError, match="diffusion.own_rollout_grad.*history guidance"):
+        cfg.validate()
+    cfg.sampling.history_guidance = 0.0
+    with pytest.raises(ConfigError, match="diffusion.own_rollout_grad trains in one process only.*2 processes"):
+        train_processes(cfg, 2, progress=False)
+
+
 def test_own_rollout_loss_touches_only_the_frames_after_the_rollout():
     from lssvwm.diffusion import diffusion_loss, own_rollout_batch
 

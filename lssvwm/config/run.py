@@ -52,6 +52,10 @@ class RunConfig(_YamlSections):
             raise ConfigError(f"diffusion.inverse_actions {inv} must give one id in [-1, {m.num_actions}) per "
                               f"discrete action (model.num_actions={m.num_actions}), or be empty"
                               + (" (continuous actions: leave it empty)" if m.action_dim > 0 else ""))
+        d = self.diffusion
+        if d.own_rollout_grad and d.own_rollout_prob > 0 and self.sampling.history_guidance > 0:
+            raise ConfigError("diffusion.own_rollout_grad: a rollout with gradient does not support history guidance; "
+                              "set sampling.history_guidance=0 or diffusion.own_rollout_grad=false")
 
 
 @dataclass
