@@ -120,19 +120,22 @@ def own_rollout_plan(frames: int, cfg: DiffusionConfig, generator: torch.Generat
 
 def own_rollout_history(model, frames: torch.Tensor, actions: torch.Tensor, n: int, r: int, sampling: SamplingConfig,
                         generators: list[torch.Generator] | None = None, clamp: tuple[float, float] | None = None,
-                        grad: bool = False) -> torch.Tensor:
+                        grad: float = 0.0) -> torch.Tensor:
     """``frames`` (B, T, C, H, W) with frames ``n .. n+r-1`` replaced by the model's own free rollout from the true
     frames ``0 .. n-1``, by the :class:`Sampler` as at inference (``sampling``, history guidance included;
     ``clamp``: the value range of the space the frames are in, the codec's). ``generators``: one per clip, so that a
     clip's rollout does not depend on which process (or batch) it is in.
 
-    No gradient flows through the rollout, unless ``grad``: then it is the same rollout (the same draws, the same
-    frames) made with autograd on (:func:`unrolled_rollout`), so that a loss on the frames after it also reaches
-    the network through every denoising step and commit of the generated frames (backpropagation through the
-    rollout: the model learns to make frames that serve as its own context)."""
+    No gradient flows through the rollout, unless ``grad > 0``: then it is the same rollout (the same draws, the
+    same frames) made with autograd on (:func:`unrolled_rollout`), so that a loss on the frames after it also
+    reaches the network through every denoising step and commit of the generated frames (backpropagation through
+    the rollout: the model learns to make frames that serve as its own context), that gradient scaled by ``grad``
+    (the frames' values unchanged)."""
     net = getattr(model, "module", model)  # not through DDP: its hooks expect one forward per backward
-    if grad:
+    if grad > 0:
         out = unrolled_rollout(net, frames[:, :n], actions[:, :n], actions[:, n:n + r], sampling, generators, clamp)
+        if grad < 1:  # the same values, grad times the gradient
+            out = grad * out + (1 - grad) * out.detach()
         return torch.cat([frames[:, :n], out.to(frames.dtype), frames[:, n + r:]], dim=1)
     sampler = Sampler(net, sampling, clamp=clamp)
     if generators is not None:
@@ -152,7 +155,7 @@ def unrolled_rollout(model, context: torch.Tensor, context_actions: torch.Tensor
     are differentiable in the network's weights and in the context. History guidance is not supported here."""
     if sampling.history_guidance > 0:
         raise ValueError("a rollout with gradient does not support history guidance: set "
-                         "sampling.history_guidance=0 or diffusion.own_rollout_grad=false")
+                         "sampling.history_guidance=0 or diffusion.own_rollout_grad=0")
     den, dtype = as_denoiser(model), _model_dtype(model)
     b, nc = context.shape[:2]
     x = context.to(dtype)
@@ -183,7 +186,7 @@ def reversed_actions(actions: torch.Tensor, inverse: list[int] | tuple[int, ...]
 
 def own_rollout_batch(model, frames: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor,
                       plan: tuple[int, int], sampling: SamplingConfig, generators=None, clamp=None,
-                      reverse: bool = False, inverse: list[int] | tuple[int, ...] = (), grad: bool = False):
+                      reverse: bool = False, inverse: list[int] | tuple[int, ...] = (), grad: float = 0.0):
     """A training batch on the model's own rollout: frames ``n .. n+r-1`` generated (see
     :func:`own_rollout_history`); the first ``n + r`` frames are context labelled with the stabilization level
     (as at inference) and carry no loss; the frames after them keep their levels and are trained against the
@@ -191,8 +194,8 @@ def own_rollout_batch(model, frames: torch.Tensor, actions: torch.Tensor, levels
 
     ``reverse`` (BAgger, Po et al. arXiv 2512.12080; needs ``n + r == T``): the clip is then played backwards, so
     that it starts from its ``r`` generated (drifted) frames, as context without loss, and trains the true frames
-    that lead back from them; its actions are undone with ``inverse`` (:func:`reversed_actions`). ``grad``: the
-    rollout is made with autograd on (:func:`own_rollout_history`)."""
+    that lead back from them; its actions are undone with ``inverse`` (:func:`reversed_actions`). ``grad`` > 0: the
+    rollout is made with autograd on, that share of the gradient flowing through it (:func:`own_rollout_history`)."""
     n, r = plan
     frames = own_rollout_history(model, frames, actions, n, r, sampling, generators, clamp, grad)
     levels, mask = levels.clone(), mask.clone()

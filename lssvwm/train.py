@@ -111,7 +111,7 @@ def _check_one_process(cfg: RunConfig, world: int) -> None:
     if cfg.diffusion.own_rollout_grad and cfg.diffusion.own_rollout_prob > 0 and world > 1:
         raise ConfigError(f"diffusion.own_rollout_grad trains in one process only (DDP's hooks expect one forward "
                           f"per backward), got {world} processes: train without --processes/torchrun or set it "
-                          f"to false")
+                          f"to 0")
 
 
 def _train(cfg: RunConfig, resume: bool, progress: bool, stop_after: int | None, rank: int, world: int,

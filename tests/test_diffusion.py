@@ -403,8 +403,9 @@ def test_own_rollout_history_is_an_inference_rollout_without_gradient():
 
 @pytest.mark.parametrize("stabilization", [0.0, 0.3])
 def test_own_rollout_with_gradient_is_the_same_rollout_and_carries_the_later_frames_loss_back(stabilization):
-    """grad=True makes the same frames from the same draws as the rollout without gradient, and a loss on a frame
-    after the rollout reaches the network through the generated frames (not only through the final pass)."""
+    """grad > 0 makes the same frames from the same draws as the rollout without gradient, and a loss on a frame
+    after the rollout reaches the network through the generated frames (not only through the final pass), scaled
+    by grad."""
     from lssvwm.diffusion import diffusion_loss, own_rollout_batch, own_rollout_history
 
     model = _noisy_tiny()
@@ -414,7 +415,7 @@ def test_own_rollout_with_gradient_is_the_same_rollout_and_carries_the_later_fra
     cfg = SamplingConfig(steps=2, stabilization=stabilization)
     gens = lambda: [torch.Generator().manual_seed(s) for s in (10, 11)]  # noqa: E731
     plain = own_rollout_history(model, frames, acts, 3, 2, cfg, gens())
-    unrolled = own_rollout_history(model, frames, acts, 3, 2, cfg, gens(), grad=True)
+    unrolled = own_rollout_history(model, frames, acts, 3, 2, cfg, gens(), grad=1.0)
     assert unrolled.requires_grad and unrolled.grad_fn is not None
     torch.testing.assert_close(unrolled, plain, rtol=1e-9, atol=1e-9)
     assert torch.equal(unrolled[:, :3], frames[:, :3]) and torch.equal(unrolled[:, 5:], frames[:, 5:])
@@ -430,11 +431,14 @@ def test_own_rollout_with_gradient_is_the_same_rollout_and_carries_the_later_fra
         loss.backward()
         return loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
 
-    loss0, g0 = grad_of(False)
-    loss1, g1 = grad_of(True)
+    loss0, g0 = grad_of(0.0)
+    loss1, g1 = grad_of(1.0)
     torch.testing.assert_close(loss1, loss0, rtol=1e-9, atol=1e-12)  # the same loss value
     diff = max(float((g1[n] - g0[n]).abs().max()) for n in g0)
     assert diff > 1e-3 * max(float(g.abs().max()) for g in g0.values())  # the rollout's own path adds gradient
+    _, g_half = grad_of(0.5)  # half of the rollout's share of the gradient
+    for n in g0:
+        torch.testing.assert_close(g_half[n] - g0[n], 0.5 * (g1[n] - g0[n]), rtol=1e-6, atol=1e-12)
 
 
 def test_own_rollout_with_gradient_refuses_history_guidance_and_several_processes(tiny_data, tmp_path):
@@ -446,7 +450,7 @@ def test_own_rollout_with_gradient_refuses_history_guidance_and_several_processe
     frames, acts = torch.zeros(1, 3, 3, 16, 16, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="history guidance"):
         unrolled_rollout(model, frames[:, :2], acts[:, :2], acts[:, 2:], SamplingConfig(history_guidance=1.0))
-    cfg = RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(own_rollout_prob=0.5, own_rollout_grad=True),
+    cfg = RunConfig(model=model_preset("tiny"), diffusion=DiffusionConfig(own_rollout_prob=0.5, own_rollout_grad=1.0),
                     sampling=SamplingConfig(history_guidance=1.0),
                     train=TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), steps=2, batch_size=2))
     with pytest.raises(ConfigError, match="diffusion.own_rollout_grad.*history guidance"):

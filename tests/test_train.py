@@ -39,7 +39,7 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, autocast, own_rollout,
         c = tiny_cfg(tiny_data, out, autocast=autocast, optimizer=optimizer)
         c.diffusion.own_rollout_prob = 0.5 if own_rollout else 0.0
         c.diffusion.own_rollout_reversed = own_rollout == "reversed"
-        c.diffusion.own_rollout_grad = own_rollout == "unrolled"
+        c.diffusion.own_rollout_grad = 1.0 if own_rollout == "unrolled" else 0.0
         c.diffusion.inverse_actions = list(INVERSE_ACTIONS) if own_rollout == "reversed" else []
         c.sampling.stabilization = 0.3
         return c

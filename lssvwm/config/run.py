@@ -55,7 +55,7 @@ class RunConfig(_YamlSections):
         d = self.diffusion
         if d.own_rollout_grad and d.own_rollout_prob > 0 and self.sampling.history_guidance > 0:
             raise ConfigError("diffusion.own_rollout_grad: a rollout with gradient does not support history guidance; "
-                              "set sampling.history_guidance=0 or diffusion.own_rollout_grad=false")
+                              "set sampling.history_guidance=0 or diffusion.own_rollout_grad=0")
 
 
 @dataclass

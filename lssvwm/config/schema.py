@@ -262,10 +262,11 @@ class DiffusionConfig:
     # BAgger (Po et al., arXiv 2512.12080): the own rollout fills the clip's last r frames and the clip is played
     # backwards, so that it starts from the drifted frames and trains the true frames that lead back from them
     own_rollout_reversed: bool = False
-    # backpropagation through the own rollout (not in the paper): the rollout is made with autograd on, so the loss
-    # of the frames after it also trains how the model generated its frames (that they serve as its own context);
-    # costs the rollout's backward too; one training process only
-    own_rollout_grad: bool = False
+    # backpropagation through the own rollout (not in the paper): > 0 makes the rollout with autograd on, so the loss
+    # of the frames after it also trains how the model generated its frames (that they serve as its own context),
+    # this share of that gradient flowing back through them (1: all of it); costs the rollout's backward too; one
+    # training process only
+    own_rollout_grad: float = ranged(0.0, Allowed(0.0, 1.0, text="0 (off) to 1 (the whole gradient)"))
     # the reversed clip's actions: per action id, the id that undoes it (-1 where the action set has none); empty:
     # every reversed step gets -1 ("no action"). The built-in maze: [0, -1, 3, 2, -1, -1] (turns undo each other,
     # moves have no inverse; lssvwm.data.maze.INVERSE_ACTIONS)
