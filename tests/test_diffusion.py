@@ -420,7 +420,7 @@ def test_own_rollout_with_gradient_is_the_same_rollout_and_carries_the_later_fra
     torch.testing.assert_close(unrolled, plain, rtol=1e-9, atol=1e-9)
     assert torch.equal(unrolled[:, :3], frames[:, :3]) and torch.equal(unrolled[:, 5:], frames[:, 5:])
 
-    # the generated frames' gradient: d(loss on frame 5) / d(frames 3, 4) through the final pass, non-zero
+    # a loss on the frames after the rollout (5-7), with none, all or half of its gradient through the rollout
     levels, mask = torch.full((2, 8), 0.5, dtype=torch.float64), torch.ones(2, 8, dtype=torch.float64)
     noise = torch.randn(frames.shape, generator=g, dtype=torch.float64)
 
