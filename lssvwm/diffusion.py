@@ -156,17 +156,12 @@ def unrolled_rollout(model, context: torch.Tensor, context_actions: torch.Tensor
     if sampling.history_guidance > 0:
         raise ValueError("a rollout with gradient does not support history guidance: set "
                          "sampling.history_guidance=0 or diffusion.own_rollout_grad=0")
-    den, dtype = as_denoiser(model), _model_dtype(model)
-    b, nc = context.shape[:2]
-    x = context.to(dtype)
-    levels = torch.full((b, nc), float(sampling.stabilization), device=x.device, dtype=x.dtype)
-    if sampling.stabilization > 0:
-        x = add_noise(x, levels, randn(x.shape, generator, x.dtype, x.device))
-    _, cache = den(x, levels, context_actions)
+    den = as_denoiser(model)
+    cache = prefill(den, context, context_actions, sampling.stabilization, generator)
     out = []
     for i in range(actions.shape[1]):
-        frame = denoise_frame(den, cache, actions[:, i], (b,) + tuple(context.shape[2:]), sampling, generator,
-                              x.device, clamp)
+        frame = denoise_frame(den, cache, actions[:, i], context.shape[:1] + context.shape[2:], sampling, generator,
+                              context.device, clamp)
         cache = commit_frame(den, cache, frame, actions[:, i], sampling.stabilization, generator)
         out.append(frame)
     return torch.stack(out, dim=1)
@@ -312,11 +307,11 @@ def commit_frame(model, cache, frame: torch.Tensor, action: torch.Tensor, stabil
     return cache
 
 
-@torch.no_grad()
 def prefill(model, context_frames: torch.Tensor, context_actions: torch.Tensor, stabilization: float = 0.0,
             generator: torch.Generator | None = None):
     """Encode the context clip (B, N, C, H, W) once, in parallel, labelled with the stabilization level; returns
-    the cache after it."""
+    the cache after it. Autograd follows the caller, as in :func:`denoise_frame` and :func:`commit_frame`
+    (:meth:`Sampler.prefill` runs it without gradient, :func:`unrolled_rollout` with it)."""
     b, n = context_frames.shape[:2]
     x = context_frames.to(_model_dtype(model))
     levels = torch.full((b, n), float(stabilization), device=x.device, dtype=x.dtype)
